@@ -1,0 +1,45 @@
+// Finding the block device and mount of a file on a mounted ext4.
+//
+// Thread-safety: free functions, no shared state.
+#ifndef EXT4DIO_LIB_DEVICE_H_
+#define EXT4DIO_LIB_DEVICE_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace ext4dio {
+
+struct MountedFile {
+  int fd = -1;                 // O_RDONLY descriptor of the file (owned)
+  std::string path;
+  dev_t dev = 0;               // st_dev of the file
+  uint64_t inode = 0;          // st_ino
+  uint64_t size = 0;           // st_size
+  uint32_t block_size = 0;     // statfs f_bsize
+  uint64_t fsid = 0;           // statfs f_fsid, as one 64-bit value
+  std::string device;          // /dev/NAME with st_rdev == dev
+  std::string mount_point;
+  std::string mount_options;   // per-mount options (mountinfo field 6)
+  std::string super_options;   // filesystem options (after " - ")
+
+  MountedFile() = default;
+  MountedFile(MountedFile&& o) noexcept;
+  MountedFile& operator=(MountedFile&& o) noexcept;
+  ~MountedFile();
+};
+
+// Opens `path` read-only and finds out where it lives. EXT4DIO_E_NOT_EXT4
+// when it is not on ext4 (statfs magic); ENODEV when the device node of
+// st_dev cannot be found.
+absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path);
+
+// The /dev node of block device `dev`, checked by its st_rdev.
+absl::StatusOr<std::string> DeviceNode(dev_t dev);
+
+}  // namespace ext4dio
+
+#endif  // EXT4DIO_LIB_DEVICE_H_

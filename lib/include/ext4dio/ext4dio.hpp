@@ -1,0 +1,143 @@
+// ext4dio.hpp — header-only C++ wrapper over the C API (ext4dio.h).
+//
+// RAII handles and absl::Status / absl::StatusOr instead of int codes. No
+// C++ type crosses the library boundary: everything here is inline over the
+// exported C functions, so the ABI stays the C one.
+//
+// Thread-safety: as in ext4dio.h — a FileMap is immutable and may be queried
+// from many threads at once.
+//
+// Link with pkg-config ext4dio-cpp (libext4dio plus abseil's status).
+#ifndef EXT4DIO_EXT4DIO_HPP_
+#define EXT4DIO_EXT4DIO_HPP_
+
+#include <cerrno>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "ext4dio/ext4dio.h"
+
+namespace ext4dio {
+
+// The absl code a caller should act on for a C API code, with `message`.
+inline absl::Status StatusFromCode(int code, const std::string& message) {
+  if (code >= 0) return absl::OkStatus();
+  absl::StatusCode c = absl::StatusCode::kUnknown;
+  switch (-code) {
+    case EXT4DIO_E_NOT_EXT4:
+    case EXT4DIO_E_UNSUPPORTED_FILE:
+    case EXT4DIO_E_UNSUPPORTED_FS:
+    case EXT4DIO_E_NOT_IN_USE: c = absl::StatusCode::kFailedPrecondition; break;
+    case EXT4DIO_E_CORRUPT_FS:
+    case EXT4DIO_E_TRUNCATED:
+    case EXT4DIO_E_CORRUPT_MAP: c = absl::StatusCode::kDataLoss; break;
+    case EXT4DIO_E_MAP_MISMATCH: c = absl::StatusCode::kAborted; break;
+    case EXT4DIO_E_INTERNAL: c = absl::StatusCode::kInternal; break;
+    case ENOENT: case ENOTDIR: c = absl::StatusCode::kNotFound; break;
+    case EACCES: case EPERM: c = absl::StatusCode::kPermissionDenied; break;
+    case EINVAL: case EISDIR: case ELOOP: c = absl::StatusCode::kInvalidArgument; break;
+    case ERANGE: c = absl::StatusCode::kOutOfRange; break;
+    case ENOMEM: case ENOSPC: c = absl::StatusCode::kResourceExhausted; break;
+    case EAGAIN: case EBUSY: c = absl::StatusCode::kUnavailable; break;
+    default: break;
+  }
+  return absl::Status(c, message.empty() ? ext4dio_strerror(code) : message);
+}
+
+// The C API code behind a status made by StatusFromCode is lost; keep it
+// when needed by calling the C API directly.
+inline absl::Status LastStatus(int code) {
+  return StatusFromCode(code, ext4dio_last_error());
+}
+
+// Where a file is: an image (file or unmounted device) and a path or inode
+// inside it, or a file on a mounted ext4.
+struct Location {
+  std::string image;  // empty: mounted mode
+  uint64_t image_offset = 0;
+  std::string path;
+  uint64_t inode = 0;
+
+  static Location Mounted(std::string path) { return {{}, 0, std::move(path), 0}; }
+  static Location InImage(std::string image, std::string path, uint64_t offset = 0) {
+    return {std::move(image), offset, std::move(path), 0};
+  }
+  static Location InodeInImage(std::string image, uint64_t inode, uint64_t offset = 0) {
+    return {std::move(image), offset, {}, inode};
+  }
+};
+
+// A file's validated, immutable extent map.
+class FileMap {
+ public:
+  [[nodiscard]] static absl::StatusOr<FileMap> Load(const Location& where) {
+    ext4dio_target t;
+    ext4dio_target_init(&t);
+    t.image = where.image.empty() ? nullptr : where.image.c_str();
+    t.image_offset = where.image_offset;
+    t.path = where.path.empty() ? nullptr : where.path.c_str();
+    t.inode = where.inode;
+    ext4dio_map* m = nullptr;
+    if (int rc = ext4dio_map_load(&t, &m); rc < 0) return LastStatus(rc);
+    return FileMap(m);
+  }
+
+  const ext4dio_map_info& info() const { return info_; }
+  uint32_t block_size() const { return info_.block_size; }
+  uint64_t size() const { return info_.size; }
+  uint64_t extent_count() const { return info_.extent_count; }
+  // Empty when the map is fully trusted.
+  std::string warning() const { return info_.warning ? info_.warning : ""; }
+
+  // The on-disk leaf extents, as stored, in logical order.
+  std::vector<ext4dio_extent> Extents() const {
+    std::vector<ext4dio_extent> out(info_.extent_count);
+    for (uint64_t i = 0; i < info_.extent_count; ++i)
+      ext4dio_map_extent(map_.get(), i, &out[i]);
+    return out;
+  }
+
+  // Segments covering [offset, offset + length).
+  [[nodiscard]] absl::StatusOr<std::vector<ext4dio_segment>> Query(
+      uint64_t offset, uint64_t length) const {
+    std::vector<ext4dio_segment> out;
+    ext4dio_segment batch[64];
+    uint64_t pos = offset;
+    if (length > UINT64_MAX - offset)
+      return absl::InvalidArgumentError("offset + length overflows");
+    const uint64_t end = offset + length;
+    while (pos < end) {
+      size_t n = 0;
+      if (int rc = ext4dio_map_query(map_.get(), pos, end - pos, batch, 64, &n); rc < 0)
+        return LastStatus(rc);
+      if (n == 0) break;
+      out.insert(out.end(), batch, batch + n);
+      pos = batch[n - 1].file_offset + batch[n - 1].length;
+    }
+    return out;
+  }
+
+  const ext4dio_map* get() const { return map_.get(); }
+
+ private:
+  struct Free {
+    void operator()(ext4dio_map* m) const { ext4dio_map_free(m); }
+  };
+  explicit FileMap(ext4dio_map* m) : map_(m) {
+    ext4dio_map_info_init(&info_);
+    ext4dio_map_get_info(m, &info_);
+  }
+
+  std::unique_ptr<ext4dio_map, Free> map_;
+  ext4dio_map_info info_;
+};
+
+}  // namespace ext4dio
+
+#endif  // EXT4DIO_EXT4DIO_HPP_

@@ -1,0 +1,131 @@
+#include "map_loader.h"
+
+#include <cerrno>
+#include <chrono>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "device.h"
+#include "errors.h"
+#include "ext4_reader.h"
+#include "fiemap.h"
+
+namespace ext4dio {
+namespace {
+
+absl::StatusOr<LoadedMap> FromLayout(FileLayout layout, uint64_t device_offset,
+                                     MapSource source, std::string device,
+                                     std::string warning) {
+  MapGeometry geometry{layout.block_size, device_offset, layout.size};
+  auto map = ExtentMap::Build(geometry, layout.extents);
+  if (!map.ok()) return LibError(EXT4DIO_E_CORRUPT_MAP, map.status().message());
+  LoadedMap out;
+  out.map = std::move(*map);
+  out.inode = layout.inode;
+  out.cluster_size = layout.cluster_size;
+  out.extent_tree = layout.extent_tree;
+  out.depth = layout.depth;
+  out.source = source;
+  out.device = std::move(device);
+  out.warning = std::move(warning);
+  return out;
+}
+
+absl::StatusOr<LoadedMap> LoadImage(const Target& t) {
+  ReaderOptions options;
+  options.offset = t.image_offset;
+  auto reader = Ext4Reader::Open(t.image, options);
+  if (!reader.ok()) return reader.status();
+  uint64_t ino = t.inode;
+  if (ino == 0) {
+    auto found = (*reader)->LookupPath(t.path);
+    if (!found.ok()) return found.status();
+    ino = *found;
+  }
+  auto layout = (*reader)->ReadFile(ino);
+  if (!layout.ok()) return layout.status();
+  return FromLayout(std::move(*layout), t.image_offset, MapSource::kImage,
+                    t.image, absl::StrJoin((*reader)->warnings(), "; "));
+}
+
+bool IsAccessError(const absl::Status& s) {
+  const int code = CodeOf(s);
+  return code == -EACCES || code == -EPERM;
+}
+
+absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
+  auto file = InspectMountedFile(t.path);
+  if (!file.ok()) return file.status();
+  MountedFile& mf = *file;
+
+  ReaderOptions options;
+  options.live = true;
+  auto reader = Ext4Reader::Open(mf.device, options);
+  if (!reader.ok() && !IsAccessError(reader.status())) return reader.status();
+  if (!reader.ok()) {
+    // Without read access to the device the kernel's FIEMAP is all we have.
+    auto fiemap = ReadFiemap(mf.fd, /*sync=*/true, mf.path);
+    if (!fiemap.ok()) return fiemap.status();
+    auto extents = FiemapToExtents(*fiemap, mf.block_size, 0, mf.path);
+    if (!extents.ok()) return extents.status();
+    FileLayout layout;
+    layout.inode = mf.inode;
+    layout.size = mf.size;
+    layout.block_size = mf.block_size;
+    layout.cluster_size = mf.block_size;
+    layout.extents = std::move(*extents);
+    return FromLayout(std::move(layout), 0, MapSource::kFiemap, mf.device,
+                      absl::StrCat("cannot read ", mf.device, " (",
+                                   reader.status().message(),
+                                   "): map from FIEMAP alone, not validated "
+                                   "against on-disk metadata"));
+  }
+  if ((*reader)->fsid() != mf.fsid) {
+    return LibError(EXT4DIO_E_MAP_MISMATCH,
+                    absl::StrFormat("%s does not hold the filesystem of %s "
+                                    "(UUIDs differ)", mf.device, mf.path));
+  }
+
+  std::string difference;
+  for (int attempt = 1; attempt <= kCrossCheckAttempts; ++attempt) {
+    // FIEMAP first, with SYNC: delayed allocations become real blocks that
+    // the on-disk tree then shows.
+    auto fiemap = ReadFiemap(mf.fd, /*sync=*/true, mf.path);
+    if (!fiemap.ok()) return fiemap.status();
+    auto layout = (*reader)->ReadFile(mf.inode);
+    if (!layout.ok()) return layout.status();
+    auto extents = FiemapToExtents(*fiemap, layout->block_size, 0, mf.path);
+    if (!extents.ok()) return extents.status();
+    difference = FirstDifference(layout->extents, *extents);
+    if (difference.empty()) {
+      return FromLayout(std::move(*layout), 0, MapSource::kDevice, mf.device,
+                        absl::StrJoin((*reader)->warnings(), "; "));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
+  }
+  return LibError(EXT4DIO_E_MAP_MISMATCH,
+                  absl::StrFormat("%s: the on-disk extent tree in %s and FIEMAP "
+                                  "disagree at %s",
+                                  mf.path, mf.device, difference));
+}
+
+}  // namespace
+
+absl::StatusOr<LoadedMap> LoadMap(const Target& target) {
+  if (!target.image.empty()) {
+    if (target.inode == 0 && target.path.empty()) {
+      return ErrnoError(EINVAL, "image mode needs a path inside the filesystem or an inode");
+    }
+    return LoadImage(target);
+  }
+  if (target.path.empty()) return ErrnoError(EINVAL, "no file given");
+  if (target.inode != 0) {
+    return ErrnoError(EINVAL, "an inode number needs an image (--image)");
+  }
+  return LoadMounted(target);
+}
+
+}  // namespace ext4dio

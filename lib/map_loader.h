@@ -1,0 +1,44 @@
+// MapLoader: from "a file somewhere" (an image + path/inode, or a file on a
+// mounted ext4) to a validated ExtentMap and what is known about it.
+//
+// Thread-safety: LoadMap may be called from any number of threads.
+#ifndef EXT4DIO_LIB_MAP_LOADER_H_
+#define EXT4DIO_LIB_MAP_LOADER_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "extent_map.h"
+
+namespace ext4dio {
+
+struct Target {
+  std::string image;          // empty: mounted mode, `path` is a host path
+  uint64_t image_offset = 0;
+  std::string path;           // image mode: path inside the filesystem
+  uint64_t inode = 0;         // image mode: used when nonzero
+};
+
+enum class MapSource { kImage, kDevice, kFiemap };
+
+struct LoadedMap {
+  ExtentMap map;              // on-disk leaf extents, as stored
+  uint64_t inode = 0;
+  uint32_t cluster_size = 0;
+  bool extent_tree = true;
+  uint32_t depth = 0;
+  MapSource source = MapSource::kImage;
+  std::string device;         // what was read: image file or /dev node
+  std::string warning;        // empty, or why to trust the map less
+};
+
+// How many times a mounted file's on-disk map and FIEMAP may disagree (the
+// file changing while we look) before the disagreement is reported.
+inline constexpr int kCrossCheckAttempts = 3;
+
+absl::StatusOr<LoadedMap> LoadMap(const Target& target);
+
+}  // namespace ext4dio
+
+#endif  // EXT4DIO_LIB_MAP_LOADER_H_
