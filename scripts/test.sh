@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, builds a release-like build
+# and an ASan+UBSan build (clang, with the fuzzer regression corpus), runs
+# every test, and ends with "N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+trap 'bash scripts/cleanup-test-devices.sh' EXIT INT TERM
+
+bash scripts/build.sh build --buildtype=debugoptimized || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
+CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-asan --buildtype=debug \
+  -Db_sanitize=address,undefined -Db_lundef=false -Dfuzz=true -Dbenchmarks=false \
+  || { echo "sanitizer build failed"; echo "0 passed, 1 failed"; exit 1; }
+
+passed=0; failed=0; skipped=0
+run() {  # run DIR [meson test args...]
+  local dir=$1; shift
+  local log; log=$(mktemp)
+  meson test -C "$dir" --print-errorlogs --num-processes 2 "$@" 2>&1 | tee "$log"
+  local ok fail skip xfail xpass timeout
+  ok=$(awk '/^Ok:/ {print $2}' "$log"); fail=$(awk '/^Fail:/ {print $2}' "$log")
+  skip=$(awk '/^Skipped:/ {print $2}' "$log"); xfail=$(awk '/^Expected Fail:/ {print $3}' "$log")
+  xpass=$(awk '/^Unexpected Pass:/ {print $3}' "$log"); timeout=$(awk '/^Timeout:/ {print $2}' "$log")
+  if [ -z "$ok" ]; then fail=$((${fail:-0} + 1)); fi  # meson itself failed
+  passed=$((passed + ${ok:-0} + ${xfail:-0}))
+  failed=$((failed + ${fail:-0} + ${xpass:-0} + ${timeout:-0}))
+  skipped=$((skipped + ${skip:-0}))
+  rm -f "$log"
+}
+run build
+# Under the sanitizers: everything that runs our parser on hostile input.
+run build-asan --suite unit --suite hostile --suite image
+
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
