@@ -5,12 +5,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <map>
+#include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "ext4_reader.h"
 #include "map_loader.h"
 #include "errors.h"
 #include "testutil.h"
@@ -38,6 +42,7 @@ struct Config {
   uint64_t islands;                  // extents in the fragmented file
   bool extents;                      // extent tree (else block map)
   bool partitioned = false;          // filesystem at 1 MiB inside a disk image
+  std::string tune;                  // tune2fs -O FEATURES after the files are in
 };
 
 std::ostream& operator<<(std::ostream& os, const Config& c) { return os << c.name; }
@@ -92,6 +97,11 @@ class ImageMapTest : public ::testing::TestWithParam<Config> {
       r = testing::Run({"debugfs", "-w", "-R", "fallocate /prealloc 0 39", spec_});
       ASSERT_EQ(r.exit_code, 0) << r.err;
       r = testing::Run({"debugfs", "-w", "-R", "fallocate /holes 100 109", spec_});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+    }
+    if (!c.tune.empty()) {
+      // mke2fs -d and debugfs do not account quota; tune2fs computes it.
+      r = testing::Run({"tune2fs", "-O", c.tune, spec_});
       ASSERT_EQ(r.exit_code, 0) << r.err;
     }
     r = testing::Run({"e2fsck", "-fn", spec_});
@@ -227,6 +237,56 @@ TEST_P(ImageMapTest, CliJsonMatchesLibrary) {
                                ",\"unwritten\":false}"));
 }
 
+// Every block of the special inodes (journal, resize inode, quota files,
+// orphan file) and every inode table block, per debugfs, is inside a
+// metadata range the validator refuses extents on.
+TEST_P(ImageMapTest, MetadataCoversSpecialFilesAndInodeTables) {
+  ReaderOptions options;
+  options.offset = offset_;
+  auto reader = Ext4Reader::Open(image_, options);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto metadata = (*reader)->Metadata();
+  ASSERT_TRUE(metadata.ok()) << metadata.status();
+  auto covered = [&](uint64_t b) {
+    for (const MetadataRange& r : *metadata)
+      if (r.start <= b && b < r.end) return true;
+    return false;
+  };
+  const std::string stats = testing::Run({"dumpe2fs", "-h", spec_}).out;
+  std::vector<std::string> inodes = {"<7>", "<8>"};
+  for (const char* key : {"User quota inode:", "Group quota inode:", "Orphan file inode:",
+                          "Journal inode:"}) {
+    size_t p = stats.find(key);
+    if (p != std::string::npos)
+      inodes.push_back("<" + std::to_string(std::stoull(stats.substr(p + strlen(key)))) + ">");
+  }
+  size_t checked = 0;
+  for (const std::string& ino : inodes) {
+    RunResult r = testing::Run({"debugfs", "-R", "blocks " + ino, spec_});
+    std::istringstream in(r.out);
+    uint64_t b;
+    while (in >> b) {
+      EXPECT_TRUE(covered(b)) << "block " << b << " of " << ino << " not in metadata";
+      ++checked;
+    }
+  }
+  // Inode tables and bitmaps from dumpe2fs.
+  const std::string groups = testing::Run({"dumpe2fs", spec_}).out;
+  std::regex table(R"(Inode table at (\d+)-(\d+))"), bitmap(R"((?:Block|Inode) bitmap at (\d+))");
+  for (auto it = std::sregex_iterator(groups.begin(), groups.end(), table);
+       it != std::sregex_iterator(); ++it) {
+    EXPECT_TRUE(covered(std::stoull((*it)[1]))) << (*it)[0];
+    EXPECT_TRUE(covered(std::stoull((*it)[2]))) << (*it)[0];
+    ++checked;
+  }
+  for (auto it = std::sregex_iterator(groups.begin(), groups.end(), bitmap);
+       it != std::sregex_iterator(); ++it) {
+    EXPECT_TRUE(covered(std::stoull((*it)[1]))) << (*it)[0];
+    ++checked;
+  }
+  EXPECT_GT(checked, 3u);
+}
+
 const Config kConfigs[] = {
     {"ext4_1k", "ext4", {"-b", "1024"}, "64M", 1024, 3000, true},
     {"ext4_4k", "ext4", {"-b", "4096"}, "128M", 4096, 3000, true},
@@ -234,6 +294,9 @@ const Config kConfigs[] = {
     {"ext4_bigalloc", "ext4", {"-b", "4096", "-O", "bigalloc", "-C", "65536"}, "256M", 4096, 1000, true},
     {"ext4_no_csum_no_64bit", "ext4", {"-b", "4096", "-O", "^metadata_csum,^64bit"}, "128M", 4096, 3000, true},
     {"ext4_1k_no_csum", "ext4", {"-b", "1024", "-O", "^metadata_csum,^64bit,^flex_bg"}, "64M", 1024, 2000, true},
+    {"ext4_meta_bg", "ext4", {"-b", "1024", "-O", "meta_bg,^resize_inode"}, "96M", 1024, 2000, true},
+    {"ext4_sparse_super2_nojournal", "ext4", {"-b", "4096", "-O", "sparse_super2,^has_journal"}, "256M", 4096, 1000, true},
+    {"ext4_quota_orphan_file", "ext4", {"-b", "4096", "-O", "orphan_file"}, "128M", 4096, 1000, true, false, "quota"},
     {"ext3_1k", "ext3", {"-b", "1024"}, "64M", 1024, 2000, false},
     {"ext3_4k", "ext3", {"-b", "4096"}, "128M", 4096, 2000, false},
     {"ext2_4k", "ext2", {"-b", "4096"}, "64M", 4096, 1000, false},
