@@ -3,17 +3,33 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
+#include <memory>
+#include <vector>
 #include <new>
 #include <string>
 
 #include "errors.h"
 #include "ext4dio/ext4dio.h"
+#include "async_queue.h"
+#include "file.h"
 #include "map_loader.h"
 
 #define EXT4DIO_EXPORT extern "C" __attribute__((visibility("default")))
 
+// A map is either owned (ext4dio_map_load) or borrowed from a file.
 struct ext4dio_map {
-  ext4dio::LoadedMap loaded;
+  ext4dio::LoadedMap owned;
+  const ext4dio::LoadedMap* m = &owned;
+};
+
+struct ext4dio_file {
+  std::shared_ptr<ext4dio::File> file;
+  ext4dio_map map_view;
+  std::string warning;
+};
+
+struct ext4dio_queue {
+  std::unique_ptr<ext4dio::AsyncQueue> queue;
 };
 
 namespace {
@@ -67,7 +83,9 @@ EXT4DIO_EXPORT int ext4dio_map_load(const ext4dio_target* t, ext4dio_map** out) 
     target.inode = t->inode;
     auto loaded = ext4dio::LoadMap(target);
     if (!loaded.ok()) return Fail(loaded.status());
-    *out = new ext4dio_map{std::move(*loaded)};
+    auto* m = new ext4dio_map;
+    m->owned = std::move(*loaded);
+    *out = m;
     return 0;
   } catch (const std::bad_alloc&) {
     return Fail(-ENOMEM, "out of memory");
@@ -81,7 +99,7 @@ EXT4DIO_EXPORT void ext4dio_map_free(ext4dio_map* map) { delete map; }
 EXT4DIO_EXPORT int ext4dio_map_get_info(const ext4dio_map* map,
                                         ext4dio_map_info* info) {
   if (map == nullptr) return Fail(-EINVAL, "map is NULL");
-  const ext4dio::LoadedMap& m = map->loaded;
+  const ext4dio::LoadedMap& m = *map->m;
   ext4dio_map_info full;
   ext4dio_map_info_init(&full);
   full.block_size = m.map.block_size();
@@ -100,9 +118,9 @@ EXT4DIO_EXPORT int ext4dio_map_get_info(const ext4dio_map* map,
 EXT4DIO_EXPORT int ext4dio_map_extent(const ext4dio_map* map, uint64_t index,
                                       ext4dio_extent* extent) {
   if (map == nullptr || extent == nullptr) return Fail(-EINVAL, "NULL argument");
-  if (index >= map->loaded.map.extent_count())
+  if (index >= map->m->map.extent_count())
     return Fail(-ERANGE, "extent index past the last extent");
-  const ext4dio::Extent e = map->loaded.map.ExtentAt(index);
+  const ext4dio::Extent e = map->m->map.ExtentAt(index);
   extent->logical_block = e.logical;
   extent->physical_block = e.physical;
   extent->blocks = e.length;
@@ -117,7 +135,7 @@ EXT4DIO_EXPORT int ext4dio_map_query(const ext4dio_map* map, uint64_t offset,
     return Fail(-EINVAL, "NULL argument");
   *n_segments = 0;
   if (length > UINT64_MAX - offset) return Fail(-EINVAL, "offset + length overflows");
-  const ext4dio::ExtentMap& m = map->loaded.map;
+  const ext4dio::ExtentMap& m = map->m->map;
   uint64_t pos = offset;
   const uint64_t end = offset + length;
   size_t n = 0;
@@ -134,6 +152,222 @@ EXT4DIO_EXPORT int ext4dio_map_query(const ext4dio_map* map, uint64_t offset,
   return 0;
 }
 
+// ---- files ------------------------------------------------------------
+namespace {
+
+ext4dio::Target ToTarget(const ext4dio_target* t) {
+  ext4dio::Target target;
+  if (t->image) target.image = t->image;
+  target.image_offset = t->image_offset;
+  if (t->path) target.path = t->path;
+  target.inode = t->inode;
+  return target;
+}
+
+bool TargetOk(const ext4dio_target* t) {
+  return t != nullptr && t->struct_size >= offsetof(ext4dio_target, inode) + sizeof(uint64_t);
+}
+
+template <typename F>
+auto Guard(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return Fail(-ENOMEM, "out of memory");
+  } catch (const std::exception& e) {
+    return Fail(-EXT4DIO_E_INTERNAL, e.what());
+  }
+}
+
+}  // namespace
+
+EXT4DIO_EXPORT void ext4dio_open_opts_init(ext4dio_open_opts* o) {
+  std::memset(o, 0, sizeof *o);
+  o->struct_size = sizeof *o;
+  o->queue_depth = 32;
+}
+
+EXT4DIO_EXPORT int ext4dio_open(const ext4dio_target* t, const ext4dio_open_opts* o,
+                                ext4dio_file** out) {
+  if (out == nullptr) return Fail(-EINVAL, "out is NULL");
+  *out = nullptr;
+  if (!TargetOk(t)) return Fail(-EINVAL, "target is NULL or its struct_size is too small");
+  ext4dio_open_opts opts;
+  ext4dio_open_opts_init(&opts);
+  if (o != nullptr) std::memcpy(&opts, o, std::min(o->struct_size, sizeof opts));
+  return Guard([&]() -> int {
+    ext4dio::OpenOptions options;
+    options.target = ToTarget(t);
+    options.write = opts.flags & EXT4DIO_OPEN_WRITE;
+    options.dsync = opts.flags & EXT4DIO_OPEN_DSYNC;
+    options.sqpoll = opts.flags & EXT4DIO_OPEN_SQPOLL;
+    options.queue_depth = opts.queue_depth ? opts.queue_depth : 32;
+    options.max_io = opts.max_io;
+    switch (opts.backend) {
+      case EXT4DIO_BACKEND_AUTO: options.backend = ext4dio::BackendKind::kAuto; break;
+      case EXT4DIO_BACKEND_URING: options.backend = ext4dio::BackendKind::kUring; break;
+      case EXT4DIO_BACKEND_SYNC: options.backend = ext4dio::BackendKind::kSync; break;
+      default: return Fail(-EINVAL, "unknown backend");
+    }
+    auto file = ext4dio::File::Open(options);
+    if (!file.ok()) return Fail(file.status());
+    auto* f = new ext4dio_file;
+    f->file = std::move(*file);
+    f->map_view.m = &f->file->loaded();
+    f->warning = f->file->loaded().warning;
+    *out = f;
+    return 0;
+  });
+}
+
+EXT4DIO_EXPORT void ext4dio_close(ext4dio_file* f) { delete f; }
+
+EXT4DIO_EXPORT int64_t ext4dio_pwrite(ext4dio_file* f, const void* buf, size_t n,
+                                      uint64_t offset) {
+  if (f == nullptr || (buf == nullptr && n)) return Fail(-EINVAL, "NULL argument");
+  return Guard([&]() -> int64_t {
+    auto r = f->file->Pwrite(buf, n, offset);
+    if (!r.ok()) return Fail(r.status());
+    return static_cast<int64_t>(*r);
+  });
+}
+
+EXT4DIO_EXPORT int64_t ext4dio_pread(ext4dio_file* f, void* buf, size_t n, uint64_t offset) {
+  if (f == nullptr || (buf == nullptr && n)) return Fail(-EINVAL, "NULL argument");
+  return Guard([&]() -> int64_t {
+    auto r = f->file->Pread(buf, n, offset);
+    if (!r.ok()) return Fail(r.status());
+    return static_cast<int64_t>(*r);
+  });
+}
+
+EXT4DIO_EXPORT int ext4dio_sync(ext4dio_file* f) {
+  if (f == nullptr) return Fail(-EINVAL, "NULL argument");
+  absl::Status s = f->file->Sync();
+  return s.ok() ? 0 : Fail(s);
+}
+
+EXT4DIO_EXPORT void ext4dio_file_info_init(ext4dio_file_info* info) {
+  std::memset(info, 0, sizeof *info);
+  info->struct_size = sizeof *info;
+}
+
+EXT4DIO_EXPORT int ext4dio_file_get_info(const ext4dio_file* f, ext4dio_file_info* info) {
+  if (f == nullptr) return Fail(-EINVAL, "file is NULL");
+  ext4dio_file_info full;
+  ext4dio_file_info_init(&full);
+  const ext4dio::File& file = *f->file;
+  full.size = file.size();
+  full.block_size = file.map().block_size();
+  full.offset_align = file.alignment().offset;
+  full.memory_align = file.alignment().memory;
+  full.backend = std::strcmp(file.backend_name(), "io_uring") == 0 ? EXT4DIO_BACKEND_URING
+                                                                     : EXT4DIO_BACKEND_SYNC;
+  full.max_io = file.max_io();
+  full.fast_path = 1;
+  full.warning = f->warning.empty() ? nullptr : f->warning.c_str();
+  return CopyOut(full, info);
+}
+
+EXT4DIO_EXPORT const ext4dio_map* ext4dio_file_map(const ext4dio_file* f) {
+  return f ? &f->map_view : nullptr;
+}
+
+EXT4DIO_EXPORT void ext4dio_stats_init(ext4dio_stats* s) {
+  std::memset(s, 0, sizeof *s);
+  s->struct_size = sizeof *s;
+}
+
+EXT4DIO_EXPORT int ext4dio_file_get_stats(const ext4dio_file* f, ext4dio_stats* out) {
+  if (f == nullptr) return Fail(-EINVAL, "file is NULL");
+  const ext4dio::FileStats st = f->file->stats();
+  ext4dio_stats full;
+  ext4dio_stats_init(&full);
+  full.fast_bytes = st.fast_bytes;
+  full.fast_requests = st.fast_requests;
+  full.rmw_bytes = st.rmw_bytes;
+  full.rmw_requests = st.rmw_requests;
+  full.buffered_bytes = st.buffered_bytes;
+  full.buffered_requests = st.buffered_requests;
+  full.kernel_bytes = st.kernel_bytes;
+  full.kernel_requests = st.kernel_requests;
+  full.read_bytes = st.read_bytes;
+  full.read_requests = st.read_requests;
+  full.zero_bytes = st.zero_bytes;
+  return CopyOut(full, out);
+}
+
+EXT4DIO_EXPORT int ext4dio_plan_write(const ext4dio_file* f, uint64_t offset, uint64_t length,
+                                      ext4dio_piece* pieces, size_t max, size_t* n) {
+  if (f == nullptr || n == nullptr || (pieces == nullptr && max)) return Fail(-EINVAL, "NULL argument");
+  return Guard([&]() -> int {
+    auto plan = f->file->PlanWrite(offset, length, /*show_refused=*/true);
+    if (!plan.ok()) return Fail(plan.status());
+    *n = plan->size();
+    for (size_t i = 0; i < plan->size() && i < max; ++i) {
+      const ext4dio::Piece& p = (*plan)[i];
+      pieces[i].file_offset = p.file_offset;
+      pieces[i].length = p.length;
+      pieces[i].device_offset = p.device_offset;
+      switch (p.kind) {
+        case ext4dio::Piece::kDirect: pieces[i].kind = EXT4DIO_PIECE_FAST; break;
+        case ext4dio::Piece::kRmw: pieces[i].kind = EXT4DIO_PIECE_RMW; break;
+        case ext4dio::Piece::kBuffered: pieces[i].kind = EXT4DIO_PIECE_BUFFERED; break;
+        default: pieces[i].kind = EXT4DIO_PIECE_REFUSED; break;
+      }
+    }
+    return 0;
+  });
+}
+
+EXT4DIO_EXPORT uint64_t ext4dio_writable_until(const ext4dio_file* f, uint64_t offset,
+                                               uint64_t length) {
+  if (f == nullptr) return offset;
+  if (length > UINT64_MAX - offset) length = UINT64_MAX - offset;
+  return f->file->WritableUntil(offset, length);
+}
+
+EXT4DIO_EXPORT int ext4dio_queue_open(ext4dio_file* f, uint32_t depth, ext4dio_queue** out) {
+  if (f == nullptr || out == nullptr) return Fail(-EINVAL, "NULL argument");
+  *out = nullptr;
+  return Guard([&]() -> int {
+    auto q = f->file->NewAsyncQueue(depth ? depth : 32);
+    if (!q.ok()) return Fail(q.status());
+    *out = new ext4dio_queue{std::move(*q)};
+    return 0;
+  });
+}
+
+EXT4DIO_EXPORT void ext4dio_queue_close(ext4dio_queue* q) { delete q; }
+
+EXT4DIO_EXPORT int ext4dio_queue_submit(ext4dio_queue* q, const ext4dio_request* r) {
+  if (q == nullptr || r == nullptr || (r->buf == nullptr && r->length))
+    return Fail(-EINVAL, "NULL argument");
+  if (r->op != EXT4DIO_OP_READ && r->op != EXT4DIO_OP_WRITE) return Fail(-EINVAL, "unknown op");
+  return Guard([&]() -> int {
+    ext4dio::AsyncRequest req{r->op == EXT4DIO_OP_WRITE, r->buf, r->length, r->offset, r->cookie};
+    absl::Status s = q->queue->Submit(req);
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+EXT4DIO_EXPORT int ext4dio_queue_reap(ext4dio_queue* q, ext4dio_completion* out, size_t max,
+                                      size_t min) {
+  if (q == nullptr || (out == nullptr && max)) return Fail(-EINVAL, "NULL argument");
+  return Guard([&]() -> int {
+    std::vector<ext4dio::AsyncCompletion> c(std::min<size_t>(max, 4096));
+    auto got = q->queue->Reap(absl::MakeSpan(c), std::min(min, c.size()));
+    if (!got.ok()) return Fail(got.status());
+    for (size_t i = 0; i < *got; ++i) {
+      out[i].cookie = c[i].cookie;
+      out[i].result = c[i].result;
+      out[i].error_offset = c[i].error_offset;
+      out[i].error_length = c[i].error_length;
+    }
+    return static_cast<int>(*got);
+  });
+}
+
 EXT4DIO_EXPORT const char* ext4dio_strerror(int code) {
   const int c = code < 0 ? -code : code;
   switch (c) {
@@ -146,6 +380,9 @@ EXT4DIO_EXPORT const char* ext4dio_strerror(int code) {
     case EXT4DIO_E_UNSUPPORTED_FS: return "Filesystem features not supported";
     case EXT4DIO_E_MAP_MISMATCH: return "On-disk extent map and FIEMAP disagree";
     case EXT4DIO_E_NOT_IN_USE: return "Inode not in use";
+    case EXT4DIO_E_NEEDS_ALLOCATION: return "Write needs block allocation (hole, unwritten extent or EOF)";
+    case EXT4DIO_E_IN_USE: return "Image or device in use (mounted, locked or MMP)";
+    case EXT4DIO_E_WRITE_REFUSED: return "Writing refused: filesystem or file state makes it unsafe";
     case EXT4DIO_E_INTERNAL: return "Internal error in libext4dio";
     default:
       if (c < 1000) return strerrordesc_np(c) ? strerrordesc_np(c) : "Unknown error";

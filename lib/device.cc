@@ -2,6 +2,9 @@
 
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <dirent.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
@@ -14,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "errors.h"
@@ -118,6 +122,119 @@ absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path) {
     break;
   }
   return m;
+}
+
+namespace {
+
+std::string ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+// Mount points of block device MAJ:MIN ("" when not mounted).
+std::string MountPointOf(const std::string& maj_min) {
+  std::ifstream mi("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(mi, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    if (f.size() > 4 && f[2] == maj_min) return f[4];
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<DeviceGeometry> ProbeGeometry(int fd, const std::string& path) {
+  DeviceGeometry g;
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoError(errno, "stat " + path);
+  if (S_ISBLK(st.st_mode)) {
+    g.block_device = true;
+    int lbs = 0;
+    if (::ioctl(fd, BLKSSZGET, &lbs) != 0) return ErrnoError(errno, "BLKSSZGET " + path);
+    uint64_t bytes = 0;
+    if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) return ErrnoError(errno, "BLKGETSIZE64 " + path);
+    g.size = bytes;
+    g.offset_align = static_cast<uint32_t>(lbs);
+    g.memory_align = static_cast<uint32_t>(lbs);
+    const std::string sys = absl::StrFormat("/sys/dev/block/%d:%d", major(st.st_rdev),
+                                            minor(st.st_rdev));
+    uint64_t kb = 0;
+    std::string v = ReadSmallFile(sys + "/queue/max_sectors_kb");
+    if (v.empty()) v = ReadSmallFile(sys + "/../queue/max_sectors_kb");  // a partition
+    if (absl::SimpleAtoi(v, &kb) && kb >= 4) g.max_io = std::min<uint64_t>(kb * 1024, 4 << 20);
+    struct stat mq;
+    g.bio_based = ::stat((sys + "/mq").c_str(), &mq) != 0 &&
+                  ::stat((sys + "/../mq").c_str(), &mq) != 0;
+  } else if (S_ISREG(st.st_mode)) {
+    g.size = static_cast<uint64_t>(st.st_size);
+    struct statx sx;
+    if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+        (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align != 0) {
+      g.offset_align = sx.stx_dio_offset_align;
+      g.memory_align = std::max<uint32_t>(sx.stx_dio_mem_align, 1);
+    }
+  } else {
+    return ErrnoError(EINVAL, path + ": not an image file or block device");
+  }
+  return g;
+}
+
+absl::Status CheckImageNotMounted(const std::string& image) {
+  struct stat img;
+  if (::stat(image.c_str(), &img) != 0) return ErrnoError(errno, "stat " + image);
+  if (!S_ISREG(img.st_mode)) return absl::OkStatus();
+  DIR* dir = ::opendir("/sys/block");
+  if (dir == nullptr) return absl::OkStatus();
+  std::vector<std::string> loops;
+  while (dirent* d = ::readdir(dir)) {
+    if (std::strncmp(d->d_name, "loop", 4) == 0) loops.push_back(d->d_name);
+  }
+  ::closedir(dir);
+  for (const std::string& loop : loops) {
+    const std::string base = "/sys/block/" + loop;
+    std::string backing = ReadSmallFile(base + "/loop/backing_file");
+    if (backing.empty()) continue;
+    struct stat b;
+    // The kernel's path may be stale (" (deleted)", renamed): compare the
+    // file itself where it still resolves, else the name.
+    const bool same = ::stat(backing.c_str(), &b) == 0
+                          ? (b.st_dev == img.st_dev && b.st_ino == img.st_ino)
+                          : false;
+    if (!same) continue;
+    // The loop device and its partitions (loopNpM).
+    std::vector<std::string> devs = {loop};
+    if (DIR* ld = ::opendir(base.c_str())) {
+      while (dirent* d = ::readdir(ld)) {
+        if (std::strncmp(d->d_name, loop.c_str(), loop.size()) == 0 && d->d_name[loop.size()] == 'p')
+          devs.push_back(d->d_name);
+      }
+      ::closedir(ld);
+    }
+    for (const std::string& dev : devs) {
+      const std::string sysdev = dev == loop ? base : base + "/" + dev;
+      const std::string maj_min = ReadSmallFile(sysdev + "/dev");
+      const std::string where = MountPointOf(maj_min);
+      if (!where.empty()) {
+        return LibError(EXT4DIO_E_IN_USE,
+                        absl::StrFormat("%s is mounted through /dev/%s on %s", image, dev, where));
+      }
+      DIR* holders = ::opendir((sysdev + "/holders").c_str());
+      if (holders != nullptr) {
+        int n = 0;
+        while (dirent* d = ::readdir(holders)) n += d->d_name[0] != '.';
+        ::closedir(holders);
+        if (n > 0) {
+          return LibError(EXT4DIO_E_IN_USE,
+                          absl::StrFormat("%s is in use through /dev/%s (held by a "
+                                          "device mapper or md device)", image, dev));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ext4dio

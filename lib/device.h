@@ -40,6 +40,26 @@ absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path);
 // The /dev node of block device `dev`, checked by its st_rdev.
 absl::StatusOr<std::string> DeviceNode(dev_t dev);
 
+// What direct I/O on an image file or block device needs and allows.
+struct DeviceGeometry {
+  bool block_device = false;
+  uint32_t offset_align = 4096;  // device offsets and lengths
+  uint32_t memory_align = 4096;  // buffer addresses
+  uint64_t max_io = 1 << 20;     // largest request worth sending
+  bool bio_based = false;        // no blk-mq: io_uring punts to workers
+  uint64_t size = 0;             // bytes
+};
+
+// Probes `fd` (opened on `path`): STATX_DIOALIGN for files (4096 when the
+// filesystem does not say), logical block size, max_sectors_kb and blk-mq
+// for block devices.
+absl::StatusOr<DeviceGeometry> ProbeGeometry(int fd, const std::string& path);
+
+// EXT4DIO_E_IN_USE when the image file is mounted through a loop device
+// (or one of its partitions), naming device and mount point. Block devices
+// are guarded by O_EXCL instead.
+absl::Status CheckImageNotMounted(const std::string& image);
+
 }  // namespace ext4dio
 
 #endif  // EXT4DIO_LIB_DEVICE_H_

@@ -25,7 +25,11 @@ absl::StatusCode CanonicalFor(ext4dio_error code) {
     case EXT4DIO_E_UNSUPPORTED_FILE:
     case EXT4DIO_E_UNSUPPORTED_FS:
     case EXT4DIO_E_NOT_IN_USE:
+    case EXT4DIO_E_NEEDS_ALLOCATION:
+    case EXT4DIO_E_WRITE_REFUSED:
       return absl::StatusCode::kFailedPrecondition;
+    case EXT4DIO_E_IN_USE:
+      return absl::StatusCode::kUnavailable;
     case EXT4DIO_E_CORRUPT_FS:
     case EXT4DIO_E_TRUNCATED:
     case EXT4DIO_E_CORRUPT_MAP:

@@ -392,6 +392,7 @@ absl::StatusOr<FileLayout> Ext4Reader::ReadFileOnce(uint64_t inode) {
   layout.block_size = fs_->blocksize;
   layout.cluster_size = EXT2_CLUSTER_SIZE(sb);
   layout.extent_tree = (flags & EXT4_EXTENTS_FL) != 0;
+  layout.flags = flags;
 
   // Every block the file maps (data and index) is counted in i_blocks, so it
   // bounds the walk: a hostile tree cannot make it run away.
@@ -483,6 +484,73 @@ absl::StatusOr<FileLayout> Ext4Reader::ReadFileOnce(uint64_t inode) {
     return Prefixed(absl::StrCat(who, ": "), s);
   }
   return layout;
+}
+
+absl::Status Ext4Reader::WriteRefusal() {
+  absl::MutexLock lock(&mu_);
+  ext2_super_block* sb = fs_->super;
+  auto refuse = [&](absl::string_view why) {
+    return LibError(EXT4DIO_E_WRITE_REFUSED, absl::StrCat(source_, ": ", why));
+  };
+  if (ext2fs_has_feature_journal_needs_recovery(sb))
+    return refuse("the journal needs recovery (mount it once or run e2fsck) before writing");
+  if (sb->s_state & EXT2_ERROR_FS)
+    return refuse("the filesystem is marked as having errors (run e2fsck) before writing");
+  if (!(sb->s_state & EXT2_VALID_FS))
+    return refuse("the filesystem was not cleanly unmounted (mounted elsewhere, or needs e2fsck)");
+  // What this library knows how to leave alone. A feature outside these
+  // could change what a block means.
+  constexpr uint32_t kKnownIncompat =
+      EXT2_FEATURE_INCOMPAT_FILETYPE | EXT3_FEATURE_INCOMPAT_RECOVER |
+      EXT2_FEATURE_INCOMPAT_META_BG | EXT3_FEATURE_INCOMPAT_EXTENTS |
+      EXT4_FEATURE_INCOMPAT_64BIT | EXT4_FEATURE_INCOMPAT_MMP |
+      EXT4_FEATURE_INCOMPAT_FLEX_BG | EXT4_FEATURE_INCOMPAT_EA_INODE |
+      EXT4_FEATURE_INCOMPAT_CSUM_SEED | EXT4_FEATURE_INCOMPAT_LARGEDIR |
+      EXT4_FEATURE_INCOMPAT_INLINE_DATA | EXT4_FEATURE_INCOMPAT_ENCRYPT |
+      EXT4_FEATURE_INCOMPAT_CASEFOLD;
+  constexpr uint32_t kKnownRoCompat =
+      EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER | EXT2_FEATURE_RO_COMPAT_LARGE_FILE |
+      EXT4_FEATURE_RO_COMPAT_HUGE_FILE | EXT4_FEATURE_RO_COMPAT_GDT_CSUM |
+      EXT4_FEATURE_RO_COMPAT_DIR_NLINK | EXT4_FEATURE_RO_COMPAT_EXTRA_ISIZE |
+      EXT4_FEATURE_RO_COMPAT_QUOTA | EXT4_FEATURE_RO_COMPAT_BIGALLOC |
+      EXT4_FEATURE_RO_COMPAT_METADATA_CSUM | EXT4_FEATURE_RO_COMPAT_PROJECT |
+      EXT4_FEATURE_RO_COMPAT_VERITY | EXT4_FEATURE_RO_COMPAT_ORPHAN_PRESENT;
+  if (sb->s_feature_incompat & ~kKnownIncompat) {
+    return refuse(absl::StrFormat("unknown incompat features 0x%x",
+                                  sb->s_feature_incompat & ~kKnownIncompat));
+  }
+  if (sb->s_feature_ro_compat & EXT4_FEATURE_RO_COMPAT_SHARED_BLOCKS)
+    return refuse("the shared_blocks feature is set: a block may belong to several files");
+  if (sb->s_feature_ro_compat & EXT4_FEATURE_RO_COMPAT_READONLY)
+    return refuse("the read-only feature is set");
+  if (sb->s_feature_ro_compat & ~kKnownRoCompat) {
+    return refuse(absl::StrFormat("unknown ro_compat features 0x%x",
+                                  sb->s_feature_ro_compat & ~kKnownRoCompat));
+  }
+  if (ext2fs_has_feature_mmp(sb)) {
+    if (sb->s_mmp_block < sb->s_first_data_block || sb->s_mmp_block >= blocks_count_)
+      return refuse("the MMP block lies outside the filesystem");
+    std::vector<unsigned char> buf(fs_->blocksize);
+    errcode_t err = io_channel_read_blk64(fs_->io, sb->s_mmp_block, 1, buf.data());
+    if (err != 0) return Ext2fsError(err, EXT4DIO_E_CORRUPT_FS, "reading the MMP block");
+    mmp_struct mmp;
+    std::memcpy(&mmp, buf.data(), sizeof mmp);
+    if (ext2fs_le32_to_cpu(mmp.mmp_magic) != EXT4_MMP_MAGIC)
+      return refuse("the MMP block has a bad magic number");
+    const uint32_t seq = ext2fs_le32_to_cpu(mmp.mmp_seq);
+    if (seq != EXT4_MMP_SEQ_CLEAN) {
+      char node[sizeof mmp.mmp_nodename + 1] = {0};
+      std::memcpy(node, mmp.mmp_nodename, sizeof mmp.mmp_nodename);
+      return LibError(EXT4DIO_E_IN_USE,
+                      absl::StrFormat("%s: multiple-mount protection shows it in use "
+                                      "(sequence 0x%x, node '%s', device '%s')",
+                                      source_, seq, node,
+                                      std::string(reinterpret_cast<char*>(mmp.mmp_bdevname),
+                                                  strnlen(reinterpret_cast<char*>(mmp.mmp_bdevname),
+                                                          sizeof mmp.mmp_bdevname))));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Ext4Reader::ValidateExtents(const std::vector<Extent>& extents,

@@ -43,6 +43,7 @@ struct FileLayout {
   uint32_t cluster_size = 0;
   bool extent_tree = true;    // false: ext2/ext3 block map
   uint32_t depth = 0;         // extent tree depth (0 for block maps)
+  uint32_t flags = 0;         // i_flags (EXT2_IMMUTABLE_FL, EXT2_APPEND_FL, ...)
   std::vector<Extent> extents;       // logical order; block maps: runs
   std::vector<uint64_t> map_blocks;  // index / indirect blocks of the file
 };
@@ -91,6 +92,14 @@ class Ext4Reader {
   // MMP) nor on the file's own index blocks, and marked in use in the block
   // bitmap of its group.
   absl::StatusOr<FileLayout> ReadFile(uint64_t inode);
+
+  // Why writing file data into this filesystem offline (image mode) would
+  // be unsafe, or OK: EXT4DIO_E_IN_USE when MMP shows it in use;
+  // EXT4DIO_E_WRITE_REFUSED when the journal needs recovery, the errors
+  // flag is set, it was not cleanly unmounted, or it has ro_compat/incompat
+  // features this library does not know, shared blocks or the read-only
+  // feature.
+  absl::Status WriteRefusal();
 
   // Checks extents (e.g. from FIEMAP) against the filesystem exactly as
   // ReadFile checks its own, with `map_blocks` as the file's index blocks.

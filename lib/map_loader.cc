@@ -5,6 +5,8 @@
 #include <thread>
 #include <utility>
 
+#include <ext2fs/ext2_fs.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -28,6 +30,7 @@ absl::StatusOr<LoadedMap> FromLayout(FileLayout layout, uint64_t device_offset,
   out.cluster_size = layout.cluster_size;
   out.extent_tree = layout.extent_tree;
   out.depth = layout.depth;
+  out.inode_flags = layout.flags;
   out.source = source;
   out.device = std::move(device);
   out.warning = std::move(warning);
@@ -47,8 +50,22 @@ absl::StatusOr<LoadedMap> LoadImage(const Target& t) {
   }
   auto layout = (*reader)->ReadFile(ino);
   if (!layout.ok()) return layout.status();
-  return FromLayout(std::move(*layout), t.image_offset, MapSource::kImage,
-                    t.image, absl::StrJoin((*reader)->warnings(), "; "));
+  auto loaded = FromLayout(std::move(*layout), t.image_offset, MapSource::kImage,
+                           t.image, absl::StrJoin((*reader)->warnings(), "; "));
+  if (!loaded.ok()) return loaded;
+  loaded->write_status = (*reader)->WriteRefusal();
+  const std::string who = absl::StrFormat("%s: inode %d", t.image, loaded->inode);
+  if (loaded->write_status.ok() && (loaded->inode_flags & EXT2_IMMUTABLE_FL)) {
+    loaded->write_status = LibError(EXT4DIO_E_WRITE_REFUSED,
+                                    who + " is immutable (chattr +i)");
+  }
+  if (loaded->write_status.ok() && (loaded->inode_flags & EXT2_APPEND_FL)) {
+    loaded->write_status = LibError(
+        EXT4DIO_E_WRITE_REFUSED,
+        who + " is append-only (chattr +a): only appends are allowed, and "
+              "appending needs allocation, which image mode cannot do");
+  }
+  return loaded;
 }
 
 bool IsAccessError(const absl::Status& s) {

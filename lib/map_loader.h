@@ -31,6 +31,10 @@ struct LoadedMap {
   MapSource source = MapSource::kImage;
   std::string device;         // what was read: image file or /dev node
   std::string warning;        // empty, or why to trust the map less
+  uint32_t inode_flags = 0;   // i_flags (0 when only FIEMAP was read)
+  // Image mode: OK, or why writing file data offline would be unsafe
+  // (filesystem state, features, immutable/append-only file).
+  absl::Status write_status;
 };
 
 // How many times a mounted file's on-disk map and FIEMAP may disagree (the

@@ -42,6 +42,15 @@ enum ext4dio_error {
   EXT4DIO_E_UNSUPPORTED_FS = 1005,   /* features this library cannot read */
   EXT4DIO_E_MAP_MISMATCH = 1006, /* on-disk tree and FIEMAP disagree */
   EXT4DIO_E_NOT_IN_USE = 1007,   /* the inode number is not an allocated inode */
+  EXT4DIO_E_NEEDS_ALLOCATION = 1008, /* the write touches a hole, an unwritten
+                                        extent or EOF, and there is no kernel
+                                        path (image mode): nothing written */
+  EXT4DIO_E_IN_USE = 1009,       /* the image is mounted, locked by another
+                                    writer, or MMP shows it in use */
+  EXT4DIO_E_WRITE_REFUSED = 1010, /* writing is unsafe: journal needs recovery,
+                                     errors flag, unknown or shared-block
+                                     features, immutable/append-only file,
+                                     read-only image */
   EXT4DIO_E_INTERNAL = 1099      /* a bug in libext4dio */
 };
 
@@ -133,6 +142,142 @@ int ext4dio_map_extent(const struct ext4dio_map *map, uint64_t index,
 int ext4dio_map_query(const struct ext4dio_map *map, uint64_t offset,
                       uint64_t length, struct ext4dio_segment *segments,
                       size_t max_segments, size_t *n_segments);
+
+/* ---- Files: direct I/O at the mapped device offsets ------------------
+ *
+ * Image mode (image file or unmounted device): the file's map is read and
+ * validated at open; a write is planned in full before any byte moves and
+ * refused as a whole (-EXT4DIO_E_NEEDS_ALLOCATION, nothing written) when it
+ * touches a hole, an unwritten extent or EOF. Writers lock the image (flock,
+ * or O_EXCL for a device) and are refused on a mounted image, a journal that
+ * needs recovery, the errors flag, MMP in use, unknown features, and
+ * immutable or append-only files. Image mode never changes metadata: the
+ * inode's mtime stays as it was.
+ *
+ * Thread-safety: ext4dio_pwrite/pread/sync on one file from any number of
+ * threads at once (each concurrent caller gets its own ring). A queue is
+ * used by one thread at a time.
+ */
+struct ext4dio_file;
+
+#define EXT4DIO_OPEN_WRITE 0x1u         /* open for writing */
+#define EXT4DIO_OPEN_DSYNC 0x2u         /* every device write with FUA */
+#define EXT4DIO_OPEN_SQPOLL 0x4u        /* io_uring SQPOLL thread per ring */
+
+enum ext4dio_backend {
+  EXT4DIO_BACKEND_AUTO = 0,  /* io_uring unless unavailable or the device is
+                                bio-based (io_uring would punt to workers) */
+  EXT4DIO_BACKEND_URING = 1,
+  EXT4DIO_BACKEND_SYNC = 2   /* preadv2/pwritev2 */
+};
+
+struct ext4dio_open_opts {
+  size_t struct_size;
+  uint32_t flags;        /* EXT4DIO_OPEN_* */
+  uint32_t queue_depth;  /* per ring; 0 means 32 */
+  uint32_t backend;      /* enum ext4dio_backend */
+  uint64_t max_io;       /* split device requests at this size; 0: device's */
+};
+void ext4dio_open_opts_init(struct ext4dio_open_opts *opts);
+
+int ext4dio_open(const struct ext4dio_target *target,
+                 const struct ext4dio_open_opts *opts, struct ext4dio_file **out);
+/* Waits for nothing (callers finish their I/O first); releases everything. */
+void ext4dio_close(struct ext4dio_file *file);
+
+/* All of [offset, offset+n) or an error: returns n, or a negative code with
+ * the failed file offset and length in ext4dio_last_error(). */
+int64_t ext4dio_pwrite(struct ext4dio_file *file, const void *buf, size_t n,
+                       uint64_t offset);
+/* Up to n bytes; holes and unwritten extents read as zeros; short at EOF. */
+int64_t ext4dio_pread(struct ext4dio_file *file, void *buf, size_t n,
+                      uint64_t offset);
+/* Flushes the device's write cache. */
+int ext4dio_sync(struct ext4dio_file *file);
+
+struct ext4dio_file_info {
+  size_t struct_size;
+  uint64_t size;              /* i_size */
+  uint32_t block_size;
+  uint32_t offset_align;      /* device offsets/lengths that avoid RMW */
+  uint32_t memory_align;      /* buffer addresses that avoid bouncing */
+  uint32_t backend;           /* the backend in use: URING or SYNC */
+  uint64_t max_io;
+  int fast_path;              /* 1: I/O goes straight to the device */
+  const char *warning;        /* NULL or text */
+};
+void ext4dio_file_info_init(struct ext4dio_file_info *info);
+int ext4dio_file_get_info(const struct ext4dio_file *file, struct ext4dio_file_info *info);
+/* The file's map (owned by the file, valid until ext4dio_close). */
+const struct ext4dio_map *ext4dio_file_map(const struct ext4dio_file *file);
+
+struct ext4dio_stats {
+  size_t struct_size;
+  uint64_t fast_bytes, fast_requests;         /* direct device writes */
+  uint64_t rmw_bytes, rmw_requests;           /* read-modify-write of a unit */
+  uint64_t buffered_bytes, buffered_requests; /* non-direct writes */
+  uint64_t kernel_bytes, kernel_requests;     /* kernel path (mounted mode) */
+  uint64_t read_bytes, read_requests;         /* device reads */
+  uint64_t zero_bytes;                        /* holes/unwritten read */
+};
+void ext4dio_stats_init(struct ext4dio_stats *stats);
+int ext4dio_file_get_stats(const struct ext4dio_file *file, struct ext4dio_stats *stats);
+
+enum ext4dio_piece_kind {
+  EXT4DIO_PIECE_FAST = 0,      /* aligned direct device write */
+  EXT4DIO_PIECE_RMW = 1,       /* read-modify-write of a unit inside the file */
+  EXT4DIO_PIECE_BUFFERED = 2,  /* non-direct write of just these bytes */
+  EXT4DIO_PIECE_KERNEL = 3,    /* through the kernel (mounted mode) */
+  EXT4DIO_PIECE_REFUSED = 4    /* needs allocation: not writable here */
+};
+struct ext4dio_piece {
+  uint64_t file_offset;
+  uint64_t length;
+  uint64_t device_offset;  /* FAST, RMW, BUFFERED */
+  uint32_t kind;           /* enum ext4dio_piece_kind */
+};
+/* The plan for writing [offset, offset+length), including REFUSED pieces,
+ * without writing. Fills at most max and sets *n to the total count (call
+ * again with more room when *n > max). */
+int ext4dio_plan_write(const struct ext4dio_file *file, uint64_t offset, uint64_t length,
+                       struct ext4dio_piece *pieces, size_t max, size_t *n);
+/* The first byte at or after offset (up to offset+length) that cannot be
+ * written here (hole, unwritten extent, EOF). */
+uint64_t ext4dio_writable_until(const struct ext4dio_file *file, uint64_t offset,
+                                uint64_t length);
+
+/* ---- Asynchronous queues ------------------------------------------------
+ * One ring per queue; submit with a cookie, reap completions. A write with
+ * unaligned pieces runs inside submit (blocking) and completes like the
+ * rest. Closing waits for what is in flight. */
+struct ext4dio_queue;
+
+#define EXT4DIO_OP_READ 0u
+#define EXT4DIO_OP_WRITE 1u
+
+struct ext4dio_request {
+  uint32_t op;        /* EXT4DIO_OP_* */
+  void *buf;
+  uint64_t length;
+  uint64_t offset;
+  uint64_t cookie;
+};
+struct ext4dio_completion {
+  uint64_t cookie;
+  int64_t result;        /* bytes, or a negative code */
+  uint64_t error_offset; /* file offset and length that failed */
+  uint64_t error_length;
+};
+
+int ext4dio_queue_open(struct ext4dio_file *file, uint32_t depth, struct ext4dio_queue **out);
+void ext4dio_queue_close(struct ext4dio_queue *queue);
+/* 0 when started; a negative code when the request was not started (nothing
+ * written), e.g. -EXT4DIO_E_NEEDS_ALLOCATION. */
+int ext4dio_queue_submit(struct ext4dio_queue *queue, const struct ext4dio_request *request);
+/* Waits for at least min (bounded by what is outstanding) and stores up to
+ * max completions; returns how many, or a negative code. */
+int ext4dio_queue_reap(struct ext4dio_queue *queue, struct ext4dio_completion *out,
+                       size_t max, size_t min);
 
 /* Text for a code returned by this library (negative) or an errno. */
 const char *ext4dio_strerror(int code);

@@ -33,7 +33,10 @@ inline absl::Status StatusFromCode(int code, const std::string& message) {
     case EXT4DIO_E_NOT_EXT4:
     case EXT4DIO_E_UNSUPPORTED_FILE:
     case EXT4DIO_E_UNSUPPORTED_FS:
-    case EXT4DIO_E_NOT_IN_USE: c = absl::StatusCode::kFailedPrecondition; break;
+    case EXT4DIO_E_NOT_IN_USE:
+    case EXT4DIO_E_NEEDS_ALLOCATION:
+    case EXT4DIO_E_WRITE_REFUSED: c = absl::StatusCode::kFailedPrecondition; break;
+    case EXT4DIO_E_IN_USE: c = absl::StatusCode::kUnavailable; break;
     case EXT4DIO_E_CORRUPT_FS:
     case EXT4DIO_E_TRUNCATED:
     case EXT4DIO_E_CORRUPT_MAP: c = absl::StatusCode::kDataLoss; break;
@@ -42,6 +45,8 @@ inline absl::Status StatusFromCode(int code, const std::string& message) {
     case ENOENT: case ENOTDIR: c = absl::StatusCode::kNotFound; break;
     case EACCES: case EPERM: c = absl::StatusCode::kPermissionDenied; break;
     case EINVAL: case EISDIR: case ELOOP: c = absl::StatusCode::kInvalidArgument; break;
+    case EIO: c = absl::StatusCode::kDataLoss; break;
+    case EBADF: c = absl::StatusCode::kFailedPrecondition; break;
     case ERANGE: c = absl::StatusCode::kOutOfRange; break;
     case ENOMEM: case ENOSPC: c = absl::StatusCode::kResourceExhausted; break;
     case EAGAIN: case EBUSY: c = absl::StatusCode::kUnavailable; break;
@@ -136,6 +141,118 @@ class FileMap {
 
   std::unique_ptr<ext4dio_map, Free> map_;
   ext4dio_map_info info_;
+};
+
+struct DirectFileOptions {
+  bool write = false;
+  bool dsync = false;
+  bool sqpoll = false;
+  uint32_t queue_depth = 32;
+  ext4dio_backend backend = EXT4DIO_BACKEND_AUTO;
+  uint64_t max_io = 0;
+};
+
+// A file open for direct I/O at its mapped device offsets (see ext4dio.h
+// for the image-mode rules). Thread-safe: Pwrite/Pread/Sync from many
+// threads at once.
+class DirectFile {
+ public:
+  [[nodiscard]] static absl::StatusOr<DirectFile> Open(const Location& where,
+                                                       const DirectFileOptions& o = {}) {
+    ext4dio_target t;
+    ext4dio_target_init(&t);
+    t.image = where.image.empty() ? nullptr : where.image.c_str();
+    t.image_offset = where.image_offset;
+    t.path = where.path.empty() ? nullptr : where.path.c_str();
+    t.inode = where.inode;
+    ext4dio_open_opts opts;
+    ext4dio_open_opts_init(&opts);
+    opts.flags = (o.write ? EXT4DIO_OPEN_WRITE : 0u) | (o.dsync ? EXT4DIO_OPEN_DSYNC : 0u) |
+                 (o.sqpoll ? EXT4DIO_OPEN_SQPOLL : 0u);
+    opts.queue_depth = o.queue_depth;
+    opts.backend = o.backend;
+    opts.max_io = o.max_io;
+    ext4dio_file* f = nullptr;
+    if (int rc = ext4dio_open(&t, &opts, &f); rc < 0) return LastStatus(rc);
+    return DirectFile(f);
+  }
+
+  // Writes all n bytes or fails (the message names the failed offset).
+  [[nodiscard]] absl::Status Pwrite(const void* buf, size_t n, uint64_t offset) {
+    int64_t rc = ext4dio_pwrite(file_.get(), buf, n, offset);
+    return rc < 0 ? LastStatus(static_cast<int>(rc)) : absl::OkStatus();
+  }
+  // Bytes read: short at EOF.
+  [[nodiscard]] absl::StatusOr<size_t> Pread(void* buf, size_t n, uint64_t offset) {
+    int64_t rc = ext4dio_pread(file_.get(), buf, n, offset);
+    if (rc < 0) return LastStatus(static_cast<int>(rc));
+    return static_cast<size_t>(rc);
+  }
+  [[nodiscard]] absl::Status Sync() {
+    int rc = ext4dio_sync(file_.get());
+    return rc < 0 ? LastStatus(rc) : absl::OkStatus();
+  }
+  ext4dio_file_info Info() const {
+    ext4dio_file_info info;
+    ext4dio_file_info_init(&info);
+    ext4dio_file_get_info(file_.get(), &info);
+    return info;
+  }
+  ext4dio_stats Stats() const {
+    ext4dio_stats s;
+    ext4dio_stats_init(&s);
+    ext4dio_file_get_stats(file_.get(), &s);
+    return s;
+  }
+  // The plan for a write, refused ranges included, nothing written.
+  [[nodiscard]] absl::StatusOr<std::vector<ext4dio_piece>> PlanWrite(uint64_t offset,
+                                                                     uint64_t length) const {
+    size_t n = 0;
+    if (int rc = ext4dio_plan_write(file_.get(), offset, length, nullptr, 0, &n); rc < 0)
+      return LastStatus(rc);
+    std::vector<ext4dio_piece> pieces(n);
+    if (int rc = ext4dio_plan_write(file_.get(), offset, length, pieces.data(), n, &n); rc < 0)
+      return LastStatus(rc);
+    return pieces;
+  }
+  uint64_t WritableUntil(uint64_t offset, uint64_t length) const {
+    return ext4dio_writable_until(file_.get(), offset, length);
+  }
+  ext4dio_file* get() const { return file_.get(); }
+
+ private:
+  struct Close {
+    void operator()(ext4dio_file* f) const { ext4dio_close(f); }
+  };
+  explicit DirectFile(ext4dio_file* f) : file_(f) {}
+  std::unique_ptr<ext4dio_file, Close> file_;
+};
+
+// Asynchronous requests on one ring; one thread at a time.
+class RequestQueue {
+ public:
+  // REQUIRES: `file` outlives the queue.
+  [[nodiscard]] static absl::StatusOr<RequestQueue> Open(DirectFile& file, uint32_t depth) {
+    ext4dio_queue* q = nullptr;
+    if (int rc = ext4dio_queue_open(file.get(), depth, &q); rc < 0) return LastStatus(rc);
+    return RequestQueue(q);
+  }
+  [[nodiscard]] absl::Status Submit(const ext4dio_request& r) {
+    int rc = ext4dio_queue_submit(queue_.get(), &r);
+    return rc < 0 ? LastStatus(rc) : absl::OkStatus();
+  }
+  [[nodiscard]] absl::StatusOr<size_t> Reap(ext4dio_completion* out, size_t max, size_t min) {
+    int rc = ext4dio_queue_reap(queue_.get(), out, max, min);
+    if (rc < 0) return LastStatus(rc);
+    return static_cast<size_t>(rc);
+  }
+
+ private:
+  struct Close {
+    void operator()(ext4dio_queue* q) const { ext4dio_queue_close(q); }
+  };
+  explicit RequestQueue(ext4dio_queue* q) : queue_(q) {}
+  std::unique_ptr<ext4dio_queue, Close> queue_;
 };
 
 }  // namespace ext4dio

@@ -1,0 +1,276 @@
+#include "async_queue.h"
+
+#include <linux/fs.h>
+
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "aligned.h"
+#include "errors.h"
+#include "file.h"
+#include "planner.h"
+
+namespace ext4dio {
+
+struct AsyncQueue::Request {
+  uint64_t cookie = 0;
+  bool write = false;
+  uint64_t bytes = 0;       // result on success
+  size_t remaining = 0;     // device ops not finished
+  int64_t error = 0;        // first failure (negative code)
+  uint64_t error_offset = 0, error_length = 0;
+  std::vector<int> regions;  // held shared while the write is in flight
+  std::vector<AlignedBuf> bounces;
+  // Bounced reads: copy bounce[i] + skip -> dst, n bytes at completion.
+  struct CopyOut {
+    char* dst;
+    const char* src;
+    uint64_t n;
+  };
+  std::vector<CopyOut> copy_outs;
+};
+
+struct AsyncQueue::OpState {
+  uint64_t request;
+  IoOp::Kind kind;
+  uint64_t device_offset, file_offset, length;
+  char* buf;
+};
+
+AsyncQueue::AsyncQueue(File* file, std::unique_ptr<IoQueue> queue)
+    : file_(file), queue_(std::move(queue)) {}
+
+AsyncQueue::~AsyncQueue() { (void)Drain(); }
+
+absl::Status AsyncQueue::Drain() {
+  while (!requests_.empty()) {
+    Pump();
+    if (queue_->in_flight() == 0 && backlog_.empty()) break;
+    if (absl::Status s = ReapSome(1); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+void AsyncQueue::Pump() {
+  std::vector<IoOp> batch;
+  const int flags = file_->options_.dsync ? RWF_DSYNC : 0;
+  while (!backlog_.empty() && queue_->in_flight() + batch.size() < queue_->depth()) {
+    const uint64_t tag = backlog_.front();
+    backlog_.pop_front();
+    OpState& op = ops_.at(tag);
+    if (op.kind == IoOp::kWrite) {
+      // The last check before the device: inside the file's written extents.
+      absl::Status s = file_->CheckInside(op.device_offset, op.length, op.file_offset);
+      if (!s.ok()) {
+        Request& r = *requests_.at(op.request);
+        if (r.error == 0) {
+          r.error = CodeOf(s);
+          r.error_offset = op.file_offset;
+          r.error_length = op.length;
+        }
+        const uint64_t id = op.request;
+        ops_.erase(tag);
+        if (--r.remaining == 0) Finish(id);
+        continue;
+      }
+    }
+    batch.push_back(IoOp{op.kind, op.kind == IoOp::kWrite ? flags : 0,
+                         static_cast<uint32_t>(op.length), op.device_offset, op.buf, tag});
+  }
+  if (batch.empty()) return;
+  if (absl::Status s = queue_->Submit(batch); !s.ok()) {
+    // Not in flight: fail those requests' ops here.
+    for (const IoOp& io : batch) {
+      OpState op = ops_.at(io.tag);
+      ops_.erase(io.tag);
+      Request& r = *requests_.at(op.request);
+      if (r.error == 0) {
+        r.error = CodeOf(s);
+        r.error_offset = op.file_offset;
+        r.error_length = op.length;
+      }
+      if (--r.remaining == 0) Finish(op.request);
+    }
+  }
+}
+
+void AsyncQueue::Finish(uint64_t id) {
+  auto it = requests_.find(id);
+  Request& r = *it->second;
+  if (r.write && !r.regions.empty()) file_->regions_.UnlockShared(r.regions);
+  AsyncCompletion c;
+  c.cookie = r.cookie;
+  if (r.error != 0) {
+    c.result = r.error;
+    c.error_offset = r.error_offset;
+    c.error_length = r.error_length;
+  } else {
+    for (const Request::CopyOut& co : r.copy_outs) std::memcpy(co.dst, co.src, co.n);
+    c.result = static_cast<int64_t>(r.bytes);
+    if (r.write) {
+      file_->stats_[File::kFastBytes] += r.bytes;
+      file_->stats_[File::kFastReq] += 1;
+    } else {
+      file_->stats_[File::kReadBytes] += r.bytes;
+      file_->stats_[File::kReadReq] += 1;
+    }
+  }
+  ready_.push_back(c);
+  requests_.erase(it);
+}
+
+absl::Status AsyncQueue::ReapSome(size_t min_complete) {
+  IoResult results[64];
+  auto got = queue_->Reap(absl::MakeSpan(results),
+                          std::min<size_t>(min_complete, queue_->in_flight()));
+  if (!got.ok()) return got.status();
+  for (size_t k = 0; k < *got; ++k) {
+    const uint64_t tag = results[k].tag;
+    OpState& op = ops_.at(tag);
+    Request& r = *requests_.at(op.request);
+    const int64_t res = results[k].result;
+    if (res > 0 && static_cast<uint64_t>(res) < op.length && r.error == 0) {
+      op.device_offset += res;
+      op.file_offset += res;
+      op.buf += res;
+      op.length -= res;
+      backlog_.push_front(tag);  // the remainder, next
+      continue;
+    }
+    if ((res <= 0) && r.error == 0) {
+      r.error = res < 0 ? res : -EIO;
+      r.error_offset = op.file_offset;
+      r.error_length = op.length;
+    }
+    const uint64_t id = op.request;
+    ops_.erase(tag);
+    if (--r.remaining == 0) Finish(id);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
+  File& f = *file_;
+  const Alignment a = f.align_;
+  auto request = std::make_unique<Request>();
+  request->cookie = req.cookie;
+  request->write = req.write;
+  std::vector<OpState> ops;
+  char* base = static_cast<char*>(req.buf);
+
+  if (req.write) {
+    if (!f.options_.write) return ErrnoError(EBADF, f.name_ + ": opened read-only");
+    auto pieces = f.PlanWrite(req.offset, req.length);
+    if (!pieces.ok()) return Prefixed(f.name_ + ": ", pieces.status());
+    bool unaligned = false;
+    for (const Piece& p : *pieces) unaligned |= p.kind != Piece::kDirect;
+    if (unaligned) {
+      // Blocking path: finish what is in flight, then run the whole request
+      // here with this queue's ring, exactly as a synchronous write.
+      if (absl::Status s = Drain(); !s.ok()) return s;
+      absl::Status s = f.WriteDirect(*queue_, *pieces, base, req.offset);
+      for (const Piece& p : *pieces) {
+        if (!s.ok()) break;
+        if (p.kind != Piece::kDirect) s = f.WriteUnaligned(*queue_, p, base + (p.file_offset - req.offset));
+      }
+      AsyncCompletion c;
+      c.cookie = req.cookie;
+      c.result = s.ok() ? static_cast<int64_t>(req.length) : CodeOf(s);
+      if (!s.ok()) {
+        c.error_offset = req.offset;
+        c.error_length = req.length;
+      }
+      ready_.push_back(c);
+      return absl::OkStatus();
+    }
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (const Piece& p : *pieces) {
+      char* src = base + (p.file_offset - req.offset);
+      if (reinterpret_cast<uintptr_t>(src) % a.memory != 0) {
+        request->bounces.push_back(AllocAligned(a.memory, p.length));
+        if (!request->bounces.back()) return ErrnoError(ENOMEM, "bounce buffer");
+        std::memcpy(request->bounces.back().get(), src, p.length);
+        src = request->bounces.back().get();
+      }
+      ops.push_back(OpState{0, IoOp::kWrite, p.device_offset, p.file_offset, p.length, src});
+      lo = std::min(lo, p.device_offset);
+      hi = std::max(hi, p.device_offset + p.length);
+    }
+    if (!ops.empty()) {
+      RegionLocks::Regions(lo, hi - lo, &request->regions);
+      // A writer waiting for one of these regions may wait on our own
+      // in-flight requests: keep completing them while we wait.
+      while (!f.regions_.TryLockShared(request->regions)) {
+        if (queue_->in_flight() > 0) {
+          if (absl::Status s = ReapSome(1); !s.ok()) return s;
+        } else {
+          std::this_thread::yield();
+        }
+      }
+    }
+    request->bytes = req.length;
+  } else {
+    auto pieces = PlanRead(f.loaded_.map, req.offset, req.length, f.plan_);
+    if (!pieces.ok()) return Prefixed(f.name_ + ": ", pieces.status());
+    uint64_t total = 0;
+    for (const Piece& p : *pieces) {
+      if (p.kind == Piece::kEof) break;
+      char* dst = base + (p.file_offset - req.offset);
+      total = p.file_offset + p.length - req.offset;
+      if (p.kind == Piece::kZero) {
+        std::memset(dst, 0, p.length);
+        continue;
+      }
+      const uint64_t start = AlignDown(p.device_offset, a.offset);
+      const uint64_t end = AlignUp(p.device_offset + p.length, a.offset);
+      if (start == p.device_offset && end == p.device_offset + p.length &&
+          reinterpret_cast<uintptr_t>(dst) % a.memory == 0) {
+        ops.push_back(OpState{0, IoOp::kRead, p.device_offset, p.file_offset, p.length, dst});
+      } else {
+        request->bounces.push_back(AllocAligned(a.memory, end - start));
+        if (!request->bounces.back()) return ErrnoError(ENOMEM, "bounce buffer");
+        char* b = request->bounces.back().get();
+        request->copy_outs.push_back({dst, b + (p.device_offset - start), p.length});
+        ops.push_back(OpState{0, IoOp::kRead, start, p.file_offset - (p.device_offset - start),
+                              end - start, b});
+      }
+    }
+    request->bytes = total;
+  }
+
+  const uint64_t id = next_request_++;
+  request->remaining = ops.size();
+  requests_.emplace(id, std::move(request));
+  if (ops.empty()) {
+    Finish(id);
+    return absl::OkStatus();
+  }
+  for (OpState& op : ops) {
+    op.request = id;
+    const uint64_t tag = next_op_++;
+    ops_.emplace(tag, op);
+    backlog_.push_back(tag);
+  }
+  Pump();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> AsyncQueue::Reap(absl::Span<AsyncCompletion> out, size_t min_complete) {
+  size_t n = 0;
+  for (;;) {
+    while (n < out.size() && !ready_.empty()) {
+      out[n++] = ready_.front();
+      ready_.pop_front();
+    }
+    if (n >= min_complete || n == out.size() || requests_.empty()) return n;
+    Pump();
+    if (queue_->in_flight() == 0) {
+      if (backlog_.empty()) return n;
+      continue;
+    }
+    if (absl::Status s = ReapSome(1); !s.ok()) return s;
+  }
+}
+
+}  // namespace ext4dio

@@ -1,0 +1,83 @@
+// AsyncQueue: many requests in flight on one ring, for high queue depth.
+// Submit plans a request and starts its device I/O; Reap collects finished
+// requests by the caller's cookie.
+//
+// Thread-safety: one thread at a time per queue (make one queue per
+// thread). Any number of queues and synchronous callers may use one File.
+//
+// Blocking: a write with unaligned pieces (read-modify-write or buffered)
+// waits for this queue's in-flight requests and runs inside Submit, then
+// completes like the rest.
+#ifndef EXT4DIO_LIB_ASYNC_QUEUE_H_
+#define EXT4DIO_LIB_ASYNC_QUEUE_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "os.h"
+
+namespace ext4dio {
+
+class File;
+
+struct AsyncRequest {
+  bool write = false;
+  void* buf = nullptr;
+  uint64_t length = 0;
+  uint64_t offset = 0;
+  uint64_t cookie = 0;
+};
+
+struct AsyncCompletion {
+  uint64_t cookie = 0;
+  int64_t result = 0;         // bytes, or a negative C API code
+  uint64_t error_offset = 0;  // file offset of the failed piece (result < 0)
+  uint64_t error_length = 0;
+};
+
+class AsyncQueue {
+ public:
+  ~AsyncQueue();  // waits for what is in flight
+  AsyncQueue(const AsyncQueue&) = delete;
+  AsyncQueue& operator=(const AsyncQueue&) = delete;
+
+  // Plans and starts `r`. An error here means the request was not started
+  // (nothing written): e.g. EXT4DIO_E_NEEDS_ALLOCATION.
+  [[nodiscard]] absl::Status Submit(const AsyncRequest& r);
+  // Waits until at least min(min_complete, outstanding()) requests are
+  // finished; returns up to out.size() of them.
+  [[nodiscard]] absl::StatusOr<size_t> Reap(absl::Span<AsyncCompletion> out,
+                                            size_t min_complete);
+  // Requests submitted and not yet reaped.
+  size_t outstanding() const { return requests_.size() + ready_.size(); }
+  uint32_t depth() const { return queue_->depth(); }
+
+ private:
+  friend class File;
+  struct Request;
+  struct OpState;
+  AsyncQueue(File* file, std::unique_ptr<IoQueue> queue);
+
+  void Pump();
+  absl::Status ReapSome(size_t min_complete);
+  void Finish(uint64_t id);
+  absl::Status Drain();
+
+  File* file_;
+  std::unique_ptr<IoQueue> queue_;
+  uint64_t next_request_ = 1;
+  uint64_t next_op_ = 1;
+  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
+  std::unordered_map<uint64_t, OpState> ops_;  // by tag
+  std::deque<uint64_t> backlog_;               // op tags not yet submitted
+  std::deque<AsyncCompletion> ready_;
+};
+
+}  // namespace ext4dio
+
+#endif  // EXT4DIO_LIB_ASYNC_QUEUE_H_

@@ -1,0 +1,239 @@
+#include "os.h"
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <deque>
+
+#include "absl/strings/str_format.h"
+#include "errors.h"
+
+namespace ext4dio {
+namespace {
+
+// One io_uring per queue: the device registered as fixed file 0, optional
+// registered buffer region, optional SQPOLL.
+class UringQueue final : public IoQueue {
+ public:
+  static absl::StatusOr<std::unique_ptr<IoQueue>> Create(int fd, const QueueOptions& o) {
+    auto q = std::unique_ptr<UringQueue>(new UringQueue(fd, o));
+    io_uring_params p = {};
+    if (o.sqpoll) {
+      p.flags |= IORING_SETUP_SQPOLL;
+      p.sq_thread_idle = 200;  // ms before the poller sleeps
+    }
+    int rc = io_uring_queue_init_params(o.depth, &q->ring_, &p);
+    if (rc < 0) return ErrnoError(-rc, "io_uring_queue_init");
+    q->initialized_ = true;
+    if (io_uring_register_files(&q->ring_, &fd, 1) == 0) q->fixed_file_ = true;
+    if (o.fixed_region != nullptr && o.fixed_region_bytes > 0) {
+      iovec iov = {o.fixed_region, o.fixed_region_bytes};
+      rc = io_uring_register_buffers(&q->ring_, &iov, 1);
+      if (rc < 0) return ErrnoError(-rc, "io_uring_register_buffers");
+      q->region_ = static_cast<char*>(o.fixed_region);
+      q->region_bytes_ = o.fixed_region_bytes;
+    }
+    return std::unique_ptr<IoQueue>(std::move(q));
+  }
+
+  ~UringQueue() override {
+    if (initialized_) io_uring_queue_exit(&ring_);
+  }
+
+  uint32_t depth() const override { return depth_; }
+  uint32_t in_flight() const override { return in_flight_; }
+  const char* name() const override { return "io_uring"; }
+
+  absl::Status Submit(absl::Span<const IoOp> ops) override {
+    if (in_flight_ + ops.size() > depth_)
+      return ErrnoError(EOVERFLOW, "io_uring queue over its depth");
+    for (const IoOp& op : ops) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (sqe == nullptr) return ErrnoError(EBUSY, "io_uring submission queue full");
+      const int target = fixed_file_ ? 0 : fd_;
+      char* b = static_cast<char*>(op.buf);
+      const bool fixed_buf = region_ != nullptr && b >= region_ &&
+                             b + op.length <= region_ + region_bytes_;
+      if (op.kind == IoOp::kWrite) {
+        if (fixed_buf)
+          io_uring_prep_write_fixed(sqe, target, op.buf, op.length, op.offset, 0);
+        else
+          io_uring_prep_write(sqe, target, op.buf, op.length, op.offset);
+      } else {
+        if (fixed_buf)
+          io_uring_prep_read_fixed(sqe, target, op.buf, op.length, op.offset, 0);
+        else
+          io_uring_prep_read(sqe, target, op.buf, op.length, op.offset);
+      }
+      sqe->rw_flags = op.rw_flags;
+      if (fixed_file_) sqe->flags |= IOSQE_FIXED_FILE;
+      io_uring_sqe_set_data64(sqe, op.tag);
+    }
+    size_t submitted = 0;
+    while (submitted < ops.size()) {
+      int rc = io_uring_submit(&ring_);
+      if (rc == -EINTR) continue;
+      if (rc < 0) {
+        // Entries still in the SQ ring would go out with the next submit;
+        // there is no way to take them back, so account them as in flight
+        // and let Reap collect them.
+        in_flight_ += static_cast<uint32_t>(ops.size());
+        return ErrnoError(-rc, "io_uring_submit");
+      }
+      if (rc == 0) break;  // SQPOLL: the kernel thread takes them
+      submitted += static_cast<size_t>(rc);
+    }
+    in_flight_ += static_cast<uint32_t>(ops.size());
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<size_t> Reap(absl::Span<IoResult> out, size_t min_complete) override {
+    if (min_complete > 0) {
+      io_uring_cqe* cqe = nullptr;
+      int rc;
+      do {
+        rc = io_uring_wait_cqe_nr(&ring_, &cqe, static_cast<unsigned>(min_complete));
+      } while (rc == -EINTR || rc == -EAGAIN);
+      if (rc < 0) return ErrnoError(-rc, "io_uring_wait_cqe");
+    }
+    io_uring_cqe* cqes[64];
+    size_t got = 0;
+    while (got < out.size()) {
+      const unsigned want = static_cast<unsigned>(std::min<size_t>(64, out.size() - got));
+      const unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, want);
+      if (n == 0) break;
+      for (unsigned i = 0; i < n; ++i) {
+        out[got + i].tag = io_uring_cqe_get_data64(cqes[i]);
+        out[got + i].result = cqes[i]->res;
+      }
+      io_uring_cq_advance(&ring_, n);
+      got += n;
+      in_flight_ -= n;
+    }
+    return got;
+  }
+
+ private:
+  UringQueue(int fd, const QueueOptions& o) : fd_(fd), depth_(o.depth) {}
+
+  io_uring ring_ = {};
+  bool initialized_ = false;
+  int fd_;
+  uint32_t depth_;
+  uint32_t in_flight_ = 0;
+  bool fixed_file_ = false;
+  char* region_ = nullptr;
+  size_t region_bytes_ = 0;
+};
+
+// preadv2/pwritev2 executed at submit time; Reap hands out the results.
+class SyncQueue final : public IoQueue {
+ public:
+  SyncQueue(int fd, uint32_t depth) : fd_(fd), depth_(depth) {}
+  uint32_t depth() const override { return depth_; }
+  uint32_t in_flight() const override { return static_cast<uint32_t>(done_.size()); }
+  const char* name() const override { return "psync"; }
+
+  absl::Status Submit(absl::Span<const IoOp> ops) override {
+    if (done_.size() + ops.size() > depth_)
+      return ErrnoError(EOVERFLOW, "sync queue over its depth");
+    for (const IoOp& op : ops) {
+      iovec iov = {op.buf, op.length};
+      ssize_t rc;
+      do {
+        rc = op.kind == IoOp::kWrite
+                 ? ::pwritev2(fd_, &iov, 1, static_cast<off_t>(op.offset), op.rw_flags)
+                 : ::preadv2(fd_, &iov, 1, static_cast<off_t>(op.offset), op.rw_flags);
+      } while (rc < 0 && errno == EINTR);
+      done_.push_back({op.tag, rc < 0 ? -int64_t{errno} : int64_t{rc}});
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<size_t> Reap(absl::Span<IoResult> out, size_t) override {
+    size_t n = 0;
+    while (n < out.size() && !done_.empty()) {
+      out[n++] = done_.front();
+      done_.pop_front();
+    }
+    return n;
+  }
+
+ private:
+  int fd_;
+  uint32_t depth_;
+  std::deque<IoResult> done_;
+};
+
+}  // namespace
+
+int Os::Open(const char* path, int flags, mode_t mode) {
+  int fd = ::open(path, flags | O_CLOEXEC, mode);
+  return fd < 0 ? -errno : fd;
+}
+
+int Os::Close(int fd) { return ::close(fd) == 0 ? 0 : -errno; }
+
+int Os::Flush(int fd) {
+  int rc;
+  do {
+    rc = ::fdatasync(fd);
+  } while (rc != 0 && errno == EINTR);
+  return rc == 0 ? 0 : -errno;
+}
+
+ssize_t Os::Pread(int fd, void* buf, size_t n, uint64_t offset) {
+  ssize_t rc;
+  do {
+    rc = ::pread(fd, buf, n, static_cast<off_t>(offset));
+  } while (rc < 0 && errno == EINTR);
+  return rc < 0 ? -errno : rc;
+}
+
+ssize_t Os::Pwrite(int fd, const void* buf, size_t n, uint64_t offset) {
+  ssize_t rc;
+  do {
+    rc = ::pwrite(fd, buf, n, static_cast<off_t>(offset));
+  } while (rc < 0 && errno == EINTR);
+  return rc < 0 ? -errno : rc;
+}
+
+int Os::WritebackAndDrop(int fd, uint64_t offset, uint64_t n) {
+  if (::sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(n),
+                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                            SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+    return -errno;
+  // The data is written back: dropping the pages is only for coherence with
+  // later direct reads, so a failure here is not an I/O error.
+  (void)::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(n),
+                        POSIX_FADV_DONTNEED);
+  return 0;
+}
+
+absl::StatusOr<std::unique_ptr<IoQueue>> Os::NewQueue(int fd, const QueueOptions& options) {
+  if (options.depth == 0 || options.depth > 4096)
+    return ErrnoError(EINVAL, absl::StrFormat("queue depth %d (1..4096)", options.depth));
+  if (options.backend == BackendKind::kSync)
+    return std::unique_ptr<IoQueue>(new SyncQueue(fd, options.depth));
+  return UringQueue::Create(fd, options);
+}
+
+Os* RealOs() {
+  static Os* os = new Os();
+  return os;
+}
+
+bool UringAvailable() {
+  static const bool available = [] {
+    io_uring ring;
+    if (io_uring_queue_init(2, &ring, 0) != 0) return false;
+    io_uring_queue_exit(&ring);
+    return true;
+  }();
+  return available;
+}
+
+}  // namespace ext4dio

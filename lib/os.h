@@ -1,0 +1,95 @@
+// Os: every operating-system call of the data path (open, submit, reap,
+// flush) behind one small interface, so tests can wrap it and inject EIO,
+// short transfers and failed flushes.
+//
+// Thread-safety: Os methods may be called from any thread. An IoQueue is
+// used by one thread at a time (it is one io_uring, or one synchronous
+// submitter); make one per thread or per async queue.
+#ifndef EXT4DIO_LIB_OS_H_
+#define EXT4DIO_LIB_OS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace ext4dio {
+
+// One request to the device: `length` bytes at device byte `offset`.
+struct IoOp {
+  enum Kind : uint8_t { kRead, kWrite };
+  Kind kind = kRead;
+  int rw_flags = 0;    // RWF_DSYNC for FUA writes
+  uint32_t length = 0;
+  uint64_t offset = 0;
+  void* buf = nullptr;
+  uint64_t tag = 0;    // returned in its IoResult
+};
+
+struct IoResult {
+  uint64_t tag = 0;
+  int64_t result = 0;  // bytes transferred, or -errno
+};
+
+enum class BackendKind { kAuto, kUring, kSync };
+
+struct QueueOptions {
+  uint32_t depth = 32;
+  BackendKind backend = BackendKind::kAuto;  // kAuto is resolved by the caller
+  bool sqpoll = false;
+  // Registered buffers: ops whose buffers lie inside this region use the
+  // fixed-buffer opcodes (no per-I/O page pinning).
+  void* fixed_region = nullptr;
+  size_t fixed_region_bytes = 0;
+};
+
+// A submission/completion queue bound to one descriptor.
+class IoQueue {
+ public:
+  virtual ~IoQueue() = default;
+  virtual uint32_t depth() const = 0;
+  virtual uint32_t in_flight() const = 0;
+  virtual const char* name() const = 0;
+  // Queues and submits `ops`. REQUIRES: in_flight() + ops.size() <= depth().
+  // On error none of `ops` is in flight.
+  virtual absl::Status Submit(absl::Span<const IoOp> ops) = 0;
+  // Waits until at least `min_complete` results are ready (REQUIRES:
+  // min_complete <= in_flight()), stores up to out.size() of them and
+  // returns how many.
+  virtual absl::StatusOr<size_t> Reap(absl::Span<IoResult> out,
+                                      size_t min_complete) = 0;
+};
+
+class Os {
+ public:
+  virtual ~Os() = default;
+  // Return a descriptor or -errno.
+  virtual int Open(const char* path, int flags, mode_t mode);
+  virtual int Close(int fd);
+  // Makes completed writes durable (fdatasync: a device cache flush).
+  // 0 or -errno.
+  virtual int Flush(int fd);
+  // Plain positional I/O (buffered, unaligned paths). Bytes or -errno.
+  virtual ssize_t Pread(int fd, void* buf, size_t n, uint64_t offset);
+  virtual ssize_t Pwrite(int fd, const void* buf, size_t n, uint64_t offset);
+  // Writes back and drops the page cache of [offset, offset+n) (after a
+  // buffered write, so direct I/O and the page cache agree). 0 or -errno.
+  virtual int WritebackAndDrop(int fd, uint64_t offset, uint64_t n);
+  // A queue of kind kUring or kSync on `fd`.
+  virtual absl::StatusOr<std::unique_ptr<IoQueue>> NewQueue(
+      int fd, const QueueOptions& options);
+};
+
+// The real operating system.
+Os* RealOs();
+
+// Whether io_uring can be set up here at all (not disabled by sysctl or
+// seccomp). Cached after the first call.
+bool UringAvailable();
+
+}  // namespace ext4dio
+
+#endif  // EXT4DIO_LIB_OS_H_

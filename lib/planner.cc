@@ -1,0 +1,161 @@
+#include "planner.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "aligned.h"
+#include "errors.h"
+
+namespace ext4dio {
+namespace {
+
+const char* SegmentName(SegmentKind k) {
+  switch (k) {
+    case SegmentKind::kMapped: return "written data";
+    case SegmentKind::kUnwritten: return "an unwritten (preallocated) extent";
+    case SegmentKind::kHole: return "a hole";
+    case SegmentKind::kPastEof: return "past end of file";
+  }
+  return "?";
+}
+
+}  // namespace
+
+const char* PieceKindName(Piece::Kind kind) {
+  switch (kind) {
+    case Piece::kDirect: return "fast";
+    case Piece::kRmw: return "fast-rmw";
+    case Piece::kBuffered: return "buffered";
+    case Piece::kZero: return "zero";
+    case Piece::kEof: return "eof";
+    case Piece::kRefused: return "refused";
+  }
+  return "?";
+}
+
+WrittenSet::WrittenSet(const ExtentMap& map) {
+  const uint64_t bs = map.block_size();
+  const uint64_t base = map.geometry().device_offset;
+  for (size_t i = 0; i < map.extent_count(); ++i) {
+    const Extent e = map.ExtentAt(i);
+    if (e.unwritten) continue;
+    ranges_.emplace_back(base + e.physical * bs, base + (e.physical + e.length) * bs);
+  }
+  std::sort(ranges_.begin(), ranges_.end());
+  std::vector<std::pair<uint64_t, uint64_t>> merged;
+  for (const auto& r : ranges_) {
+    if (!merged.empty() && r.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, r.second);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  ranges_ = std::move(merged);
+}
+
+bool WrittenSet::Contains(uint64_t offset, uint64_t length) const {
+  if (length == 0) return true;
+  if (offset + length < offset) return false;
+  auto it = std::upper_bound(ranges_.begin(), ranges_.end(), offset,
+                             [](uint64_t v, const std::pair<uint64_t, uint64_t>& r) {
+                               return v < r.first;
+                             });
+  if (it == ranges_.begin()) return false;
+  --it;
+  return it->first <= offset && offset + length <= it->second;
+}
+
+uint64_t WritableUntil(const ExtentMap& map, uint64_t offset, uint64_t length) {
+  uint64_t pos = offset;
+  const uint64_t end = offset + length;
+  while (pos < end) {
+    const Segment s = map.SegmentAt(pos, end - pos);
+    if (s.kind != SegmentKind::kMapped) return pos;
+    pos += s.length;
+  }
+  return end;
+}
+
+absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const WrittenSet& written,
+                                             uint64_t offset, uint64_t length,
+                                             const PlanOptions& options) {
+  std::vector<Piece> pieces;
+  if (length == 0) return pieces;
+  if (length > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
+  const uint64_t a = options.alignment.offset;
+  const uint64_t max_io = std::max<uint64_t>(a, AlignDown(options.max_io, a));
+  const uint64_t end = offset + length;
+
+  // Refuse first, as a whole: nothing is written unless everything can be.
+  for (uint64_t pos = offset; pos < end && !options.show_refused;) {
+    const Segment s = map.SegmentAt(pos, end - pos);
+    if (s.kind != SegmentKind::kMapped) {
+      return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
+                      absl::StrFormat("bytes %d..%d are %s%s: writing them needs block "
+                                      "allocation, which image mode cannot do",
+                                      s.offset, s.offset + s.length - 1, SegmentName(s.kind),
+                                      s.kind == SegmentKind::kPastEof
+                                          ? absl::StrFormat(" (size %d)", map.file_size())
+                                          : ""));
+    }
+    pos += s.length;
+  }
+
+  auto unaligned = [&](uint64_t f, uint64_t d, uint64_t n) {
+    const uint64_t unit = AlignDown(d, a);
+    pieces.push_back(Piece{written.Contains(unit, a) ? Piece::kRmw : Piece::kBuffered, f, n, d});
+  };
+  for (uint64_t pos = offset; pos < end;) {
+    const Segment s = map.SegmentAt(pos, end - pos);
+    if (s.kind != SegmentKind::kMapped) {
+      pieces.push_back(Piece{Piece::kRefused, s.offset, s.length, 0});
+      pos += s.length;
+      continue;
+    }
+    const uint64_t d = s.device_offset, n = s.length, f = s.offset;
+    const uint64_t head_end = std::min(AlignUp(d, a), d + n);
+    if (d % a != 0) unaligned(f, d, head_end - d);
+    const uint64_t body_start = AlignUp(d, a), body_end = AlignDown(d + n, a);
+    for (uint64_t b = body_start; b < body_end;) {
+      const uint64_t len = std::min(max_io, body_end - b);
+      pieces.push_back(Piece{Piece::kDirect, f + (b - d), len, b});
+      b += len;
+    }
+    const uint64_t tail_start = std::max(body_end, head_end);
+    if (tail_start < d + n) unaligned(f + (tail_start - d), tail_start, d + n - tail_start);
+    pos += s.length;
+  }
+  return pieces;
+}
+
+absl::StatusOr<std::vector<Piece>> PlanRead(const ExtentMap& map, uint64_t offset,
+                                            uint64_t length, const PlanOptions& options) {
+  std::vector<Piece> pieces;
+  if (length == 0) return pieces;
+  if (length > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
+  const uint64_t end = offset + length;
+  const uint64_t max_io = std::max<uint64_t>(options.alignment.offset, options.max_io);
+  for (uint64_t pos = offset; pos < end;) {
+    const Segment s = map.SegmentAt(pos, end - pos);
+    switch (s.kind) {
+      case SegmentKind::kPastEof:
+        pieces.push_back(Piece{Piece::kEof, s.offset, s.length, 0});
+        return pieces;
+      case SegmentKind::kHole:
+      case SegmentKind::kUnwritten:
+        pieces.push_back(Piece{Piece::kZero, s.offset, s.length, 0});
+        break;
+      case SegmentKind::kMapped:
+        for (uint64_t done = 0; done < s.length;) {
+          const uint64_t len = std::min(max_io, s.length - done);
+          pieces.push_back(Piece{Piece::kDirect, s.offset + done, len, s.device_offset + done});
+          done += len;
+        }
+        break;
+    }
+    pos += s.length;
+  }
+  return pieces;
+}
+
+}  // namespace ext4dio
