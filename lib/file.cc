@@ -204,6 +204,9 @@ File::~File() {
     std::lock_guard<std::mutex> lock(pool_mu_);
     pool_.clear();  // rings go before the descriptor they registered
   }
+  // io_uring releases registered files asynchronously after its rings go,
+  // so the flock would outlive us for a moment: drop it explicitly.
+  if (fd_direct_ >= 0 && options_.write) ::flock(fd_direct_, LOCK_UN);
   if (fd_direct_ >= 0) os_->Close(fd_direct_);
   if (fd_buffered_ >= 0) os_->Close(fd_buffered_);
 }

@@ -10,7 +10,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev
-  e2fsprogs util-linux fdisk fio help2man gnuplot-nox
+  e2fsprogs e2tools util-linux fdisk fio help2man gnuplot-nox bc python3
 )
 
 missing=()
