@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -36,7 +37,8 @@ enum class SegmentKind : uint8_t { kMapped, kUnwritten, kHole, kPastEof };
 
 // A byte range of the file. `device_offset` is valid for kMapped and
 // kUnwritten: the byte offset on the device (or in the image file), i.e.
-// already including the filesystem's offset inside it.
+// already including the filesystem's offset inside it; 0 for kHole and
+// kPastEof.
 struct Segment {
   uint64_t offset = 0;
   uint64_t length = 0;
@@ -60,14 +62,25 @@ class ExtentMap {
   // Builds the map. REQUIRES nothing of `extents`: they are checked here and
   // an InvalidArgument error names the first offending extent when they are
   // not sorted by logical block, overlap, have length 0, reach past
-  // kLogicalLimit, or (block_size * physical) overflows. Adjacent extents are
-  // kept as given (ExtentAt returns them as stored).
+  // kLogicalLimit, or (physical + length) * block_size + device_offset
+  // overflows. Adjacent extents are kept as given (ExtentAt returns them as
+  // stored). Extents may reach past file_size (unwritten preallocation, the
+  // partial last block): queries clip them at EOF.
   static absl::StatusOr<ExtentMap> Build(const MapGeometry& geometry,
                                          const std::vector<Extent>& extents);
 
   ExtentMap() = default;  // an empty map of an empty file, 4 KiB blocks
-  ExtentMap(ExtentMap&&) noexcept = default;
-  ExtentMap& operator=(ExtentMap&&) noexcept = default;
+  // A moved-from map is an empty map of the same geometry.
+  ExtentMap(ExtentMap&& other) noexcept { *this = std::move(other); }
+  ExtentMap& operator=(ExtentMap&& other) noexcept {
+    geometry_ = other.geometry_;
+    count_ = std::exchange(other.count_, 0);
+    keys_ = std::move(other.keys_);
+    levels_ = std::move(other.levels_);
+    level_sizes_ = std::move(other.level_sizes_);
+    records_ = std::move(other.records_);
+    return *this;
+  }
   ExtentMap(const ExtentMap&) = delete;
   ExtentMap& operator=(const ExtentMap&) = delete;
 

@@ -1,0 +1,402 @@
+// ExtentMap: see extent_map.h for the layout.
+//
+// Search: the index is a static B+-tree over keys_ (the 32-bit logical start
+// of every extent). Every level is an array of 16-key nodes (one 64-byte
+// cache line); entry j of a level is the first key of node j of the level
+// below. A lookup of x counts the keys <= x in one node per level, top down:
+//   top:       index = count - 1              (count == 0: no floor)
+//   below it:  index = 16 * index + count - 1 (count >= 1 by construction)
+// ending in keys_, where index is the floor extent.
+//
+// Padding keys are UINT32_MAX. They compare <= x only when x == UINT32_MAX,
+// and for that x (and any block >= 2^32) the floor is simply the last
+// extent, since every key is <= UINT32_MAX; FindFloor answers that case
+// before descending, so the descent never counts a padding key and never
+// needs to clamp an index to the real size of a level.
+
+#include "extent_map.h"
+
+#include <algorithm>
+#include <bit>
+#include <cassert>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#if defined(__GNUC__)
+#define EXT4DIO_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define EXT4DIO_ALWAYS_INLINE
+#endif
+
+namespace ext4dio {
+namespace {
+
+constexpr size_t kNodeKeys = 16;  // 16 x uint32 = one 64-byte cache line
+constexpr size_t kCacheLine = 64;
+constexpr uint32_t kPadKey = std::numeric_limits<uint32_t>::max();
+constexpr uint32_t kUnwrittenFlag = 1;
+
+constexpr size_t RoundUpToNode(size_t n) {
+  return (n + kNodeKeys - 1) / kNodeKeys * kNodeKeys;
+}
+
+// log2 of a block size (a power of two: Build checks it, and the default is
+// 4096), without std::countr_zero's branch for 0.
+EXT4DIO_ALWAYS_INLINE inline unsigned BlockShift(uint32_t block_size) {
+#if defined(__GNUC__)
+  return static_cast<unsigned>(__builtin_ctz(block_size));
+#else
+  return static_cast<unsigned>(std::countr_zero(block_size));
+#endif
+}
+
+// Allocates `bytes` (> 0) aligned to a cache line, or nullptr. Arrays of at
+// least one huge page are aligned to 2 MiB and advised to use transparent
+// huge pages: a random lookup in a 1M-extent map touches ~20 MB, and with
+// 4 KiB pages nearly every lookup would also miss the TLB. (Only the address
+// space is rounded, not the memory the map holds: the tail pages past
+// `bytes` are never touched.) Freed with std::free (AlignedFree).
+void* AllocateAligned(size_t bytes) {
+  size_t alignment = kCacheLine;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kHugePage = size_t{2} << 20;
+  if (bytes >= kHugePage) alignment = kHugePage;
+#endif
+  void* p = nullptr;
+  if (posix_memalign(&p, alignment, bytes) != 0) return nullptr;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (alignment == kHugePage) {
+    // Advisory only; failure (e.g. THP disabled) just means 4 KiB pages.
+    (void)madvise(p, bytes & ~(kHugePage - 1), MADV_HUGEPAGE);
+  }
+#endif
+  return p;
+}
+
+// Number of keys <= x in the 16-key, 64-byte aligned node. The keys of a
+// node are sorted (padding UINT32_MAX last), so the keys > x form a suffix
+// and the count is the position of the first one.
+EXT4DIO_ALWAYS_INLINE inline unsigned CountLessEqual16(const uint32_t* node,
+                                                       uint32_t x) {
+#if defined(__SSE2__)
+  // SSE2 has only signed 32-bit compares: flipping the sign bit of both
+  // sides maps unsigned order onto signed order.
+  const __m128i bias = _mm_set1_epi32(std::numeric_limits<int32_t>::min());
+  const __m128i xv =
+      _mm_xor_si128(_mm_set1_epi32(static_cast<int32_t>(x)), bias);
+  const __m128i* p = reinterpret_cast<const __m128i*>(node);
+  const __m128i gt0 =
+      _mm_cmpgt_epi32(_mm_xor_si128(_mm_load_si128(p + 0), bias), xv);
+  const __m128i gt1 =
+      _mm_cmpgt_epi32(_mm_xor_si128(_mm_load_si128(p + 1), bias), xv);
+  const __m128i gt2 =
+      _mm_cmpgt_epi32(_mm_xor_si128(_mm_load_si128(p + 2), bias), xv);
+  const __m128i gt3 =
+      _mm_cmpgt_epi32(_mm_xor_si128(_mm_load_si128(p + 3), bias), xv);
+  // 0 / -1 lanes survive signed saturation: 4x32 -> 8x16 -> 16x8 bits.
+  const __m128i gt =
+      _mm_packs_epi16(_mm_packs_epi32(gt0, gt1), _mm_packs_epi32(gt2, gt3));
+  // Bit k set iff key k > x. popcount is not in the x86-64 baseline; with
+  // the keys > x forming a suffix, 16 - popcount == count-trailing-zeros
+  // (bsf), with bit 16 as the sentinel for "no key > x".
+  const unsigned gt_mask = static_cast<unsigned>(_mm_movemask_epi8(gt));
+  return static_cast<unsigned>(std::countr_zero(gt_mask | (1u << kNodeKeys)));
+#else
+  unsigned count = 0;
+  for (size_t k = 0; k < kNodeKeys; ++k) count += node[k] <= x ? 1u : 0u;
+  return count;
+#endif
+}
+
+// Prefetches the 16 records (4 cache lines) of 16-key leaf node `node`.
+// Integer arithmetic: the last node's lines may lie past the array, which is
+// harmless for a prefetch (it never faults).
+EXT4DIO_ALWAYS_INLINE inline void PrefetchLeafRecords(const void* records,
+                                                      size_t node,
+                                                      size_t record_size) {
+#if defined(__GNUC__)
+  const uintptr_t p =
+      reinterpret_cast<uintptr_t>(records) + node * kNodeKeys * record_size;
+  __builtin_prefetch(reinterpret_cast<const void*>(p));
+  __builtin_prefetch(reinterpret_cast<const void*>(p + kCacheLine));
+  __builtin_prefetch(reinterpret_cast<const void*>(p + 2 * kCacheLine));
+  __builtin_prefetch(reinterpret_cast<const void*>(p + 3 * kCacheLine));
+#else
+  (void)records, (void)node, (void)record_size;
+#endif
+}
+
+// FindFloor. `levels` points at levels_ (templated, like MakeSegment, to
+// avoid naming private types). With `records` (of kRecordSize bytes each),
+// also prefetches the leaf's records before reading the leaf's keys: on
+// large maps both are usually cache misses, and this overlaps them.
+template <size_t kRecordSize, typename Level>
+EXT4DIO_ALWAYS_INLINE inline int64_t Descend(const uint32_t* keys,
+                                             const Level* levels,
+                                             size_t num_levels, size_t count,
+                                             uint64_t block,
+                                             const void* records) {
+  if (count == 0) return -1;
+  // Every key is <= UINT32_MAX (padding included): the last extent.
+  if (block >= kPadKey) return static_cast<int64_t>(count) - 1;
+  const uint32_t x = static_cast<uint32_t>(block);
+  size_t level = num_levels;
+  const uint32_t* top = level == 0 ? keys : levels[level - 1].get();
+  const unsigned top_count = CountLessEqual16(top, x);
+  if (top_count == 0) return -1;
+  size_t index = top_count - 1;
+  // x < UINT32_MAX: no padding key is counted, and the node chosen on each
+  // level has a first key <= x, so each count below is >= 1.
+  if (level == 0) return static_cast<int64_t>(index);
+  while (--level > 0) {
+    const uint32_t* node = levels[level - 1].get() + index * kNodeKeys;
+    index = index * kNodeKeys + CountLessEqual16(node, x) - 1;
+  }
+  if constexpr (kRecordSize != 0)
+    PrefetchLeafRecords(records, index, kRecordSize);
+  index = index * kNodeKeys + CountLessEqual16(keys + index * kNodeKeys, x) - 1;
+  return static_cast<int64_t>(index);
+}
+
+// Segment construction shared by SegmentAt and Query. Templated on the
+// (private) record type so that it can live here without naming it.
+//
+// REQUIRES: offset < limit <= file_size; `floor` is FindFloor(offset's
+// block). Returns the segment starting at `offset`, ending at or before
+// `limit`; sets *next_floor to FindFloor() of the block holding the
+// segment's end (meaningful only when that end is < limit).
+template <typename Record>
+EXT4DIO_ALWAYS_INLINE inline Segment MakeSegment(
+    const Record* records, const uint32_t* keys, size_t count,
+    uint64_t device_offset, unsigned shift, int64_t floor, uint64_t offset,
+    uint64_t limit, int64_t* next_floor) {
+  const uint64_t block = offset >> shift;
+  if (floor >= 0) {
+    size_t j = static_cast<size_t>(floor);
+    uint64_t end_block = uint64_t{keys[j]} + records[j].length;
+    if (block < end_block) {
+      const uint32_t flags = records[j].flags & kUnwrittenFlag;
+      Segment seg;
+      seg.offset = offset;
+      seg.kind = flags ? SegmentKind::kUnwritten : SegmentKind::kMapped;
+      seg.device_offset = device_offset + (records[j].physical << shift) +
+                          (offset - (uint64_t{keys[j]} << shift));
+      // Extents end below 2^32 blocks of <= 64 KiB: no overflow here.
+      uint64_t seg_end = end_block << shift;
+      while (seg_end < limit && j + 1 < count) {
+        const Record& cur = records[j];
+        const Record& next = records[j + 1];
+        if (keys[j + 1] != end_block ||
+            cur.physical + cur.length != next.physical ||
+            (next.flags & kUnwrittenFlag) != flags) {
+          break;
+        }
+        ++j;
+        end_block = uint64_t{keys[j]} + next.length;
+        seg_end = end_block << shift;
+      }
+      if (seg_end <= limit && j + 1 < count && keys[j + 1] == end_block) {
+        *next_floor = static_cast<int64_t>(j + 1);
+      } else {
+        *next_floor = static_cast<int64_t>(j);
+      }
+      seg.length = std::min(seg_end, limit) - offset;
+      return seg;
+    }
+  }
+  // A hole: up to the next extent (the one after the floor), or the limit.
+  const size_t next = static_cast<size_t>(floor + 1);
+  uint64_t hole_end = limit;
+  *next_floor = floor;
+  if (next < count) {
+    const uint64_t next_start = uint64_t{keys[next]} << shift;
+    if (next_start <= limit) {
+      hole_end = next_start;
+      *next_floor = static_cast<int64_t>(next);
+    }
+  }
+  Segment seg;
+  seg.offset = offset;
+  seg.length = hole_end - offset;
+  seg.kind = SegmentKind::kHole;
+  return seg;
+}
+
+}  // namespace
+
+void ExtentMap::AlignedFree::operator()(void* p) const { std::free(p); }
+
+absl::StatusOr<ExtentMap> ExtentMap::Build(const MapGeometry& geometry,
+                                           const std::vector<Extent>& extents) {
+  const uint32_t bs = geometry.block_size;
+  if (bs < 1024 || bs > 65536 || !std::has_single_bit(bs)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "block size %u is not a power of two in [1024, 65536]", bs));
+  }
+  const unsigned shift = static_cast<unsigned>(std::countr_zero(bs));
+  // The largest block count whose byte size (plus the filesystem's offset
+  // in the device) fits in 64 bits.
+  const uint64_t max_device_blocks =
+      (std::numeric_limits<uint64_t>::max() - geometry.device_offset) >> shift;
+
+  for (size_t i = 0; i < extents.size(); ++i) {
+    const Extent& e = extents[i];
+    auto bad = [&](const std::string& why) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("extent %u (logical %u, length %u): %s", i, e.logical,
+                          e.length, why));
+    };
+    if (e.length == 0) return bad("length is 0");
+    if (i > 0) {
+      const Extent& prev = extents[i - 1];
+      if (e.logical < prev.logical) {
+        return bad(absl::StrFormat(
+            "not sorted by logical block: starts before extent %u (logical %u)",
+            i - 1, prev.logical));
+      }
+      // prev passed the limit check: no overflow.
+      if (e.logical < prev.logical + prev.length) {
+        return bad(absl::StrFormat("overlaps extent %u (logical %u, length %u)",
+                                   i - 1, prev.logical, prev.length));
+      }
+    }
+    if (e.logical >= kLogicalLimit || kLogicalLimit - e.logical < e.length) {
+      return bad("reaches past logical block 2^32");
+    }
+    if (e.physical > max_device_blocks ||
+        max_device_blocks - e.physical < e.length) {
+      return bad(absl::StrFormat(
+          "physical block %u: the extent's end does not fit in a 64-bit "
+          "device offset (block size %u, device offset %u)",
+          e.physical, bs, geometry.device_offset));
+    }
+  }
+
+  ExtentMap map;
+  map.geometry_ = geometry;
+  const size_t n = extents.size();
+  if (n == 0) return map;
+
+  auto oom = [] {
+    return absl::ResourceExhaustedError("out of memory building an extent map");
+  };
+  const size_t padded = RoundUpToNode(n);
+  map.keys_.reset(
+      static_cast<uint32_t*>(AllocateAligned(padded * sizeof(uint32_t))));
+  map.records_.reset(static_cast<Record*>(AllocateAligned(n * sizeof(Record))));
+  if (map.keys_ == nullptr || map.records_ == nullptr) return oom();
+  for (size_t i = 0; i < n; ++i) {
+    const Extent& e = extents[i];
+    map.keys_[i] = static_cast<uint32_t>(e.logical);
+    map.records_[i] =
+        Record{e.physical, e.length, e.unwritten ? kUnwrittenFlag : 0};
+  }
+  std::fill(map.keys_.get() + n, map.keys_.get() + padded, kPadKey);
+
+  const uint32_t* below = map.keys_.get();
+  size_t real = n;
+  while (real > kNodeKeys) {
+    const size_t up_real = (real + kNodeKeys - 1) / kNodeKeys;
+    const size_t up_padded = RoundUpToNode(up_real);
+    std::unique_ptr<uint32_t[], AlignedFree> level(
+        static_cast<uint32_t*>(AllocateAligned(up_padded * sizeof(uint32_t))));
+    if (level == nullptr) return oom();
+    for (size_t j = 0; j < up_real; ++j) level[j] = below[j * kNodeKeys];
+    std::fill(level.get() + up_real, level.get() + up_padded, kPadKey);
+    below = level.get();
+    map.levels_.push_back(std::move(level));
+    map.level_sizes_.push_back(up_padded);
+    real = up_real;
+  }
+  map.count_ = n;
+  return map;
+}
+
+Extent ExtentMap::ExtentAt(size_t index) const {
+  const Record& r = records_[index];
+  return Extent{keys_[index], r.physical, r.length,
+                (r.flags & kUnwrittenFlag) != 0};
+}
+
+int64_t ExtentMap::FindFloor(uint64_t block) const {
+  return Descend<0>(keys_.get(), levels_.data(), levels_.size(), count_, block,
+                    nullptr);
+}
+
+Segment ExtentMap::SegmentAt(uint64_t offset, uint64_t max_length) const {
+  const uint64_t file_size = geometry_.file_size;
+  if (offset >= file_size) {
+    return Segment{offset, max_length, 0, SegmentKind::kPastEof};
+  }
+  const uint64_t limit = std::min(offset + max_length, file_size);
+  const unsigned shift = BlockShift(geometry_.block_size);
+  const Record* records = records_.get();
+  const size_t count = count_;
+  static_assert(kNodeKeys * sizeof(Record) == 4 * kCacheLine);
+  const int64_t floor =
+      Descend<sizeof(Record)>(keys_.get(), levels_.data(), levels_.size(),
+                              count, offset >> shift, records);
+  int64_t unused;
+  return MakeSegment(records, keys_.get(), count, geometry_.device_offset,
+                     shift, floor, offset, limit, &unused);
+}
+
+absl::StatusOr<std::vector<Segment>> ExtentMap::Query(uint64_t offset,
+                                                      uint64_t length) const {
+  std::vector<Segment> segments;
+  if (length == 0) return segments;
+  if (length > std::numeric_limits<uint64_t>::max() - offset) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "query range %u + %u overflows 64 bits", offset, length));
+  }
+  const uint64_t end = offset + length;
+  const uint64_t file_size = geometry_.file_size;
+  const uint64_t limit = std::min(end, file_size);
+  uint64_t pos = offset;
+  if (pos < limit) {
+    const unsigned shift = BlockShift(geometry_.block_size);
+    int64_t floor = FindFloor(pos >> shift);
+    // Typical queries cover a few segments: one allocation. Longer ones grow.
+    const int64_t last = FindFloor((limit - 1) >> shift);
+    segments.reserve(
+        static_cast<size_t>(std::min<int64_t>(2 * (last - floor) + 4, 64)));
+    while (pos < limit) {
+      const Segment seg = MakeSegment(records_.get(), keys_.get(), count_,
+                                      geometry_.device_offset, shift, floor,
+                                      pos, limit, &floor);
+      assert(seg.length > 0);
+      segments.push_back(seg);
+      pos += seg.length;
+    }
+  }
+  if (pos < end) {
+    segments.push_back(Segment{pos, end - pos, 0, SegmentKind::kPastEof});
+  }
+  return segments;
+}
+
+size_t ExtentMap::MemoryBytes() const {
+  if (count_ == 0) return 0;
+  size_t bytes =
+      RoundUpToNode(count_) * sizeof(uint32_t) + count_ * sizeof(Record);
+  for (size_t s : level_sizes_) bytes += s * sizeof(uint32_t);
+  bytes += levels_.capacity() * sizeof(levels_[0]) +
+           level_sizes_.capacity() * sizeof(level_sizes_[0]);
+  return bytes;
+}
+
+}  // namespace ext4dio
+
+#undef EXT4DIO_ALWAYS_INLINE
