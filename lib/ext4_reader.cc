@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <unordered_set>
 #include <thread>
 #include <utility>
 
@@ -128,6 +129,27 @@ int WalkBlockMap(ext2_filsys, blk64_t* blocknr, e2_blkcnt_t blockcnt, blk64_t,
   return 0;
 }
 
+// ext2fs_check_desc checks where each group's metadata lies; neither it nor
+// ext2fs_open2 verifies the descriptors' checksums, and one flipped bit in
+// an inode table location would make metadata look like free space.
+absl::Status CheckDescriptors(ext2_filsys fs, const std::string& source) {
+  errcode_t err = ext2fs_check_desc(fs);
+  if (err != 0) {
+    return Ext2fsError(err, EXT4DIO_E_CORRUPT_FS,
+                       absl::StrCat(source, ": bad group descriptors"));
+  }
+  if (ext2fs_has_group_desc_csum(fs)) {
+    for (dgrp_t g = 0; g < fs->group_desc_count; ++g) {
+      if (!ext2fs_group_desc_csum_verify(fs, g)) {
+        return LibError(EXT4DIO_E_CORRUPT_FS,
+                        absl::StrFormat("%s: the group descriptor of group %d fails its "
+                                        "checksum", source, g));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::vector<Extent> MergeContiguous(const std::vector<Extent>& extents) {
@@ -218,11 +240,7 @@ absl::StatusOr<std::unique_ptr<Ext4Reader>> Ext4Reader::Open(
                         source, r->blocks_count_, r->block_size_,
                         r->blocks_count_ * r->block_size_, available));
   }
-  err = ext2fs_check_desc(fs);
-  if (err != 0) {
-    return Ext2fsError(err, EXT4DIO_E_CORRUPT_FS,
-                       absl::StrCat(source, ": bad group descriptors"));
-  }
+  if (absl::Status s = CheckDescriptors(fs, source); !s.ok()) return s;
 
   uint64_t lo = 0, hi = 0;
   std::memcpy(&lo, fs->super->s_uuid, 8);
@@ -255,6 +273,12 @@ absl::StatusOr<uint64_t> Ext4Reader::LookupPath(absl::string_view path) {
   ext2_ino_t ino = 0;
   errcode_t err =
       ext2fs_namei_follow(fs_, EXT2_ROOT_INO, EXT2_ROOT_INO, p.c_str(), &ino);
+  if (err == EXT2_ET_INODE_CSUM_INVALID) {
+    // namei_follow reads the final inode to see whether it is a symlink.
+    // Resolve without following: ReadFile then reports the bad inode the
+    // same way it does for an inode number.
+    err = ext2fs_namei(fs_, EXT2_ROOT_INO, EXT2_ROOT_INO, p.c_str(), &ino);
+  }
   if (err == 0) return ino;
   std::string where = absl::StrCat(path, " in ", source_);
   switch (err) {
@@ -311,15 +335,16 @@ absl::StatusOr<FileLayout> Ext4Reader::ReadFile(uint64_t inode) {
           source_.c_str(), io_options.c_str(),
           EXT2_FLAG_64BITS | EXT2_FLAG_SOFTSUPP_FEATURES | EXT2_FLAG_SKIP_MMP,
           0, 0, unix_io_manager, &fresh);
-      if (err == 0) err = ext2fs_check_desc(fresh);
-      if (err != 0) {
+      absl::Status desc = err == 0 ? CheckDescriptors(fresh, source_)
+                                   : Ext2fsError(err, EXT4DIO_E_CORRUPT_FS,
+                                                 absl::StrCat(source_, ": re-reading the superblock"));
+      if (!desc.ok()) {
         if (fresh) ext2fs_close_free(&fresh);
         if (attempt < kChecksumRetries) {
           std::this_thread::sleep_for(std::chrono::milliseconds(10 * attempt));
           continue;
         }
-        return Ext2fsError(err, EXT4DIO_E_CORRUPT_FS,
-                           absl::StrCat(source_, ": re-reading the superblock"));
+        return desc;
       }
       ext2fs_close_free(&fs_);
       fs_ = fresh;
@@ -418,6 +443,9 @@ absl::StatusOr<FileLayout> Ext4Reader::ReadFileOnce(uint64_t inode) {
     layout.depth = static_cast<uint32_t>(info.max_depth);
     ext2fs_extent e;
     uint64_t entries = 0;
+    uint64_t leaves_end = 0;  // end of the last leaf extent seen
+    std::unordered_set<uint64_t> tree_blocks;
+    std::vector<unsigned char> child(fs_->blocksize);
     for (err = ext2fs_extent_get(handle, EXT2_EXTENT_ROOT, &e);;
          err = ext2fs_extent_get(handle, EXT2_EXTENT_NEXT, &e)) {
       if (err == EXT2_ET_EXTENT_NO_NEXT) break;
@@ -445,7 +473,54 @@ absl::StatusOr<FileLayout> Ext4Reader::ReadFileOnce(uint64_t inode) {
         layout.extents.push_back(
             Extent{e.e_lblk, e.e_pblk, e.e_len,
                    (e.e_flags & EXT2_EXTENT_FLAGS_UNINIT) != 0});
+        leaves_end = std::max<uint64_t>(leaves_end, uint64_t{e.e_lblk} + e.e_len);
       } else {
+        // libext2fs walks by the root's depth and trusts each index entry;
+        // check what the kernel checks before it descends (the walk then
+        // reads the same block): each tree block reached once, its header's
+        // depth matching its level, its first entry starting where the
+        // index entry says, and everything before it ending by then.
+        if (!tree_blocks.insert(e.e_pblk).second) {
+          return CorruptMap(absl::StrFormat(
+              "%s: extent tree block %d is reached twice (a loop or a shared subtree)",
+              who, e.e_pblk));
+        }
+        if (leaves_end > e.e_lblk) {
+          return CorruptMap(absl::StrFormat(
+              "%s: extent tree index entry for logical block %d (block %d) starts "
+              "before the extents in front of it end (%d)",
+              who, e.e_lblk, e.e_pblk, leaves_end));
+        }
+        ext2_extent_info here;
+        if (ext2fs_extent_get_info(handle, &here) != 0 || e.e_pblk < sb->s_first_data_block ||
+            e.e_pblk >= blocks_count_) {
+          return CorruptMap(absl::StrFormat(
+              "%s: extent tree index block %d lies outside the filesystem", who, e.e_pblk));
+        }
+        err = io_channel_read_blk64(fs_->io, e.e_pblk, 1, child.data());
+        if (err != 0) {
+          return CorruptMap(absl::StrFormat("%s: reading extent tree block %d: %s", who,
+                                            e.e_pblk, Ext2fsMessage(err)));
+        }
+        ext3_extent_header hdr;
+        std::memcpy(&hdr, child.data(), sizeof hdr);
+        const int want_depth = here.max_depth - here.curr_level - 1;
+        uint32_t first = 0;
+        std::memcpy(&first, child.data() + sizeof hdr, sizeof first);
+        if (ext2fs_le16_to_cpu(hdr.eh_magic) != EXT3_EXT_MAGIC) {
+          return CorruptMap(absl::StrFormat("%s: extent tree block %d has no extent header",
+                                            who, e.e_pblk));
+        }
+        if (ext2fs_le16_to_cpu(hdr.eh_depth) != want_depth) {
+          return CorruptMap(absl::StrFormat(
+              "%s: extent tree block %d says depth %d but sits where depth %d belongs",
+              who, e.e_pblk, ext2fs_le16_to_cpu(hdr.eh_depth), want_depth));
+        }
+        if (ext2fs_le16_to_cpu(hdr.eh_entries) == 0 || ext2fs_le32_to_cpu(first) != e.e_lblk) {
+          return CorruptMap(absl::StrFormat(
+              "%s: extent tree block %d starts at logical block %d but its index entry "
+              "says %d", who, e.e_pblk, ext2fs_le32_to_cpu(first), e.e_lblk));
+        }
         layout.map_blocks.push_back(e.e_pblk);
       }
     }
