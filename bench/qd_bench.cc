@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
   uint64_t offset = 0;
   uint32_t qd = 32, bs = 4096;
   double seconds = 5;
+  bool fixed = false, sqpoll = false;
   app.add_option("--image", image)->required();
   app.add_option("--image-offset", offset);
   app.add_option("--path", path)->required();
@@ -26,12 +28,15 @@ int main(int argc, char** argv) {
   app.add_option("--bs", bs);
   app.add_option("--seconds", seconds);
   app.add_option("--backend", backend)->check(CLI::IsMember({"auto", "uring", "sync"}));
+  app.add_flag("--fixed-buffers", fixed, "Register the I/O buffers with the ring");
+  app.add_flag("--sqpoll", sqpoll, "io_uring SQPOLL");
   app.add_option("--rw", rw)->check(CLI::IsMember({"randwrite", "randread"}));
   CLI11_PARSE(app, argc, argv);
 
   ext4dio::DirectFileOptions o;
   o.write = rw == "randwrite";
   o.queue_depth = qd;
+  o.sqpoll = sqpoll;
   o.backend = backend == "uring" ? EXT4DIO_BACKEND_URING
               : backend == "sync" ? EXT4DIO_BACKEND_SYNC : EXT4DIO_BACKEND_AUTO;
   auto file = ext4dio::DirectFile::Open(ext4dio::Location::InImage(image, path, offset), o);
@@ -47,10 +52,17 @@ int main(int argc, char** argv) {
   const ext4dio_file_info info = file->Info();
   const uint64_t blocks = info.size / bs;
   if (blocks == 0) return 1;
+  // One region for all buffers, so it can be registered as a fixed buffer.
+  char* region = nullptr;
+  if (posix_memalign(reinterpret_cast<void**>(&region), 4096, size_t{qd} * bs) != 0) return 1;
+  std::memset(region, 0x5a, size_t{qd} * bs);
   std::vector<char*> bufs(qd);
-  for (auto& b : bufs) {
-    if (posix_memalign(reinterpret_cast<void**>(&b), 4096, bs) != 0) return 1;
-    std::memset(b, 0x5a, bs);
+  for (uint32_t i = 0; i < qd; ++i) bufs[i] = region + size_t{i} * bs;
+  if (fixed) {
+    if (auto s = queue->RegisterBuffers(region, size_t{qd} * bs); !s.ok()) {
+      std::fprintf(stderr, "qd_bench: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
   }
   std::mt19937_64 rng(42);
   uint64_t done = 0;
@@ -93,6 +105,6 @@ int main(int argc, char** argv) {
               "\"backend\": \"%s\"}\n",
               done / secs, qd, bs, secs, static_cast<unsigned long>(done),
               info.backend == EXT4DIO_BACKEND_URING ? "io_uring" : "psync");
-  for (auto b : bufs) free(b);
+  free(region);
   return 0;
 }

@@ -256,6 +256,11 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
   return absl::OkStatus();
 }
 
+absl::Status AsyncQueue::RegisterBuffers(void* base, size_t bytes) {
+  if (outstanding() != 0) return ErrnoError(EBUSY, "registering buffers with requests outstanding");
+  return queue_->RegisterBuffers(base, bytes);
+}
+
 absl::StatusOr<size_t> AsyncQueue::Reap(absl::Span<AsyncCompletion> out, size_t min_complete) {
   size_t n = 0;
   for (;;) {

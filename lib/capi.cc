@@ -351,6 +351,12 @@ EXT4DIO_EXPORT int ext4dio_queue_submit(ext4dio_queue* q, const ext4dio_request*
   });
 }
 
+EXT4DIO_EXPORT int ext4dio_queue_register_buffers(ext4dio_queue* q, void* base, size_t bytes) {
+  if (q == nullptr || base == nullptr || bytes == 0) return Fail(-EINVAL, "NULL or empty region");
+  absl::Status s = q->queue->RegisterBuffers(base, bytes);
+  return s.ok() ? 0 : Fail(s);
+}
+
 EXT4DIO_EXPORT int ext4dio_queue_reap(ext4dio_queue* q, ext4dio_completion* out, size_t max,
                                       size_t min) {
   if (q == nullptr || (out == nullptr && max)) return Fail(-EINVAL, "NULL argument");

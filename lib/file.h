@@ -37,7 +37,6 @@ struct OpenOptions {
   uint32_t queue_depth = 32;
   BackendKind backend = BackendKind::kAuto;
   bool sqpoll = false;
-  bool fixed_buffers = false;
   bool dsync = false;        // every device write with RWF_DSYNC (FUA)
   uint64_t max_io = 0;       // 0: the device's maximum (1 MiB for images)
   Os* os = nullptr;          // nullptr: the real OS (tests inject faults here)

@@ -29,13 +29,6 @@ class UringQueue final : public IoQueue {
     if (rc < 0) return ErrnoError(-rc, "io_uring_queue_init");
     q->initialized_ = true;
     if (io_uring_register_files(&q->ring_, &fd, 1) == 0) q->fixed_file_ = true;
-    if (o.fixed_region != nullptr && o.fixed_region_bytes > 0) {
-      iovec iov = {o.fixed_region, o.fixed_region_bytes};
-      rc = io_uring_register_buffers(&q->ring_, &iov, 1);
-      if (rc < 0) return ErrnoError(-rc, "io_uring_register_buffers");
-      q->region_ = static_cast<char*>(o.fixed_region);
-      q->region_bytes_ = o.fixed_region_bytes;
-    }
     return std::unique_ptr<IoQueue>(std::move(q));
   }
 
@@ -87,6 +80,21 @@ class UringQueue final : public IoQueue {
       submitted += static_cast<size_t>(rc);
     }
     in_flight_ += static_cast<uint32_t>(ops.size());
+    return absl::OkStatus();
+  }
+
+  absl::Status RegisterBuffers(void* base, size_t bytes) override {
+    if (in_flight_ != 0) return ErrnoError(EBUSY, "registering buffers with I/O in flight");
+    if (region_ != nullptr) {
+      io_uring_unregister_buffers(&ring_);
+      region_ = nullptr;
+      region_bytes_ = 0;
+    }
+    iovec iov = {base, bytes};
+    if (int rc = io_uring_register_buffers(&ring_, &iov, 1); rc < 0)
+      return ErrnoError(-rc, "io_uring_register_buffers");
+    region_ = static_cast<char*>(base);
+    region_bytes_ = bytes;
     return absl::OkStatus();
   }
 

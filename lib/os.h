@@ -40,10 +40,6 @@ struct QueueOptions {
   uint32_t depth = 32;
   BackendKind backend = BackendKind::kAuto;  // kAuto is resolved by the caller
   bool sqpoll = false;
-  // Registered buffers: ops whose buffers lie inside this region use the
-  // fixed-buffer opcodes (no per-I/O page pinning).
-  void* fixed_region = nullptr;
-  size_t fixed_region_bytes = 0;
 };
 
 // A submission/completion queue bound to one descriptor.
@@ -61,6 +57,14 @@ class IoQueue {
   // returns how many.
   virtual absl::StatusOr<size_t> Reap(absl::Span<IoResult> out,
                                       size_t min_complete) = 0;
+  // Registers [base, base+bytes) as a fixed buffer: later ops whose buffers
+  // lie inside it skip per-I/O page pinning (io_uring's READ/WRITE_FIXED).
+  // REQUIRES: nothing in flight. A no-op for backends without the notion.
+  virtual absl::Status RegisterBuffers(void* base, size_t bytes) {
+    (void)base;
+    (void)bytes;
+    return absl::OkStatus();
+  }
 };
 
 class Os {

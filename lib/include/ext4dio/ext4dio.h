@@ -271,6 +271,10 @@ struct ext4dio_completion {
 
 int ext4dio_queue_open(struct ext4dio_file *file, uint32_t depth, struct ext4dio_queue **out);
 void ext4dio_queue_close(struct ext4dio_queue *queue);
+/* Registers [base, base+bytes) with the queue's ring as a fixed buffer
+ * (io_uring): later requests whose buffers lie inside it skip per-I/O page
+ * pinning. Nothing may be outstanding. A no-op with the sync backend. */
+int ext4dio_queue_register_buffers(struct ext4dio_queue *queue, void *base, size_t bytes);
 /* 0 when started; a negative code when the request was not started (nothing
  * written), e.g. -EXT4DIO_E_NEEDS_ALLOCATION. */
 int ext4dio_queue_submit(struct ext4dio_queue *queue, const struct ext4dio_request *request);

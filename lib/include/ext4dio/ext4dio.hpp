@@ -241,6 +241,11 @@ class RequestQueue {
     int rc = ext4dio_queue_submit(queue_.get(), &r);
     return rc < 0 ? LastStatus(rc) : absl::OkStatus();
   }
+  // io_uring fixed buffers for requests inside [base, base+bytes).
+  [[nodiscard]] absl::Status RegisterBuffers(void* base, size_t bytes) {
+    int rc = ext4dio_queue_register_buffers(queue_.get(), base, bytes);
+    return rc < 0 ? LastStatus(rc) : absl::OkStatus();
+  }
   [[nodiscard]] absl::StatusOr<size_t> Reap(ext4dio_completion* out, size_t max, size_t min) {
     int rc = ext4dio_queue_reap(queue_.get(), out, max, min);
     if (rc < 0) return LastStatus(rc);
