@@ -17,10 +17,13 @@ struct AsyncQueue::Request {
   uint64_t cookie = 0;
   bool write = false;
   uint64_t bytes = 0;       // result on success
+  uint64_t zero_bytes = 0;  // reads: bytes of holes/unwritten filled here
   size_t remaining = 0;     // device ops not finished
   int64_t error = 0;        // first failure (negative code)
   uint64_t error_offset = 0, error_length = 0;
-  std::vector<int> regions;  // held shared while the write is in flight
+  std::vector<WriteRanges::Range> ranges;  // registered while in flight
+  uint64_t owner = 0;
+  uint64_t device_ops = 0;
   std::vector<AlignedBuf> bounces;
   // Bounced reads: copy bounce[i] + skip -> dst, n bytes at completion.
   struct CopyOut {
@@ -98,7 +101,7 @@ void AsyncQueue::Pump() {
 void AsyncQueue::Finish(uint64_t id) {
   auto it = requests_.find(id);
   Request& r = *it->second;
-  if (r.write && !r.regions.empty()) file_->regions_.UnlockShared(r.regions);
+  if (r.write && !r.ranges.empty()) file_->ranges_.EndDirect(r.ranges, r.owner);
   AsyncCompletion c;
   c.cookie = r.cookie;
   if (r.error != 0) {
@@ -110,10 +113,11 @@ void AsyncQueue::Finish(uint64_t id) {
     c.result = static_cast<int64_t>(r.bytes);
     if (r.write) {
       file_->stats_[File::kFastBytes] += r.bytes;
-      file_->stats_[File::kFastReq] += 1;
+      file_->stats_[File::kFastReq] += r.device_ops;
     } else {
-      file_->stats_[File::kReadBytes] += r.bytes;
-      file_->stats_[File::kReadReq] += 1;
+      file_->stats_[File::kReadBytes] += r.bytes - r.zero_bytes;
+      file_->stats_[File::kZeroBytes] += r.zero_bytes;
+      file_->stats_[File::kReadReq] += r.device_ops;
     }
   }
   ready_.push_back(c);
@@ -147,6 +151,9 @@ absl::Status AsyncQueue::ReapSome(size_t min_complete) {
     ops_.erase(tag);
     if (--r.remaining == 0) Finish(id);
   }
+  // Freed slots take waiting ops at once: a request must never sit with
+  // ops waiting and nothing in flight while it holds region locks.
+  Pump();
   return absl::OkStatus();
 }
 
@@ -169,22 +176,25 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
       // Blocking path: finish what is in flight, then run the whole request
       // here with this queue's ring, exactly as a synchronous write.
       if (absl::Status s = Drain(); !s.ok()) return s;
+      AsyncCompletion c;
+      c.cookie = req.cookie;
+      c.error_offset = req.offset;  // the direct pieces, as a group
+      c.error_length = req.length;
       absl::Status s = f.WriteDirect(*queue_, *pieces, base, req.offset);
       for (const Piece& p : *pieces) {
         if (!s.ok()) break;
-        if (p.kind != Piece::kDirect) s = f.WriteUnaligned(*queue_, p, base + (p.file_offset - req.offset));
+        if (p.kind == Piece::kDirect) continue;
+        s = f.WriteUnaligned(*queue_, p, base + (p.file_offset - req.offset));
+        if (!s.ok()) {
+          c.error_offset = p.file_offset;
+          c.error_length = p.length;
+        }
       }
-      AsyncCompletion c;
-      c.cookie = req.cookie;
       c.result = s.ok() ? static_cast<int64_t>(req.length) : CodeOf(s);
-      if (!s.ok()) {
-        c.error_offset = req.offset;
-        c.error_length = req.length;
-      }
+      if (s.ok()) c.error_offset = c.error_length = 0;
       ready_.push_back(c);
       return absl::OkStatus();
     }
-    uint64_t lo = UINT64_MAX, hi = 0;
     for (const Piece& p : *pieces) {
       char* src = base + (p.file_offset - req.offset);
       if (reinterpret_cast<uintptr_t>(src) % a.memory != 0) {
@@ -194,21 +204,12 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
         src = request->bounces.back().get();
       }
       ops.push_back(OpState{0, IoOp::kWrite, p.device_offset, p.file_offset, p.length, src});
-      lo = std::min(lo, p.device_offset);
-      hi = std::max(hi, p.device_offset + p.length);
+      request->ranges.emplace_back(p.device_offset, p.device_offset + p.length);
     }
-    if (!ops.empty()) {
-      RegionLocks::Regions(lo, hi - lo, &request->regions);
-      // A writer waiting for one of these regions may wait on our own
-      // in-flight requests: keep completing them while we wait.
-      while (!f.regions_.TryLockShared(request->regions)) {
-        if (queue_->in_flight() > 0) {
-          if (absl::Status s = ReapSome(1); !s.ok()) return s;
-        } else {
-          std::this_thread::yield();
-        }
-      }
-    }
+    // Waits only while another thread's read-modify-write overlaps; those
+    // never wait while holding, so this cannot wait on our own requests.
+    request->owner = WriteRanges::ThreadOwner();
+    if (!ops.empty()) f.ranges_.BeginDirect(request->ranges, request->owner);
     request->bytes = req.length;
   } else {
     auto pieces = PlanRead(f.loaded_.map, req.offset, req.length, f.plan_);
@@ -220,6 +221,7 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
       total = p.file_offset + p.length - req.offset;
       if (p.kind == Piece::kZero) {
         std::memset(dst, 0, p.length);
+        request->zero_bytes += p.length;
         continue;
       }
       const uint64_t start = AlignDown(p.device_offset, a.offset);
@@ -241,6 +243,7 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
 
   const uint64_t id = next_request_++;
   request->remaining = ops.size();
+  request->device_ops = ops.size();
   requests_.emplace(id, std::move(request));
   if (ops.empty()) {
     Finish(id);

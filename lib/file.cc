@@ -22,84 +22,7 @@
 namespace ext4dio {
 namespace {
 
-void Backoff(int& spins) {
-  if (++spins < 64) {
-    sched_yield();
-  } else {
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
-  }
-}
-
 }  // namespace
-
-// ---------------------------------------------------------------------------
-RegionLocks::RegionLocks() {
-  for (auto& s : state_) s.store(0);
-  for (auto& w : waiting_) w.store(0);
-}
-
-void RegionLocks::Regions(uint64_t offset, uint64_t length, std::vector<int>* out) {
-  out->clear();
-  if (length == 0) return;
-  const uint64_t first = offset >> kShift, last = (offset + length - 1) >> kShift;
-  if (last - first + 1 >= kRegions) {
-    for (int i = 0; i < kRegions; ++i) out->push_back(i);
-    return;
-  }
-  for (uint64_t r = first; r <= last; ++r) out->push_back(static_cast<int>(r % kRegions));
-  std::sort(out->begin(), out->end());
-  out->erase(std::unique(out->begin(), out->end()), out->end());
-}
-
-void RegionLocks::LockShared(const std::vector<int>& regions) {
-  for (int r : regions) {
-    int spins = 0;
-    for (;;) {
-      // Writers first: a waiting read-modify-write is not starved.
-      if (waiting_[r].load(std::memory_order_acquire) == 0) {
-        int32_t v = state_[r].load(std::memory_order_relaxed);
-        if (v >= 0 && state_[r].compare_exchange_weak(v, v + 1, std::memory_order_acquire))
-          break;
-      }
-      Backoff(spins);
-    }
-  }
-}
-
-bool RegionLocks::TryLockShared(const std::vector<int>& regions) {
-  for (size_t i = 0; i < regions.size(); ++i) {
-    const int r = regions[i];
-    bool got = false;
-    if (waiting_[r].load(std::memory_order_acquire) == 0) {
-      int32_t v = state_[r].load(std::memory_order_relaxed);
-      while (v >= 0 && !got) {
-        got = state_[r].compare_exchange_weak(v, v + 1, std::memory_order_acquire);
-      }
-    }
-    if (!got) {
-      for (size_t j = 0; j < i; ++j) state_[regions[j]].fetch_sub(1, std::memory_order_release);
-      return false;
-    }
-  }
-  return true;
-}
-
-void RegionLocks::UnlockShared(const std::vector<int>& regions) {
-  for (int r : regions) state_[r].fetch_sub(1, std::memory_order_release);
-}
-
-void RegionLocks::Lock(int r) {
-  waiting_[r].fetch_add(1, std::memory_order_acq_rel);
-  int spins = 0;
-  for (;;) {
-    int32_t v = 0;
-    if (state_[r].compare_exchange_weak(v, -1, std::memory_order_acquire)) break;
-    Backoff(spins);
-  }
-  waiting_[r].fetch_sub(1, std::memory_order_acq_rel);
-}
-
-void RegionLocks::Unlock(int r) { state_[r].store(0, std::memory_order_release); }
 
 // ---------------------------------------------------------------------------
 struct File::Slot {
@@ -310,7 +233,15 @@ absl::Status File::RunOps(IoQueue& q, std::vector<Op>& ops) {
                            static_cast<uint32_t>(op.length), op.device_offset, op.buf, i});
     }
     if (!batch.empty()) {
-      if (absl::Status s = q.Submit(batch); !s.ok() && first_error.ok()) first_error = s;
+      if (absl::Status s = q.Submit(batch); !s.ok() && first_error.ok()) {
+        const Op& op = ops[batch.front().tag];
+        first_error = Prefixed(
+            absl::StrFormat("%s: %s of %d bytes at file offset %d (device offset %d) not "
+                            "submitted: ",
+                            name_, op.kind == IoOp::kWrite ? "write" : "read", op.length,
+                            op.file_offset, op.device_offset),
+            s);
+      }
     }
     if (q.in_flight() == 0) break;
     auto got = q.Reap(absl::MakeSpan(results), 1);
@@ -355,7 +286,8 @@ absl::Status File::WriteDirect(IoQueue& q, const std::vector<Piece>& pieces, con
                                uint64_t offset) {
   std::vector<Op> ops;
   std::vector<AlignedBuf> bounces;
-  uint64_t lo = UINT64_MAX, hi = 0, bytes = 0;
+  std::vector<WriteRanges::Range> ranges;
+  uint64_t bytes = 0;
   for (const Piece& p : pieces) {
     if (p.kind != Piece::kDirect) continue;
     const char* src = buf + (p.file_offset - offset);
@@ -367,16 +299,14 @@ absl::Status File::WriteDirect(IoQueue& q, const std::vector<Piece>& pieces, con
       data = bounces.back().get();
     }
     ops.push_back(Op{IoOp::kWrite, p.device_offset, p.file_offset, data, p.length});
-    lo = std::min(lo, p.device_offset);
-    hi = std::max(hi, p.device_offset + p.length);
+    ranges.emplace_back(p.device_offset, p.device_offset + p.length);
     bytes += p.length;
   }
   if (ops.empty()) return absl::OkStatus();
-  std::vector<int> regions;
-  RegionLocks::Regions(lo, hi - lo, &regions);
-  regions_.LockShared(regions);
+  const uint64_t owner = WriteRanges::ThreadOwner();
+  ranges_.BeginDirect(ranges, owner);
   absl::Status s = RunOps(q, ops);
-  regions_.UnlockShared(regions);
+  ranges_.EndDirect(ranges, owner);
   if (s.ok()) {
     stats_[kFastBytes] += bytes;
     stats_[kFastReq] += ops.size();
@@ -419,8 +349,9 @@ absl::Status File::WriteUnaligned(IoQueue& q, const Piece& p, const char* src) {
   AlignedBuf buf = AllocAligned(align_.memory, a);
   if (!buf) return ErrnoError(ENOMEM, "read-modify-write buffer");
   const uint64_t unit_file = p.file_offset - (p.device_offset - unit);
-  const int region = static_cast<int>((unit >> RegionLocks::kShift) % RegionLocks::kRegions);
-  regions_.Lock(region);
+  const uint64_t owner = WriteRanges::ThreadOwner();
+  if (absl::Status s = ranges_.BeginRmw(unit, a, owner); !s.ok())
+    return Prefixed(absl::StrFormat("%s: file offset %d: ", name_, p.file_offset), s);
   std::vector<Op> read = {Op{IoOp::kRead, unit, unit_file, buf.get(), a}};
   absl::Status s = CheckInside(unit, a, unit_file);
   if (s.ok()) s = RunOps(q, read);
@@ -429,7 +360,7 @@ absl::Status File::WriteUnaligned(IoQueue& q, const Piece& p, const char* src) {
     std::vector<Op> write = {Op{IoOp::kWrite, unit, unit_file, buf.get(), a}};
     s = RunOps(q, write);
   }
-  regions_.Unlock(region);
+  ranges_.EndRmw(unit, a, owner);
   if (s.ok()) {
     stats_[kRmwBytes] += p.length;
     stats_[kRmwReq] += 1;

@@ -10,7 +10,8 @@
 // any number of threads at once. Each concurrent caller gets its own I/O
 // queue (an io_uring, or a synchronous submitter) from a pool; no ring is
 // shared behind a lock. Concurrent unaligned writers lose nothing: a
-// read-modify-write of a unit excludes other writes to its region.
+// read-modify-write of a unit waits for direct writes overlapping it (see
+// write_ranges.h).
 #ifndef EXT4DIO_LIB_FILE_H_
 #define EXT4DIO_LIB_FILE_H_
 
@@ -28,6 +29,7 @@
 #include "map_loader.h"
 #include "os.h"
 #include "planner.h"
+#include "write_ranges.h"
 
 namespace ext4dio {
 
@@ -49,31 +51,6 @@ struct FileStats {
   uint64_t read_bytes = 0, read_requests = 0;          // device reads
   uint64_t zero_bytes = 0;                             // holes/unwritten read
   uint64_t kernel_bytes = 0, kernel_requests = 0;      // kernel path (mounted)
-};
-
-// Shared/exclusive locks over 1 MiB device regions, not bound to a thread
-// (an async request releases at completion, possibly elsewhere). Direct
-// writes hold their regions shared while in flight; a read-modify-write
-// holds its unit's region exclusive, so it cannot resurrect old bytes over
-// a concurrent direct write to the same unit.
-class RegionLocks {
- public:
-  static constexpr int kRegions = 256;
-  static constexpr int kShift = 20;
-  RegionLocks();
-  // Indices of the regions [offset, offset+length) touches, ascending.
-  static void Regions(uint64_t offset, uint64_t length, std::vector<int>* out);
-  void LockShared(const std::vector<int>& regions);
-  // All of `regions` shared, or none (false) when one is held or wanted
-  // exclusively.
-  bool TryLockShared(const std::vector<int>& regions);
-  void UnlockShared(const std::vector<int>& regions);
-  void Lock(int region);
-  void Unlock(int region);
-
- private:
-  std::array<std::atomic<int32_t>, kRegions> state_;    // >0 readers, -1 writer
-  std::array<std::atomic<int32_t>, kRegions> waiting_;  // writers waiting
 };
 
 class AsyncQueue;
@@ -152,7 +129,7 @@ class File {
   BackendKind backend_ = BackendKind::kSync;
   int fd_direct_ = -1;    // O_DIRECT on the image/device
   int fd_buffered_ = -1;  // the same without O_DIRECT (unaligned pieces)
-  RegionLocks regions_;
+  WriteRanges ranges_;
 
   std::mutex pool_mu_;
   std::vector<std::unique_ptr<Slot>> pool_;

@@ -1,0 +1,291 @@
+// ext4dio-read: read a file on ext4 straight from the device offsets of its
+// extents (direct I/O through io_uring) and write it to standard output or
+// a file, in order.
+//
+//   ext4dio-read [--image IMG [--image-offset N]] [--inode N] [--output FILE|-]
+//                [--offset N] [--length N] [--json] [--progress|--no-progress]
+//                [TARGET]
+//
+// Holes and unwritten extents read as zeros without I/O; a read reaching end
+// of file is short (the JSON "bytes" says how many).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli_util.h"
+#include "ext4dio/ext4dio.hpp"
+#include "progress.h"
+
+namespace {
+
+namespace cli = ext4dio::cli;
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kTool = "ext4dio-read";
+constexpr uint64_t kChunk = 1 << 20;
+constexpr uint32_t kDepth = 32;
+
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<char, FreeDeleter>;
+
+Buffer AllocBuffer(uint64_t size, uint32_t align) {
+  void* p = nullptr;
+  const size_t a = std::max<size_t>({align, sizeof(void*), 4096});
+  if (posix_memalign(&p, a, size) != 0) return nullptr;
+  return Buffer(static_cast<char*>(p));
+}
+
+// 0 or errno.
+int WriteAll(int fd, const char* p, uint64_t n) {
+  while (n > 0) {
+    const ssize_t r = ::write(fd, p, n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += r;
+    n -= static_cast<uint64_t>(r);
+  }
+  return 0;
+}
+
+// Bytes of [offset, offset+length) that are holes or unwritten (read as
+// zeros without I/O).
+uint64_t ZeroBytes(const ext4dio::DirectFile& file, uint64_t offset, uint64_t length) {
+  const ext4dio_map* map = ext4dio_file_map(file.get());
+  if (map == nullptr) return 0;
+  uint64_t zeros = 0, pos = offset;
+  const uint64_t end = offset + length;
+  ext4dio_segment segs[64];
+  while (pos < end) {
+    size_t n = 0;
+    if (ext4dio_map_query(map, pos, end - pos, segs, 64, &n) != 0 || n == 0) break;
+    for (size_t i = 0; i < n; ++i) {
+      if (segs[i].kind == EXT4DIO_SEG_HOLE || segs[i].kind == EXT4DIO_SEG_UNWRITTEN)
+        zeros += segs[i].length;
+    }
+    pos = segs[n - 1].file_offset + segs[n - 1].length;
+  }
+  return zeros;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Clock::time_point start = Clock::now();
+  CLI::App app{
+      "Read a file on ext4 straight from the device offsets of its extents and write "
+      "it to standard output (or --output FILE). Image mode (--image) reads a file "
+      "inside an image or unmounted device without mounting it. Holes read as "
+      "zeros; a read reaching end of file is short.",
+      kTool};
+  std::string image, target, output;
+  uint64_t image_offset = 0, inode = 0, offset = 0, length = 0;
+  bool json = false, progress_on = false, progress_off = false;
+  app.add_option("--image", image, "Image file or unmounted block device holding the filesystem");
+  app.add_option("--image-offset", image_offset,
+                 "Byte offset of the filesystem inside the image (K/M/G/T suffixes)")
+      ->transform(cli::SizeValidator());
+  app.add_option("--inode", inode, "Inode number instead of TARGET (image mode)");
+  app.add_option("--output", output, "Write the data to FILE ('-': standard output, the default)");
+  app.add_option("--offset", offset, "File offset to start at (default 0)")
+      ->transform(cli::SizeValidator());
+  app.add_option("--length", length, "Bytes to read (default: to end of file)")
+      ->transform(cli::SizeValidator());
+  app.add_flag("--json", json,
+               "Print one JSON object with the results (on standard error when the data "
+               "goes to standard output)");
+  auto* prog = app.add_flag("--progress", progress_on,
+                            "Show progress on standard error even when it is not a terminal");
+  auto* noprog = app.add_flag("--no-progress", progress_off, "Never show progress");
+  prog->excludes(noprog);
+  app.add_option("TARGET", target, "File on a mounted ext4, or with --image a path inside it");
+  app.set_version_flag("--version", std::string(kTool) + " " + ext4dio_version());
+  app.footer("Exit status: 0 success, 1 failure, 2 usage error.");
+
+  if (int rc = cli::Parse(app, argc, argv); rc >= 0) return rc;
+  auto usage = [](const char* msg) {
+    std::fprintf(stderr, "%s: %s (see --help)\n", kTool, msg);
+    return cli::kExitUsage;
+  };
+  const bool has_length = app.count("--length") > 0;
+  if (image.empty() && app.count("--image-offset")) return usage("--image-offset needs --image");
+  if (image.empty() && inode) return usage("--inode needs --image");
+  if (inode && !target.empty()) return usage("give TARGET or --inode, not both");
+  if (!inode && target.empty()) return usage("no TARGET given");
+  if (has_length && length > UINT64_MAX - offset) return usage("--offset + --length overflows");
+
+  const std::string name = inode ? "inode " + std::to_string(inode) : target;
+  const bool to_stdout = output.empty() || output == "-";
+  const std::string output_name = to_stdout ? "standard output" : output;
+
+  Json j = {{"file", name},
+            {"image", image.empty() ? Json() : Json(image)},
+            {"offset", offset},
+            {"length", has_length ? Json(length) : Json()},
+            {"bytes", 0},
+            {"fast_path_bytes", 0},
+            {"kernel_path_bytes", 0},
+            {"device_bytes", 0},
+            {"zero_bytes", 0},
+            {"fast_path", false},
+            {"warning", Json()},
+            {"backend", Json()},
+            {"output", to_stdout ? Json() : Json(output)}};
+  uint64_t bytes = 0;
+  const ext4dio::DirectFile* opened = nullptr;
+  auto finish = [&](int code, const std::string& error) {
+    if (!json) return code;
+    j["bytes"] = bytes;
+    j["fast_path_bytes"] = bytes;  // image mode: all of it without the kernel
+    if (opened != nullptr) {
+      const uint64_t zeros = ZeroBytes(*opened, offset, bytes);
+      j["zero_bytes"] = zeros;
+      j["device_bytes"] = bytes - zeros;
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    j["seconds"] = seconds;
+    j["mib_per_s"] = seconds > 0 ? static_cast<double>(bytes) / (1 << 20) / seconds : 0.0;
+    if (!error.empty()) j["error"] = error;
+    const std::string text = j.dump() + "\n";
+    if (to_stdout) {
+      std::fputs(text.c_str(), stderr);
+    } else {
+      std::fputs(text.c_str(), stdout);
+      std::fflush(stdout);
+    }
+    return code;
+  };
+  cli::Progress progress(kTool, cli::Progress::WantedFor(progress_on, progress_off));
+  auto fail = [&](const std::string& who, std::string cause) {
+    progress.Finish();
+    // Library messages may already start with the file's name.
+    if (cause.rfind(who + ": ", 0) == 0) cause.erase(0, who.size() + 2);
+    const std::string line = who + ": " + cause;
+    std::fprintf(stderr, "%s: %s\n", kTool, line.c_str());
+    return finish(cli::kExitFailure, line);
+  };
+
+  ext4dio::Location where;
+  where.image = image;
+  where.image_offset = image_offset;
+  where.path = target;
+  where.inode = inode;
+  ext4dio::DirectFileOptions opts;
+  opts.queue_depth = kDepth;
+  auto file = ext4dio::DirectFile::Open(where, opts);
+  if (!file.ok()) return fail(name, std::string(file.status().message()));
+  opened = &*file;
+  const ext4dio_file_info info = file->Info();
+  j["fast_path"] = info.fast_path != 0;
+  j["warning"] = info.warning ? Json(info.warning) : Json();
+  j["backend"] = info.backend == EXT4DIO_BACKEND_URING ? "io_uring" : "psync";
+  j["size"] = info.size;
+  if (info.warning)
+    std::fprintf(stderr, "%s: warning: %s: %s\n", kTool, name.c_str(), info.warning);
+
+  // What there is to read: short at end of file.
+  const uint64_t available = offset < info.size ? info.size - offset : 0;
+  const uint64_t total = has_length ? std::min(length, available) : available;
+
+  int out_fd = 1;
+  if (!to_stdout) {
+    out_fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out_fd < 0) return fail(output, std::strerror(errno));
+  }
+
+  struct Slot {
+    Buffer buf;
+    uint64_t offset = 0, length = 0;
+    int64_t result = 0;
+    enum { kFree, kInFlight, kDone } state = kFree;
+  };
+  // Slots (and buffers) outlive the queue, which drains when it closes.
+  std::vector<Slot> slots(kDepth);
+  auto queue = ext4dio::RequestQueue::Open(*file, kDepth);
+  if (!queue.ok()) return fail(name, std::string(queue.status().message()));
+
+  progress.Start(total);
+  std::vector<ext4dio_completion> done(kDepth);
+  uint64_t next_submit = 0, next_write = 0;  // chunk indices
+  const uint64_t chunks = (total + kChunk - 1) / kChunk;
+  uint32_t in_flight = 0;
+  bool eof = false;  // a read came back short: nothing after it
+  while (next_write < chunks) {
+    while (!eof && next_submit < chunks && slots[next_submit % kDepth].state == Slot::kFree) {
+      Slot& s = slots[next_submit % kDepth];
+      if (!s.buf) {
+        s.buf = AllocBuffer(kChunk, info.memory_align);
+        if (!s.buf) return fail(name, "cannot allocate a read buffer");
+      }
+      s.offset = offset + next_submit * kChunk;
+      s.length = std::min(kChunk, total - next_submit * kChunk);
+      ext4dio_request r{};
+      r.op = EXT4DIO_OP_READ;
+      r.buf = s.buf.get();
+      r.length = s.length;
+      r.offset = s.offset;
+      r.cookie = next_submit % kDepth;
+      if (absl::Status st = queue->Submit(r); !st.ok()) {
+        return fail(name, std::string(st.message()) + "; " + std::to_string(bytes) + " bytes read");
+      }
+      s.state = Slot::kInFlight;
+      ++in_flight;
+      ++next_submit;
+    }
+    Slot& head = slots[next_write % kDepth];
+    if (head.state == Slot::kDone) {
+      if (head.result < 0) {
+        return fail(name, "read of " + std::to_string(head.length) + " bytes at file offset " +
+                              std::to_string(head.offset) +
+                              " failed: " + ext4dio_strerror(static_cast<int>(head.result)) + "; " +
+                              std::to_string(bytes) + " bytes read");
+      }
+      const uint64_t n = static_cast<uint64_t>(head.result);
+      if (int err = WriteAll(out_fd, head.buf.get(), n); err != 0)
+        return fail(output_name, std::string("write failed: ") + std::strerror(err));
+      bytes += n;
+      progress.Add(n);
+      head.state = Slot::kFree;
+      ++next_write;
+      if (n < head.length) {
+        eof = true;  // the file ended (shrank under us): stop here
+        break;
+      }
+      continue;
+    }
+    if (in_flight == 0) break;  // cannot happen: the head is in flight
+    auto got = queue->Reap(done.data(), done.size(), 1);
+    if (!got.ok()) return fail(name, std::string(got.status().message()));
+    for (size_t k = 0; k < *got; ++k) {
+      Slot& s = slots[done[k].cookie];
+      s.result = done[k].result;
+      if (s.result < 0 && done[k].error_length) {
+        s.offset = done[k].error_offset;
+        s.length = done[k].error_length;
+      }
+      s.state = Slot::kDone;
+      --in_flight;
+    }
+  }
+  progress.Finish();
+  if (!to_stdout) {
+    if (::close(out_fd) != 0)
+      return fail(output, std::string("close failed: ") + std::strerror(errno));
+  }
+  return finish(cli::kExitOk, "");
+}

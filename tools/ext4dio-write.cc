@@ -1,0 +1,734 @@
+// ext4dio-write: write standard input (or a file) into a file on ext4 at the
+// device offsets of its extents, with direct I/O through io_uring.
+//
+//   ext4dio-write [--image IMG [--image-offset N]] [--inode N] [--input FILE|-]
+//                 [--offset N] [--length N] [--queue-depth N] [--io-size N]
+//                 [--threads N] [--sync] [--dsync] [--verify] [--no-fallback]
+//                 [--dry-run] [--json] [--progress|--no-progress] [TARGET]
+//
+// An input of known length (a regular file, or --length) is planned in full
+// first: if any byte would need block allocation (a hole, an unwritten
+// extent, past EOF), nothing is written. A stream of unknown length is
+// written in order and stops at the first byte that needs allocation.
+//
+// Data path: --threads threads, each with its own asynchronous request
+// queue (--queue-depth requests in flight); one reader under a mutex hands
+// out consecutive --io-size chunks of the input with their file offsets, so
+// files and pipes work alike. Buffers are aligned and reused.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli_util.h"
+#include "ext4dio/ext4dio.hpp"
+#include "progress.h"
+
+namespace {
+
+namespace cli = ext4dio::cli;
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kTool = "ext4dio-write";
+constexpr uint64_t kMaxIoSize = uint64_t{1} << 30;
+constexpr uint32_t kMaxQueueDepth = 4096;
+constexpr uint32_t kMaxThreads = 1024;
+
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<char, FreeDeleter>;
+
+Buffer AllocBuffer(uint64_t size, uint32_t align) {
+  void* p = nullptr;
+  const size_t a = std::max<size_t>({align, sizeof(void*), 4096});
+  if (posix_memalign(&p, a, std::max<uint64_t>(size, 1)) != 0) return nullptr;
+  return Buffer(static_cast<char*>(p));
+}
+
+// FNV-1a over 64-bit words (then the tail bytes): a cheap 64-bit checksum
+// per chunk, so --verify need not keep the data.
+uint64_t Checksum(const char* p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  constexpr uint64_t kPrime = 0x100000001b3ull;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * kPrime;
+  }
+  for (; i < n; ++i) h = (h ^ static_cast<unsigned char>(p[i])) * kPrime;
+  return h ^ n;
+}
+
+const char* PieceKindName(uint32_t kind) {
+  switch (kind) {
+    case EXT4DIO_PIECE_FAST:
+      return "fast";
+    case EXT4DIO_PIECE_RMW:
+      return "rmw";
+    case EXT4DIO_PIECE_BUFFERED:
+      return "buffered";
+    case EXT4DIO_PIECE_KERNEL:
+      return "kernel";
+    case EXT4DIO_PIECE_REFUSED:
+      return "refused";
+  }
+  return "unknown";
+}
+
+bool HasDeviceOffset(uint32_t kind) {
+  return kind == EXT4DIO_PIECE_FAST || kind == EXT4DIO_PIECE_RMW || kind == EXT4DIO_PIECE_BUFFERED;
+}
+
+// Why the byte at `offset` cannot be written without allocation.
+std::string AllocationCause(const ext4dio::DirectFile& file, uint64_t offset) {
+  const ext4dio_map* map = ext4dio_file_map(file.get());
+  ext4dio_segment seg{};
+  size_t n = 0;
+  if (map != nullptr && ext4dio_map_query(map, offset, 1, &seg, 1, &n) == 0 && n == 1) {
+    switch (seg.kind) {
+      case EXT4DIO_SEG_HOLE:
+        return "a hole";
+      case EXT4DIO_SEG_UNWRITTEN:
+        return "an unwritten (preallocated) extent";
+      case EXT4DIO_SEG_PAST_EOF:
+        return "past end of file (size " + std::to_string(file.Info().size) + ")";
+      default:
+        break;
+    }
+  }
+  return "not written data";
+}
+
+std::string Range(uint64_t offset, uint64_t length) {
+  return std::to_string(offset) + ".." + std::to_string(offset + length - 1);
+}
+
+// Reads up to n bytes (fewer only at end of input). -errno on error.
+int64_t ReadFull(int fd, char* buf, uint64_t n) {
+  uint64_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::read(fd, buf + done, n - done);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) break;
+    done += static_cast<uint64_t>(r);
+  }
+  return static_cast<int64_t>(done);
+}
+
+// Hands out consecutive chunks of the input with their file offsets. One
+// reader under a mutex: works for files and pipes alike.
+class ChunkSource {
+ public:
+  struct Chunk {
+    uint64_t index, offset, length;
+  };
+
+  // `length`: bytes to write, or nullopt for a stream to its end (then each
+  // chunk is cut at the first byte `file` cannot write without allocation).
+  ChunkSource(int fd, const ext4dio::DirectFile& file, uint64_t offset,
+              std::optional<uint64_t> length, uint64_t io_size, uint64_t align)
+      : fd_(fd), file_(file), start_(offset), pos_(offset), length_(length), io_size_(io_size) {
+    // Cut the first chunk so the rest start aligned: unaligned chunk edges
+    // cost a read-modify-write each.
+    first_ = io_size;
+    if (align > 1 && io_size % align == 0 && offset % align != 0) {
+      const uint64_t end = (offset + io_size) / align * align;
+      if (end > offset) first_ = end - offset;
+    }
+  }
+
+  std::optional<Chunk> Next(char* buf) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return std::nullopt;
+    uint64_t want = index_ == 0 ? first_ : io_size_;
+    if (length_) want = std::min(want, start_ + *length_ - pos_);
+    if (want == 0) {
+      done_ = true;
+      return std::nullopt;
+    }
+    const int64_t r = ReadFull(fd_, buf, want);
+    if (r < 0) {
+      read_errno_ = static_cast<int>(-r);
+      done_ = true;
+      return std::nullopt;
+    }
+    uint64_t got = static_cast<uint64_t>(r);
+    input_bytes_ += got;
+    if (got < want) {
+      done_ = true;
+      if (length_) short_input_ = true;
+    }
+    if (!length_ && got > 0) {
+      const uint64_t w = file_.WritableUntil(pos_, got);
+      if (w < pos_ + got) {
+        refused_at_ = w;
+        got = w - pos_;
+        done_ = true;
+      }
+    }
+    if (got == 0) return std::nullopt;
+    Chunk c{index_++, pos_, got};
+    pos_ += got;
+    return c;
+  }
+
+  void Stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+  }
+
+  // After the writers are done.
+  int read_errno() const { return read_errno_; }
+  bool short_input() const { return short_input_; }
+  uint64_t input_bytes() const { return input_bytes_; }
+  std::optional<uint64_t> refused_at() const { return refused_at_; }
+
+ private:
+  std::mutex mu_;
+  const int fd_;
+  const ext4dio::DirectFile& file_;
+  const uint64_t start_;
+  uint64_t pos_;
+  const std::optional<uint64_t> length_;
+  const uint64_t io_size_;
+  uint64_t first_;
+  uint64_t index_ = 0;
+  bool done_ = false;
+  int read_errno_ = 0;
+  bool short_input_ = false;
+  uint64_t input_bytes_ = 0;
+  std::optional<uint64_t> refused_at_;
+};
+
+struct ChunkSum {
+  uint64_t offset, length, sum;
+};
+
+// What the writer threads share.
+struct WriteState {
+  std::mutex mu;
+  std::string error;  // the first failure
+  std::atomic<bool> failed{false};
+  std::atomic<uint64_t> written{0};
+  std::vector<ChunkSum> sums;  // with --verify
+
+  void Fail(const std::string& message) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (error.empty()) error = message;
+    failed = true;
+  }
+};
+
+struct WriterConfig {
+  uint32_t depth;
+  uint64_t buffer_size;
+  uint32_t memory_align;
+  bool verify;
+};
+
+// One writer thread: its own queue, up to `depth` chunks in flight.
+//
+// Each chunk is planned here too, so that the device operations of the
+// requests in flight never exceed the ring's depth (a chunk whose pieces
+// would not fit is sent as several requests, and a request waits until its
+// pieces fit). A request whose pieces wait inside the library's queue for a
+// ring slot keeps its region locks without making progress, and another
+// thread's read-modify-write of a unit in those regions then waits for it
+// forever (see the report on lib/async_queue.cc).
+void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& state,
+                  const WriterConfig& config, cli::Progress& progress) {
+  struct Slot {
+    Buffer buf;
+    uint64_t offset = 0, length = 0;
+    uint32_t pending = 0;  // requests of this chunk in flight
+  };
+  struct Request {
+    uint32_t slot;
+    uint64_t offset, length;
+    uint32_t ops;  // device operations it occupies in the ring
+  };
+  // Slots (and their buffers) outlive the queue, which drains on close.
+  std::vector<Slot> slots(config.depth);
+  std::vector<uint32_t> free_slots;
+  for (uint32_t i = config.depth; i > 0; --i) free_slots.push_back(i - 1);
+  auto queue = ext4dio::RequestQueue::Open(file, config.depth);
+  if (!queue.ok()) {
+    state.Fail(std::string(queue.status().message()));
+    source.Stop();
+    return;
+  }
+  std::vector<ext4dio_completion> done(config.depth);
+  std::vector<Request> requests;  // by cookie
+  std::vector<uint64_t> free_cookies;
+  uint32_t ops_in_flight = 0;
+  size_t requests_out = 0;
+
+  auto fail = [&](const std::string& message) {
+    state.Fail(message);
+    source.Stop();
+  };
+  // Reaps at least `min` completions; false when the queue itself failed.
+  auto reap = [&](size_t min) -> bool {
+    auto got = queue->Reap(done.data(), done.size(), min);
+    if (!got.ok()) {
+      fail(std::string(got.status().message()));
+      return false;
+    }
+    for (size_t k = 0; k < *got; ++k) {
+      const ext4dio_completion& c = done[k];
+      const Request r = requests[c.cookie];
+      free_cookies.push_back(c.cookie);
+      ops_in_flight -= r.ops;
+      --requests_out;
+      Slot& slot = slots[r.slot];
+      if (c.result < 0) {
+        const uint64_t off = c.error_length ? c.error_offset : r.offset;
+        const uint64_t len = c.error_length ? c.error_length : r.length;
+        fail("write of " + std::to_string(len) + " bytes at file offset " + std::to_string(off) +
+             " failed: " + ext4dio_strerror(static_cast<int>(c.result)));
+      } else if (static_cast<uint64_t>(c.result) != r.length) {
+        fail("write of " + std::to_string(r.length) + " bytes at file offset " +
+             std::to_string(r.offset) + " was short (" + std::to_string(c.result) + " bytes)");
+      } else {
+        state.written += r.length;
+        progress.Add(r.length);
+      }
+      if (--slot.pending == 0) free_slots.push_back(r.slot);
+    }
+    return true;
+  };
+  // Submits [offset, offset+length) of slot `s` taking `ops` ring slots.
+  auto submit = [&](uint32_t s, uint64_t offset, uint64_t length, uint32_t ops) -> bool {
+    while (ops_in_flight + ops > config.depth && requests_out > 0) {
+      if (!reap(1)) return false;
+    }
+    uint64_t cookie;
+    if (free_cookies.empty()) {
+      cookie = requests.size();
+      requests.push_back({});
+    } else {
+      cookie = free_cookies.back();
+      free_cookies.pop_back();
+    }
+    requests[cookie] = Request{s, offset, length, ops};
+    ext4dio_request r{};
+    r.op = EXT4DIO_OP_WRITE;
+    r.buf = slots[s].buf.get() + (offset - slots[s].offset);
+    r.length = length;
+    r.offset = offset;
+    r.cookie = cookie;
+    if (absl::Status st = queue->Submit(r); !st.ok()) {
+      free_cookies.push_back(cookie);
+      fail(std::string(st.message()));
+      return false;
+    }
+    ++slots[s].pending;
+    ops_in_flight += ops;
+    ++requests_out;
+    return true;
+  };
+
+  bool more = true;
+  for (;;) {
+    while (more && !free_slots.empty() && !state.failed) {
+      const uint32_t s = free_slots.back();
+      Slot& slot = slots[s];
+      if (!slot.buf) {
+        slot.buf = AllocBuffer(config.buffer_size, config.memory_align);
+        if (!slot.buf) {
+          fail("cannot allocate a " + std::to_string(config.buffer_size) + "-byte I/O buffer");
+          more = false;
+          break;
+        }
+      }
+      auto chunk = source.Next(slot.buf.get());
+      if (!chunk) {
+        more = false;
+        break;
+      }
+      free_slots.pop_back();
+      if (config.verify) {
+        const uint64_t sum = Checksum(slot.buf.get(), chunk->length);
+        std::lock_guard<std::mutex> lock(state.mu);
+        state.sums.push_back(ChunkSum{chunk->offset, chunk->length, sum});
+      }
+      slot.offset = chunk->offset;
+      slot.length = chunk->length;
+      slot.pending = 1;  // held until every request of the chunk is submitted
+      auto plan = file.PlanWrite(chunk->offset, chunk->length);
+      if (!plan.ok()) {
+        fail(std::string(plan.status().message()));
+      } else if (std::any_of(plan->begin(), plan->end(),
+                             [](const ext4dio_piece& p) { return p.kind != EXT4DIO_PIECE_FAST; })) {
+        // Unaligned pieces: the library runs the whole request inside
+        // Submit after draining this queue; nothing stays in the ring.
+        submit(s, chunk->offset, chunk->length, 0);
+      } else {
+        // Aligned: one device operation per piece; at most `depth` pieces
+        // per request.
+        for (size_t i = 0; i < plan->size() && !state.failed;) {
+          const size_t n = std::min<size_t>(config.depth, plan->size() - i);
+          const ext4dio_piece& first = (*plan)[i];
+          const ext4dio_piece& last = (*plan)[i + n - 1];
+          if (!submit(s, first.file_offset, last.file_offset + last.length - first.file_offset,
+                      static_cast<uint32_t>(n)))
+            break;
+          i += n;
+        }
+      }
+      if (--slot.pending == 0) free_slots.push_back(s);
+    }
+    if (requests_out == 0) break;
+    if (!reap(1)) return;  // the queue drains what is in flight as it closes
+  }
+}
+
+struct Args {
+  std::string image, target, input;
+  uint64_t image_offset = 0, inode = 0, offset = 0, length = 0;
+  uint64_t io_size = 1 << 20;
+  uint32_t queue_depth = 32, threads = 1;
+  bool sync = false, dsync = false, verify = false, no_fallback = false;
+  bool dry_run = false, json = false, progress = false, no_progress = false;
+  bool has_length = false;
+};
+
+// Builds and prints the --json object and the one-line failures.
+class Report {
+ public:
+  Report(const Args& args, std::string name, Clock::time_point start)
+      : args_(args), name_(std::move(name)), start_(start) {
+    j_["file"] = name_;
+    j_["image"] = args.image.empty() ? Json() : Json(args.image);
+    j_["offset"] = args.offset;
+    j_["length"] = args.has_length ? Json(args.length) : Json();
+    j_["bytes"] = 0;
+    j_["fast_path_bytes"] = 0;
+    j_["kernel_path_bytes"] = 0;
+    j_["direct_bytes"] = 0;
+    j_["rmw_bytes"] = 0;
+    j_["buffered_bytes"] = 0;
+    j_["fast_path"] = false;
+    j_["warning"] = Json();
+    j_["backend"] = Json();
+    j_["threads"] = args.threads;
+    j_["queue_depth"] = args.queue_depth;
+    j_["io_size"] = args.io_size;
+    j_["sync"] = args.sync;
+    j_["dsync"] = args.dsync;
+    j_["verify"] = args.verify;
+    j_["verified"] = false;
+    j_["dry_run"] = args.dry_run;
+  }
+
+  Json& json() { return j_; }
+
+  void SetFile(const ext4dio::DirectFile& f) {
+    const ext4dio_file_info info = f.Info();
+    j_["fast_path"] = info.fast_path != 0;
+    j_["warning"] = info.warning ? Json(info.warning) : Json();
+    j_["backend"] = info.backend == EXT4DIO_BACKEND_URING ? "io_uring" : "psync";
+    j_["size"] = info.size;
+    j_["block_size"] = info.block_size;
+    file_ = &f;
+  }
+
+  void SetBytes(uint64_t bytes) { bytes_ = bytes; }
+
+  // Prints the JSON object (if asked for) and returns the exit code.
+  int Done(int code, const std::string& error = "") {
+    if (args_.json) {
+      j_["bytes"] = bytes_;
+      if (file_ != nullptr) {
+        const ext4dio_stats st = file_->Stats();
+        j_["direct_bytes"] = st.fast_bytes;
+        j_["rmw_bytes"] = st.rmw_bytes;
+        j_["buffered_bytes"] = st.buffered_bytes;
+        j_["kernel_path_bytes"] = st.kernel_bytes;
+        j_["fast_path_bytes"] = st.fast_bytes + st.rmw_bytes + st.buffered_bytes;
+      }
+      const double seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+      j_["seconds"] = seconds;
+      j_["mib_per_s"] = seconds > 0 ? static_cast<double>(bytes_) / (1 << 20) / seconds : 0.0;
+      if (!error.empty()) j_["error"] = error;
+      std::cout << j_.dump() << "\n";
+      std::cout.flush();
+    }
+    return code;
+  }
+
+  // One stderr line "ext4dio-write: WHO: cause", the JSON, exit 1.
+  int Fail(const std::string& who, std::string cause) {
+    // Library messages may already start with the file's name.
+    if (cause.rfind(who + ": ", 0) == 0) cause.erase(0, who.size() + 2);
+    const std::string line = who + ": " + cause;
+    std::fprintf(stderr, "%s: %s\n", kTool, line.c_str());
+    return Done(cli::kExitFailure, line);
+  }
+  int Fail(const std::string& cause) { return Fail(name_, cause); }
+
+ private:
+  const Args& args_;
+  const std::string name_;
+  const Clock::time_point start_;
+  const ext4dio::DirectFile* file_ = nullptr;
+  uint64_t bytes_ = 0;
+  Json j_;
+};
+
+std::string WrittenText(uint64_t bytes) {
+  return std::to_string(bytes) + (bytes == 1 ? " byte" : " bytes") + " written";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Clock::time_point start = Clock::now();
+  CLI::App app{
+      "Write standard input (or --input FILE) into a file on ext4 at --offset, with "
+      "direct I/O at the device offsets of the file's extents. Image mode (--image) "
+      "writes into a file inside an image or unmounted device without mounting it; "
+      "it never allocates, so a write that touches a hole, an unwritten extent or "
+      "end of file is refused. An input of known length (a regular file, or "
+      "--length) is checked in full before any byte is written; a stream stops at "
+      "the first byte that would need allocation.",
+      kTool};
+  Args a;
+  app.add_option("--image", a.image, "Image file or unmounted block device holding the filesystem");
+  app.add_option("--image-offset", a.image_offset,
+                 "Byte offset of the filesystem inside the image (K/M/G/T suffixes)")
+      ->transform(cli::SizeValidator());
+  app.add_option("--inode", a.inode, "Inode number instead of TARGET (image mode)");
+  app.add_option("--input", a.input, "Read the data from FILE ('-': standard input, the default)");
+  app.add_option("--offset", a.offset, "File offset to write at (default 0)")
+      ->transform(cli::SizeValidator());
+  app.add_option("--length", a.length, "Write exactly this many bytes (the input must have them)")
+      ->transform(cli::SizeValidator());
+  app.add_option("--queue-depth", a.queue_depth,
+                 "Requests in flight per thread (1-4096, default 32)");
+  app.add_option("--io-size", a.io_size, "Bytes per request (default 1M, at most 1G)")
+      ->transform(cli::SizeValidator());
+  app.add_option("--threads", a.threads, "Submitting threads, one queue each (default 1)");
+  app.add_flag("--sync", a.sync, "Flush the device's write cache before exiting");
+  app.add_flag("--dsync", a.dsync, "Write every request with FUA (RWF_DSYNC)");
+  app.add_flag("--verify", a.verify, "Read the range back through the library and compare");
+  app.add_flag("--no-fallback", a.no_fallback,
+               "Never use the kernel path (image mode never does: allocation is refused)");
+  app.add_flag("--dry-run", a.dry_run,
+               "Write nothing; print the plan: OFFSET LENGTH KIND DEVICE_OFFSET per piece "
+               "(KIND: fast, rmw, buffered, kernel, refused)");
+  app.add_flag("--json", a.json, "Print one JSON object with the results on standard output");
+  auto* prog = app.add_flag("--progress", a.progress,
+                            "Show progress on standard error even when it is not a terminal");
+  auto* noprog = app.add_flag("--no-progress", a.no_progress, "Never show progress");
+  prog->excludes(noprog);
+  app.add_option("TARGET", a.target, "File on a mounted ext4, or with --image a path inside it");
+  app.set_version_flag("--version", std::string(kTool) + " " + ext4dio_version());
+  app.footer("Exit status: 0 success, 1 failure, 2 usage error.");
+
+  if (int rc = cli::Parse(app, argc, argv); rc >= 0) return rc;
+  auto usage = [](const std::string& msg) {
+    std::fprintf(stderr, "%s: %s (see --help)\n", kTool, msg.c_str());
+    return cli::kExitUsage;
+  };
+  a.has_length = app.count("--length") > 0;
+  if (a.image.empty() && app.count("--image-offset")) return usage("--image-offset needs --image");
+  if (a.image.empty() && a.inode) return usage("--inode needs --image");
+  if (a.inode && !a.target.empty()) return usage("give TARGET or --inode, not both");
+  if (!a.inode && a.target.empty()) return usage("no TARGET given");
+  if (a.queue_depth < 1 || a.queue_depth > kMaxQueueDepth)
+    return usage("--queue-depth must be 1..4096");
+  if (a.threads < 1 || a.threads > kMaxThreads) return usage("--threads must be 1..1024");
+  if (a.io_size < 1 || a.io_size > kMaxIoSize) return usage("--io-size must be 1 byte..1G");
+  if (a.has_length && a.length > UINT64_MAX - a.offset)
+    return usage("--offset + --length overflows");
+
+  const std::string name = a.inode ? "inode " + std::to_string(a.inode) : a.target;
+  Report report(a, name, start);
+
+  // The input, and its length when it has one.
+  const bool from_stdin = a.input.empty() || a.input == "-";
+  const std::string input_name = from_stdin ? "standard input" : a.input;
+  int in_fd = 0;
+  if (!from_stdin) {
+    in_fd = ::open(a.input.c_str(), O_RDONLY | O_CLOEXEC);
+    if (in_fd < 0) return report.Fail(a.input, std::strerror(errno));
+  }
+  std::optional<uint64_t> available;  // bytes left in a regular-file input
+  {
+    struct stat st;
+    if (::fstat(in_fd, &st) != 0) return report.Fail(input_name, std::strerror(errno));
+    if (S_ISDIR(st.st_mode)) return report.Fail(input_name, "is a directory");
+    if (S_ISREG(st.st_mode)) {
+      const off_t pos = ::lseek(in_fd, 0, SEEK_CUR);
+      if (pos >= 0) {
+        available = static_cast<uint64_t>(st.st_size) > static_cast<uint64_t>(pos)
+                        ? static_cast<uint64_t>(st.st_size) - static_cast<uint64_t>(pos)
+                        : 0;
+      }
+    }
+  }
+  std::optional<uint64_t> length;
+  if (a.has_length) {
+    length = a.length;
+  } else if (available) {
+    length = *available;
+  }
+  if (a.dry_run && !length) {
+    return usage("--dry-run needs a known length: give --length, or a regular file as input");
+  }
+  if (length && *length > UINT64_MAX - a.offset) return usage("--offset + input size overflows");
+  report.json()["length"] = length ? Json(*length) : Json();
+
+  ext4dio::Location where;
+  where.image = a.image;
+  where.image_offset = a.image_offset;
+  where.path = a.target;
+  where.inode = a.inode;
+  ext4dio::DirectFileOptions opts;
+  opts.write = true;
+  opts.dsync = a.dsync;
+  opts.queue_depth = a.queue_depth;
+  auto file = ext4dio::DirectFile::Open(where, opts);
+  if (!file.ok()) return report.Fail(std::string(file.status().message()));
+  report.SetFile(*file);
+  const ext4dio_file_info info = file->Info();
+  if (info.warning)
+    std::fprintf(stderr, "%s: warning: %s: %s\n", kTool, name.c_str(), info.warning);
+
+  // Known length: plan it all before any byte moves.
+  if (length) {
+    auto plan = file->PlanWrite(a.offset, *length);
+    if (!plan.ok()) return report.Fail(std::string(plan.status().message()));
+    const ext4dio_piece* refused = nullptr;
+    for (const ext4dio_piece& p : *plan) {
+      if (p.kind == EXT4DIO_PIECE_REFUSED) {
+        refused = &p;
+        break;
+      }
+    }
+    if (a.dry_run) {
+      if (a.json) {
+        Json pieces = Json::array();
+        for (const ext4dio_piece& p : *plan) {
+          pieces.push_back(
+              {{"file_offset", p.file_offset},
+               {"length", p.length},
+               {"kind", PieceKindName(p.kind)},
+               {"device_offset", HasDeviceOffset(p.kind) ? Json(p.device_offset) : Json()}});
+        }
+        report.json()["plan"] = pieces;
+      } else {
+        for (const ext4dio_piece& p : *plan) {
+          const std::string dev = HasDeviceOffset(p.kind) ? std::to_string(p.device_offset) : "-";
+          std::printf("%" PRIu64 " %" PRIu64 " %s %s\n", p.file_offset, p.length,
+                      PieceKindName(p.kind), dev.c_str());
+        }
+        std::fflush(stdout);
+      }
+    }
+    if (refused != nullptr) {
+      return report.Fail("cannot write bytes " + Range(refused->file_offset, refused->length) +
+                         ": needs allocation: " + AllocationCause(*file, refused->file_offset) +
+                         " (image mode cannot allocate); nothing written");
+    }
+    if (a.dry_run) return report.Done(cli::kExitOk);
+    if (available && a.has_length && *available < a.length) {
+      return report.Fail("input " + input_name + " has " + std::to_string(*available) +
+                         " bytes, --length asks for " + std::to_string(a.length) + "; " +
+                         WrittenText(0));
+    }
+  }
+
+  // The data path.
+  cli::Progress progress(kTool, cli::Progress::WantedFor(a.progress, a.no_progress));
+  const uint64_t align = std::max<uint32_t>(info.offset_align, 1);
+  ChunkSource source(in_fd, *file, a.offset, length, a.io_size, align);
+  WriteState state;
+  // Buffers no bigger than the whole write needs.
+  const uint64_t buffer_size =
+      length ? std::max<uint64_t>(std::min(a.io_size, *length), 1) : a.io_size;
+  const WriterConfig config{a.queue_depth, buffer_size, info.memory_align, a.verify};
+  uint32_t nthreads = a.threads;
+  if (length) {
+    // No more threads than chunks.
+    const uint64_t chunks = *length / a.io_size + 2;
+    nthreads = static_cast<uint32_t>(std::min<uint64_t>(nthreads, chunks));
+  }
+  progress.Start(length.value_or(0));
+  if (!length || *length > 0) {
+    std::vector<std::thread> threads;
+    for (uint32_t t = 1; t < nthreads; ++t) {
+      threads.emplace_back([&] { WriterThread(*file, source, state, config, progress); });
+    }
+    WriterThread(*file, source, state, config, progress);
+    for (std::thread& t : threads) t.join();
+  }
+  progress.Finish();
+  const uint64_t written = state.written;
+  report.SetBytes(written);
+
+  if (state.failed) return report.Fail(state.error + "; " + WrittenText(written));
+  if (source.read_errno()) {
+    return report.Fail(input_name, std::string("read failed: ") +
+                                       std::strerror(source.read_errno()) + "; " +
+                                       WrittenText(written));
+  }
+  if (source.refused_at()) {
+    const uint64_t at = *source.refused_at();
+    return report.Fail("stopped at file offset " + std::to_string(at) +
+                       ": needs allocation: " + AllocationCause(*file, at) +
+                       " (image mode cannot allocate); " + WrittenText(written) +
+                       (written ? " (file offsets " + Range(a.offset, written) + ")" : ""));
+  }
+  if (source.short_input()) {
+    return report.Fail("input " + input_name + " ended after " +
+                       std::to_string(source.input_bytes()) + " of " + std::to_string(*length) +
+                       " bytes (--length); " + WrittenText(written));
+  }
+  if (a.sync) {
+    if (absl::Status s = file->Sync(); !s.ok()) {
+      return report.Fail(std::string(s.message()) + "; " + WrittenText(written) +
+                         " but not flushed");
+    }
+  }
+  if (a.verify) {
+    std::vector<ChunkSum>& sums = state.sums;
+    std::sort(sums.begin(), sums.end(),
+              [](const ChunkSum& x, const ChunkSum& y) { return x.offset < y.offset; });
+    Buffer buf = AllocBuffer(buffer_size, info.memory_align);
+    if (!buf) return report.Fail("cannot allocate a verify buffer");
+    for (const ChunkSum& c : sums) {
+      auto got = file->Pread(buf.get(), c.length, c.offset);
+      if (!got.ok()) return report.Fail("verify: " + std::string(got.status().message()));
+      if (*got != c.length || Checksum(buf.get(), c.length) != c.sum) {
+        return report.Fail("verify failed: the " + std::to_string(c.length) +
+                           " bytes at file offset " + std::to_string(c.offset) +
+                           " read back differ from what was written");
+      }
+    }
+    report.json()["verified"] = true;
+  }
+  return report.Done(cli::kExitOk);
+}
