@@ -12,6 +12,12 @@ CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-asan --buildtype=debug \
   -Db_sanitize=address,undefined -Db_lundef=false -Dfuzz=true -Dbenchmarks=false \
   || { echo "sanitizer build failed"; echo "0 passed, 1 failed"; exit 1; }
 
+# ThreadSanitizer: only what the concurrency tests need.
+CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-tsan --buildtype=debugoptimized \
+  -Db_sanitize=thread -Db_lundef=false -Dbenchmarks=false --no-build 2>/dev/null || true
+tsan_ok=1
+ninja -C build-tsan test/concurrency_test test/async_queue_test >/dev/null || tsan_ok=0
+
 passed=0; failed=0; skipped=0
 run() {  # run DIR [meson test args...]
   local dir=$1; shift
@@ -30,6 +36,11 @@ run() {  # run DIR [meson test args...]
 run build
 # Under the sanitizers: everything that runs our parser on hostile input.
 run build-asan --suite unit --suite hostile --suite image
+if [ "$tsan_ok" = 1 ]; then
+  TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild concurrency_test async_queue_test
+else
+  echo "TSan build failed"; failed=$((failed + 1))
+fi
 
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
