@@ -1,5 +1,6 @@
 #include "cli_util.h"
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 
@@ -44,6 +45,13 @@ CLI::Validator SizeValidator() {
         return {};
       },
       "SIZE", "size");
+}
+
+Buffer AllocBuffer(uint64_t size, uint32_t align) {
+  void* p = nullptr;
+  const size_t a = std::max<size_t>({align, sizeof(void*), 4096});
+  if (posix_memalign(&p, a, std::max<uint64_t>(size, 1)) != 0) return nullptr;
+  return Buffer(static_cast<char*>(p));
 }
 
 int Parse(CLI::App& app, int argc, char** argv) {

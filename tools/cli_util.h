@@ -4,6 +4,8 @@
 #define EXT4DIO_TOOLS_CLI_UTIL_H_
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -24,6 +26,15 @@ std::optional<uint64_t> ParseSize(std::string_view text);
 // A CLI11 validator/transform that accepts ParseSize syntax and rewrites the
 // value to plain bytes.
 CLI::Validator SizeValidator();
+
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<char, FreeDeleter>;
+
+// A buffer of `size` bytes aligned for direct I/O (at least `align` and
+// 4096); nullptr when out of memory.
+Buffer AllocBuffer(uint64_t size, uint32_t align);
 
 // Runs app.parse; returns -1 to go on, or the process exit code (0 after
 // --help/--version, kExitUsage for parser errors; CLI11's own codes 105-114

@@ -37,17 +37,8 @@ constexpr const char* kTool = "ext4dio-read";
 constexpr uint64_t kChunk = 1 << 20;
 constexpr uint32_t kDepth = 32;
 
-struct FreeDeleter {
-  void operator()(char* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<char, FreeDeleter>;
-
-Buffer AllocBuffer(uint64_t size, uint32_t align) {
-  void* p = nullptr;
-  const size_t a = std::max<size_t>({align, sizeof(void*), 4096});
-  if (posix_memalign(&p, a, size) != 0) return nullptr;
-  return Buffer(static_cast<char*>(p));
-}
+using cli::AllocBuffer;
+using cli::Buffer;
 
 // 0 or errno.
 int WriteAll(int fd, const char* p, uint64_t n) {

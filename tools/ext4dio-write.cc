@@ -50,17 +50,8 @@ constexpr uint64_t kMaxIoSize = uint64_t{1} << 30;
 constexpr uint32_t kMaxQueueDepth = 4096;
 constexpr uint32_t kMaxThreads = 1024;
 
-struct FreeDeleter {
-  void operator()(char* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<char, FreeDeleter>;
-
-Buffer AllocBuffer(uint64_t size, uint32_t align) {
-  void* p = nullptr;
-  const size_t a = std::max<size_t>({align, sizeof(void*), 4096});
-  if (posix_memalign(&p, a, std::max<uint64_t>(size, 1)) != 0) return nullptr;
-  return Buffer(static_cast<char*>(p));
-}
+using cli::AllocBuffer;
+using cli::Buffer;
 
 // FNV-1a over 64-bit words (then the tail bytes): a cheap 64-bit checksum
 // per chunk, so --verify need not keep the data.

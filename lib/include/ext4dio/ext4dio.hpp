@@ -76,18 +76,23 @@ struct Location {
   static Location InodeInImage(std::string image, uint64_t inode, uint64_t offset = 0) {
     return {std::move(image), offset, {}, inode};
   }
+  // The C struct; it points into this Location's strings.
+  ext4dio_target ToTarget() const {
+    ext4dio_target t;
+    ext4dio_target_init(&t);
+    t.image = image.empty() ? nullptr : image.c_str();
+    t.image_offset = image_offset;
+    t.path = path.empty() ? nullptr : path.c_str();
+    t.inode = inode;
+    return t;
+  }
 };
 
 // A file's validated, immutable extent map.
 class FileMap {
  public:
   [[nodiscard]] static absl::StatusOr<FileMap> Load(const Location& where) {
-    ext4dio_target t;
-    ext4dio_target_init(&t);
-    t.image = where.image.empty() ? nullptr : where.image.c_str();
-    t.image_offset = where.image_offset;
-    t.path = where.path.empty() ? nullptr : where.path.c_str();
-    t.inode = where.inode;
+    const ext4dio_target t = where.ToTarget();
     ext4dio_map* m = nullptr;
     if (int rc = ext4dio_map_load(&t, &m); rc < 0) return LastStatus(rc);
     return FileMap(m);
@@ -159,12 +164,7 @@ class DirectFile {
  public:
   [[nodiscard]] static absl::StatusOr<DirectFile> Open(const Location& where,
                                                        const DirectFileOptions& o = {}) {
-    ext4dio_target t;
-    ext4dio_target_init(&t);
-    t.image = where.image.empty() ? nullptr : where.image.c_str();
-    t.image_offset = where.image_offset;
-    t.path = where.path.empty() ? nullptr : where.path.c_str();
-    t.inode = where.inode;
+    const ext4dio_target t = where.ToTarget();
     ext4dio_open_opts opts;
     ext4dio_open_opts_init(&opts);
     opts.flags = (o.write ? EXT4DIO_OPEN_WRITE : 0u) | (o.dsync ? EXT4DIO_OPEN_DSYNC : 0u) |
