@@ -85,7 +85,8 @@ now() { date +%s.%N; }
 for mib in $sizes; do
   rm -rf "$work/s"; mkdir -p "$work/s/src"
   head -c "${mib}M" /dev/urandom > "$work/payload"
-  head -c "${mib}M" /dev/zero > "$work/s/src/target"
+  # Not zeros: mke2fs -d would keep all-zero blocks as holes.
+  head -c "${mib}M" /dev/zero | tr '\0' 'y' > "$work/s/src/target"
   truncate -s $((mib * 3 + 128))M "$work/s/img"
   mkfs.ext4 -q -F -b 4096 -d "$work/s/src" "$work/s/img"
   rm -rf "$work/s/src"
