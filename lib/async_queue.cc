@@ -131,7 +131,11 @@ absl::Status AsyncQueue::ReapSome(size_t min_complete) {
   if (!got.ok()) return got.status();
   for (size_t k = 0; k < *got; ++k) {
     const uint64_t tag = results[k].tag;
-    OpState& op = ops_.at(tag);
+    auto found = ops_.find(tag);
+    // An op whose submission was reported failed (and its request finished)
+    // may still complete if the kernel took it after all: ignore it.
+    if (found == ops_.end()) continue;
+    OpState& op = found->second;
     Request& r = *requests_.at(op.request);
     const int64_t res = results[k].result;
     if (res > 0 && static_cast<uint64_t>(res) < op.length && r.error == 0) {
