@@ -86,21 +86,6 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
   const uint64_t max_io = std::max<uint64_t>(a, AlignDown(options.max_io, a));
   const uint64_t end = offset + length;
 
-  // Refuse first, as a whole: nothing is written unless everything can be.
-  for (uint64_t pos = offset; pos < end && !options.show_refused;) {
-    const Segment s = map.SegmentAt(pos, end - pos);
-    if (s.kind != SegmentKind::kMapped) {
-      return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
-                      absl::StrFormat("bytes %d..%d are %s%s: writing them needs block "
-                                      "allocation, which image mode cannot do",
-                                      s.offset, s.offset + s.length - 1, SegmentName(s.kind),
-                                      s.kind == SegmentKind::kPastEof
-                                          ? absl::StrFormat(" (size %d)", map.file_size())
-                                          : ""));
-    }
-    pos += s.length;
-  }
-
   auto unaligned = [&](uint64_t f, uint64_t d, uint64_t n) {
     const uint64_t unit = AlignDown(d, a);
     pieces.push_back(Piece{written.Contains(unit, a) ? Piece::kRmw : Piece::kBuffered, f, n, d});
@@ -108,6 +93,17 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
   for (uint64_t pos = offset; pos < end;) {
     const Segment s = map.SegmentAt(pos, end - pos);
     if (s.kind != SegmentKind::kMapped) {
+      // Planning writes nothing, so failing here refuses the request as a
+      // whole: nothing is written unless everything can be.
+      if (!options.show_refused) {
+        return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
+                        absl::StrFormat("bytes %d..%d are %s%s: writing them needs block "
+                                        "allocation, which image mode cannot do",
+                                        s.offset, s.offset + s.length - 1, SegmentName(s.kind),
+                                        s.kind == SegmentKind::kPastEof
+                                            ? absl::StrFormat(" (size %d)", map.file_size())
+                                            : ""));
+      }
       pieces.push_back(Piece{Piece::kRefused, s.offset, s.length, 0});
       pos += s.length;
       continue;
