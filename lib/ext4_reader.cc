@@ -552,9 +552,9 @@ absl::StatusOr<FileLayout> Ext4Reader::ReadFileOnce(uint64_t inode) {
   // Structural checks (sorted, non-overlapping, in range) come from the map
   // builder; run them here so every reader error names the inode.
   MapGeometry geometry{fs_->blocksize, options_.offset, layout.size};
-  if (auto map = ExtentMap::Build(geometry, layout.extents); !map.ok()) {
-    return CorruptMap(absl::StrCat(who, ": ", map.status().message()));
-  }
+  auto map = ExtentMap::Build(geometry, layout.extents);
+  if (!map.ok()) return CorruptMap(absl::StrCat(who, ": ", map.status().message()));
+  layout.map = std::move(*map);
   if (absl::Status s = Validate(layout.extents, layout.map_blocks); !s.ok()) {
     return Prefixed(absl::StrCat(who, ": "), s);
   }

@@ -45,6 +45,7 @@ struct FileLayout {
   uint32_t depth = 0;         // extent tree depth (0 for block maps)
   uint32_t flags = 0;         // i_flags (EXT2_IMMUTABLE_FL, EXT2_APPEND_FL, ...)
   std::vector<Extent> extents;       // logical order; block maps: runs
+  ExtentMap map;                     // built from `extents` (ReadFile only)
   std::vector<uint64_t> map_blocks;  // index / indirect blocks of the file
 };
 

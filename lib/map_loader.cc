@@ -18,14 +18,11 @@
 namespace ext4dio {
 namespace {
 
-absl::StatusOr<LoadedMap> FromLayout(FileLayout layout, uint64_t device_offset,
-                                     MapSource source, std::string device,
-                                     std::string warning) {
-  MapGeometry geometry{layout.block_size, device_offset, layout.size};
-  auto map = ExtentMap::Build(geometry, layout.extents);
-  if (!map.ok()) return LibError(EXT4DIO_E_CORRUPT_MAP, map.status().message());
+// REQUIRES: layout.map built from layout.extents (Ext4Reader::ReadFile does).
+LoadedMap FromLayout(FileLayout layout, MapSource source, std::string device,
+                     std::string warning) {
   LoadedMap out;
-  out.map = std::move(*map);
+  out.map = std::move(layout.map);
   out.inode = layout.inode;
   out.cluster_size = layout.cluster_size;
   out.extent_tree = layout.extent_tree;
@@ -50,9 +47,8 @@ absl::StatusOr<LoadedMap> LoadImage(const Target& t) {
   }
   auto layout = (*reader)->ReadFile(ino);
   if (!layout.ok()) return layout.status();
-  auto loaded = FromLayout(std::move(*layout), t.image_offset, MapSource::kImage,
-                           t.image, absl::StrJoin((*reader)->warnings(), "; "));
-  if (!loaded.ok()) return loaded;
+  absl::StatusOr<LoadedMap> loaded = FromLayout(
+      std::move(*layout), MapSource::kImage, t.image, absl::StrJoin((*reader)->warnings(), "; "));
   loaded->write_status = (*reader)->WriteRefusal();
   const std::string who = absl::StrFormat("%s: inode %d", t.image, loaded->inode);
   if (loaded->write_status.ok() && (loaded->inode_flags & EXT2_IMMUTABLE_FL)) {
@@ -94,7 +90,10 @@ absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
     layout.block_size = mf.block_size;
     layout.cluster_size = mf.block_size;
     layout.extents = std::move(*extents);
-    return FromLayout(std::move(layout), 0, MapSource::kFiemap, mf.device,
+    auto map = ExtentMap::Build(MapGeometry{layout.block_size, 0, layout.size}, layout.extents);
+    if (!map.ok()) return LibError(EXT4DIO_E_CORRUPT_MAP, map.status().message());
+    layout.map = std::move(*map);
+    return FromLayout(std::move(layout), MapSource::kFiemap, mf.device,
                       absl::StrCat("cannot read ", mf.device, " (",
                                    reader.status().message(),
                                    "): map from FIEMAP alone, not validated "
@@ -118,7 +117,7 @@ absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
     if (!extents.ok()) return extents.status();
     difference = FirstDifference(layout->extents, *extents);
     if (difference.empty()) {
-      return FromLayout(std::move(*layout), 0, MapSource::kDevice, mf.device,
+      return FromLayout(std::move(*layout), MapSource::kDevice, mf.device,
                         absl::StrJoin((*reader)->warnings(), "; "));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
