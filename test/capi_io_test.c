@@ -16,18 +16,10 @@
 #include <unistd.h>
 
 #include "ext4dio/ext4dio.h"
+#include "capi_check.h"
 
 static char dir[] = "/tmp/ext4dio-capi-io-XXXXXX";
-static int failures = 0;
-
-#define CHECK(cond)                                                   \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n",   \
-              __FILE__, __LINE__, #cond, ext4dio_last_error());       \
-      failures++;                                                     \
-    }                                                                 \
-  } while (0)
+int failures = 0;
 
 #define BLOCK 4096u
 #define F_SIZE (15u * BLOCK)          /* /f: 8 one-block islands, 2 blocks apart */

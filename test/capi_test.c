@@ -8,18 +8,10 @@
 #include <unistd.h>
 
 #include "ext4dio/ext4dio.h"
+#include "capi_check.h"
 
 static char dir[] = "/tmp/ext4dio-capi-XXXXXX";
-static int failures = 0;
-
-#define CHECK(cond)                                                   \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n",   \
-              __FILE__, __LINE__, #cond, ext4dio_last_error());       \
-      failures++;                                                     \
-    }                                                                 \
-  } while (0)
+int failures = 0;
 
 static void cleanup(void) {
   char cmd[256];
