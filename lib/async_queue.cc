@@ -9,6 +9,7 @@
 #include "aligned.h"
 #include "errors.h"
 #include "file.h"
+#include "io_gate.h"
 #include "planner.h"
 
 namespace ext4dio {
@@ -44,7 +45,19 @@ struct AsyncQueue::OpState {
 AsyncQueue::AsyncQueue(File* file, std::unique_ptr<IoQueue> queue)
     : file_(file), queue_(std::move(queue)) {}
 
-AsyncQueue::~AsyncQueue() { (void)Drain(); }
+AsyncQueue::~AsyncQueue() {
+  (void)Drain();
+  if (file_->mounted_) file_->gate_.RemoveMember(this);
+}
+
+uint64_t AsyncQueue::PendingDeviceIo() const {
+  // Order matters (see IoQueue::ReadyApprox): handled completions, then the
+  // ring's ready count, then what was issued. Errs towards "still pending".
+  const uint64_t done = completed_.load(std::memory_order_seq_cst);
+  const uint64_t ready = queue_->ReadyApprox();
+  const uint64_t issued = issued_.load(std::memory_order_seq_cst);
+  return issued > done + ready ? issued - done - ready : 0;
+}
 
 absl::Status AsyncQueue::Drain() {
   while (!requests_.empty()) {
@@ -82,7 +95,13 @@ void AsyncQueue::Pump() {
                          static_cast<uint32_t>(op.length), op.device_offset, op.buf, tag});
   }
   if (batch.empty()) return;
+  const uint32_t before = queue_->in_flight();
+  issued_.fetch_add(batch.size(), std::memory_order_seq_cst);
   if (absl::Status s = queue_->Submit(batch); !s.ok()) {
+    // Some backends keep failed submissions in flight (they will be
+    // reaped); the rest never reach the device.
+    const uint64_t kept = queue_->in_flight() - before;
+    issued_.fetch_sub(batch.size() - kept, std::memory_order_seq_cst);
     // Not in flight: fail those requests' ops here.
     for (const IoOp& io : batch) {
       OpState op = ops_.at(io.tag);
@@ -158,10 +177,11 @@ absl::Status AsyncQueue::ReapSome(size_t min_complete) {
   // Freed slots take waiting ops at once: a request must never sit with
   // ops waiting and nothing in flight while it holds region locks.
   Pump();
+  completed_.fetch_add(*got, std::memory_order_seq_cst);
   return absl::OkStatus();
 }
 
-absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
+absl::StatusOr<AsyncQueue::Planned> AsyncQueue::StartPlanned(const AsyncRequest& req) {
   File& f = *file_;
   const Alignment a = f.align_;
   auto request = std::make_unique<Request>();
@@ -171,11 +191,13 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
   char* base = static_cast<char*>(req.buf);
 
   if (req.write) {
-    if (!f.options_.write) return ErrnoError(EBADF, f.name_ + ": opened read-only");
-    auto pieces = f.PlanWrite(req.offset, req.length);
+    const MapState& m = f.cur();
+    auto pieces = ext4dio::PlanWrite(m.loaded.map, m.written, req.offset, req.length,
+                                     f.mounted_ ? f.MountedPlan() : f.plan_);
     if (!pieces.ok()) return Prefixed(f.name_ + ": ", pieces.status());
     bool unaligned = false;
     for (const Piece& p : *pieces) unaligned |= p.kind != Piece::kDirect;
+    if (unaligned && f.mounted_) return Planned::kBlocking;
     if (unaligned) {
       // Blocking path: finish what is in flight, then run the whole request
       // here with this queue's ring, exactly as a synchronous write.
@@ -197,7 +219,11 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
       c.result = s.ok() ? static_cast<int64_t>(req.length) : CodeOf(s);
       if (s.ok()) c.error_offset = c.error_length = 0;
       ready_.push_back(c);
-      return absl::OkStatus();
+      return Planned::kStarted;
+    }
+    if (f.mounted_ && !pieces->empty()) {
+      if (absl::Status s = f.DropPrivilegesOnce(); !s.ok()) return s;
+      f.times_dirty_ = true;
     }
     for (const Piece& p : *pieces) {
       char* src = base + (p.file_offset - req.offset);
@@ -216,7 +242,7 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
     if (!ops.empty()) f.ranges_.BeginDirect(request->ranges, request->owner);
     request->bytes = req.length;
   } else {
-    auto pieces = PlanRead(f.loaded_.map, req.offset, req.length, f.plan_);
+    auto pieces = PlanRead(f.cur().loaded.map, req.offset, req.length, f.plan_);
     if (!pieces.ok()) return Prefixed(f.name_ + ": ", pieces.status());
     uint64_t total = 0;
     for (const Piece& p : *pieces) {
@@ -251,7 +277,7 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
   requests_.emplace(id, std::move(request));
   if (ops.empty()) {
     Finish(id);
-    return absl::OkStatus();
+    return Planned::kStarted;
   }
   for (OpState& op : ops) {
     op.request = id;
@@ -260,8 +286,56 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
     backlog_.push_back(tag);
   }
   Pump();
+  // Every op of a started request goes to the device before we return:
+  // nothing planned against this map may wait in the backlog past it.
+  while (!backlog_.empty()) {
+    if (absl::Status s = ReapSome(1); !s.ok()) return s;
+  }
+  return Planned::kStarted;
+}
+
+absl::Status AsyncQueue::RunBlocking(const AsyncRequest& req) {
+  File& f = *file_;
+  if (absl::Status s = Drain(); !s.ok()) return s;
+  absl::StatusOr<size_t> r = req.write ? f.Pwrite(req.buf, req.length, req.offset)
+                                       : f.Pread(req.buf, req.length, req.offset);
+  if (!r.ok() && req.write && CodeOf(r.status()) == -EXT4DIO_E_NEEDS_ALLOCATION) {
+    return r.status();  // refused before anything was written: not started
+  }
+  AsyncCompletion c;
+  c.cookie = req.cookie;
+  if (r.ok()) {
+    c.result = static_cast<int64_t>(*r);
+  } else {
+    c.result = CodeOf(r.status());
+    c.error_offset = req.offset;
+    c.error_length = req.length;
+  }
+  ready_.push_back(c);
   return absl::OkStatus();
 }
+
+absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
+  File& f = *file_;
+  if (req.write && !f.options_.write) return ErrnoError(EBADF, f.name_ + ": opened read-only");
+  if (!f.mounted_) {
+    auto planned = StartPlanned(req);
+    return planned.status();
+  }
+  // Mounted: plan and start inside the gate, so no map change or lease
+  // release can come between the plan and the device.
+  f.gate_.Enter();
+  if (!f.fast_.load(std::memory_order_acquire)) {
+    f.gate_.Exit();
+    return RunBlocking(req);
+  }
+  absl::StatusOr<Planned> planned = StartPlanned(req);
+  f.gate_.Exit();
+  if (!planned.ok()) return planned.status();
+  if (*planned == Planned::kBlocking) return RunBlocking(req);
+  return absl::OkStatus();
+}
+
 
 absl::Status AsyncQueue::RegisterBuffers(void* base, size_t bytes) {
   if (outstanding() != 0) return ErrnoError(EBUSY, "registering buffers with requests outstanding");

@@ -5,12 +5,19 @@
 // Thread-safety: one thread at a time per queue (make one queue per
 // thread). Any number of queues and synchronous callers may use one File.
 //
-// Blocking: a write with unaligned pieces (read-modify-write or buffered)
-// waits for this queue's in-flight requests and runs inside Submit, then
-// completes like the rest.
+// Blocking: a write with unaligned pieces (read-modify-write or buffered),
+// and in mounted mode any request that needs the kernel path (or arrives
+// while the fast path is off), waits for this queue's in-flight requests
+// and runs inside Submit, then completes like the rest. Submit also waits
+// (reaping into the ready list) when the ring is full, so that every
+// started request's device I/O is in flight when Submit returns.
+//
+// Mounted mode: the queue is a member of the file's IoGate, which counts
+// its device requests in flight without the queue's owner.
 #ifndef EXT4DIO_LIB_ASYNC_QUEUE_H_
 #define EXT4DIO_LIB_ASYNC_QUEUE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -19,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "io_gate.h"
 #include "os.h"
 
 namespace ext4dio {
@@ -40,9 +48,9 @@ struct AsyncCompletion {
   uint64_t error_length = 0;
 };
 
-class AsyncQueue {
+class AsyncQueue final : public IoGate::Member {
  public:
-  ~AsyncQueue();  // waits for what is in flight
+  ~AsyncQueue() override;  // waits for what is in flight
   AsyncQueue(const AsyncQueue&) = delete;
   AsyncQueue& operator=(const AsyncQueue&) = delete;
 
@@ -60,6 +68,7 @@ class AsyncQueue {
   // Requests submitted and not yet reaped.
   size_t outstanding() const { return requests_.size() + ready_.size(); }
   uint32_t depth() const { return queue_->depth(); }
+  uint64_t PendingDeviceIo() const override;
 
  private:
   friend class File;
@@ -67,6 +76,9 @@ class AsyncQueue {
   struct OpState;
   AsyncQueue(File* file, std::unique_ptr<IoQueue> queue);
 
+  enum class Planned { kStarted, kBlocking };
+  absl::StatusOr<Planned> StartPlanned(const AsyncRequest& r);
+  absl::Status RunBlocking(const AsyncRequest& r);
   void Pump();
   absl::Status ReapSome(size_t min_complete);
   void Finish(uint64_t id);
@@ -80,6 +92,10 @@ class AsyncQueue {
   std::unordered_map<uint64_t, OpState> ops_;  // by tag
   std::deque<uint64_t> backlog_;               // op tags not yet submitted
   std::deque<AsyncCompletion> ready_;
+  // Device requests handed to the ring, and those reaped and fully handled
+  // (short ones resubmitted): see PendingDeviceIo.
+  std::atomic<uint64_t> issued_{0};
+  std::atomic<uint64_t> completed_{0};
 };
 
 }  // namespace ext4dio

@@ -2,11 +2,15 @@
 // Nothing here may throw across the boundary.
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <exception>
+#include <mutex>
 #include <memory>
 #include <vector>
 #include <new>
 #include <string>
+
+#include <linux/falloc.h>
 
 #include "errors.h"
 #include "ext4dio/ext4dio.h"
@@ -20,12 +24,17 @@
 struct ext4dio_map {
   ext4dio::LoadedMap owned;
   const ext4dio::LoadedMap* m = &owned;
+  std::shared_ptr<const ext4dio::MapState> keep;  // a file's map snapshot
 };
 
+// One per ext4dio_open; in mounted mode several may share one File.
 struct ext4dio_file {
   std::shared_ptr<ext4dio::File> file;
-  ext4dio_map map_view;
-  std::string warning;
+  bool writable = false;
+  // Snapshots handed out by ext4dio_file_map, valid until close.
+  mutable std::mutex mu;
+  mutable std::deque<ext4dio_map> map_views;
+  mutable std::string warning;
 };
 
 struct ext4dio_queue {
@@ -203,6 +212,7 @@ EXT4DIO_EXPORT int ext4dio_open(const ext4dio_target* t, const ext4dio_open_opts
     options.sqpoll = opts.flags & EXT4DIO_OPEN_SQPOLL;
     options.queue_depth = opts.queue_depth ? opts.queue_depth : 32;
     options.max_io = opts.max_io;
+    options.no_fallback = opts.flags & EXT4DIO_OPEN_NO_FALLBACK;
     switch (opts.backend) {
       case EXT4DIO_BACKEND_AUTO: options.backend = ext4dio::BackendKind::kAuto; break;
       case EXT4DIO_BACKEND_URING: options.backend = ext4dio::BackendKind::kUring; break;
@@ -213,8 +223,7 @@ EXT4DIO_EXPORT int ext4dio_open(const ext4dio_target* t, const ext4dio_open_opts
     if (!file.ok()) return Fail(file.status());
     auto* f = new ext4dio_file;
     f->file = std::move(*file);
-    f->map_view.m = &f->file->loaded();
-    f->warning = f->file->loaded().warning;
+    f->writable = options.write;
     *out = f;
     return 0;
   });
@@ -225,6 +234,7 @@ EXT4DIO_EXPORT void ext4dio_close(ext4dio_file* f) { delete f; }
 EXT4DIO_EXPORT int64_t ext4dio_pwrite(ext4dio_file* f, const void* buf, size_t n,
                                       uint64_t offset) {
   if (f == nullptr || (buf == nullptr && n)) return Fail(-EINVAL, "NULL argument");
+  if (!f->writable) return Fail(-EBADF, "the file was opened read-only");
   return Guard([&]() -> int64_t {
     auto r = f->file->Pwrite(buf, n, offset);
     if (!r.ok()) return Fail(r.status());
@@ -243,8 +253,43 @@ EXT4DIO_EXPORT int64_t ext4dio_pread(ext4dio_file* f, void* buf, size_t n, uint6
 
 EXT4DIO_EXPORT int ext4dio_sync(ext4dio_file* f) {
   if (f == nullptr) return Fail(-EINVAL, "NULL argument");
-  absl::Status s = f->file->Sync();
-  return s.ok() ? 0 : Fail(s);
+  return Guard([&]() -> int {
+    absl::Status s = f->file->Sync();
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+EXT4DIO_EXPORT int ext4dio_fsync(ext4dio_file* f) {
+  if (f == nullptr) return Fail(-EINVAL, "NULL argument");
+  return Guard([&]() -> int {
+    absl::Status s = f->file->Fsync();
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+EXT4DIO_EXPORT int ext4dio_truncate(ext4dio_file* f, uint64_t size) {
+  if (f == nullptr) return Fail(-EINVAL, "NULL argument");
+  if (!f->writable) return Fail(-EBADF, "the file was opened read-only");
+  return Guard([&]() -> int {
+    absl::Status s = f->file->Truncate(size);
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+EXT4DIO_EXPORT int ext4dio_fallocate(ext4dio_file* f, uint32_t mode, uint64_t offset,
+                                     uint64_t length) {
+  if (f == nullptr) return Fail(-EINVAL, "NULL argument");
+  if (!f->writable) return Fail(-EBADF, "the file was opened read-only");
+  if (mode & ~(EXT4DIO_FALLOC_KEEP_SIZE | EXT4DIO_FALLOC_PUNCH_HOLE | EXT4DIO_FALLOC_ZERO_RANGE))
+    return Fail(-EINVAL, "unknown fallocate mode bits");
+  int m = 0;
+  if (mode & EXT4DIO_FALLOC_KEEP_SIZE) m |= FALLOC_FL_KEEP_SIZE;
+  if (mode & EXT4DIO_FALLOC_PUNCH_HOLE) m |= FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+  if (mode & EXT4DIO_FALLOC_ZERO_RANGE) m |= FALLOC_FL_ZERO_RANGE;
+  return Guard([&]() -> int {
+    absl::Status s = f->file->Fallocate(m, offset, length);
+    return s.ok() ? 0 : Fail(s);
+  });
 }
 
 EXT4DIO_EXPORT void ext4dio_file_info_init(ext4dio_file_info* info) {
@@ -258,19 +303,37 @@ EXT4DIO_EXPORT int ext4dio_file_get_info(const ext4dio_file* f, ext4dio_file_inf
   ext4dio_file_info_init(&full);
   const ext4dio::File& file = *f->file;
   full.size = file.size();
-  full.block_size = file.map().block_size();
+  full.block_size = file.snapshot()->loaded.map.block_size();
   full.offset_align = file.alignment().offset;
   full.memory_align = file.alignment().memory;
   full.backend = std::strcmp(file.backend_name(), "io_uring") == 0 ? EXT4DIO_BACKEND_URING
                                                                      : EXT4DIO_BACKEND_SYNC;
   full.max_io = file.max_io();
-  full.fast_path = 1;
-  full.warning = f->warning.empty() ? nullptr : f->warning.c_str();
+  full.fast_path = file.fast_path() ? 1 : 0;
+  full.mounted = file.mounted() ? 1 : 0;
+  {
+    std::lock_guard<std::mutex> lock(f->mu);
+    f->warning = file.warning();
+    full.warning = f->warning.empty() ? nullptr : f->warning.c_str();
+  }
   return CopyOut(full, info);
 }
 
 EXT4DIO_EXPORT const ext4dio_map* ext4dio_file_map(const ext4dio_file* f) {
-  return f ? &f->map_view : nullptr;
+  if (f == nullptr) return nullptr;
+  try {
+    std::shared_ptr<const ext4dio::MapState> now = f->file->snapshot();
+    std::lock_guard<std::mutex> lock(f->mu);
+    if (f->map_views.empty() || f->map_views.back().keep != now) {
+      f->map_views.emplace_back();
+      ext4dio_map& v = f->map_views.back();
+      v.keep = now;
+      v.m = &now->loaded;
+    }
+    return &f->map_views.back();
+  } catch (const std::exception&) {
+    return nullptr;
+  }
 }
 
 EXT4DIO_EXPORT void ext4dio_stats_init(ext4dio_stats* s) {
@@ -294,6 +357,9 @@ EXT4DIO_EXPORT int ext4dio_file_get_stats(const ext4dio_file* f, ext4dio_stats* 
   full.read_bytes = st.read_bytes;
   full.read_requests = st.read_requests;
   full.zero_bytes = st.zero_bytes;
+  full.kernel_read_bytes = st.kernel_read_bytes;
+  full.lease_breaks = st.lease_breaks;
+  full.remaps = st.remaps;
   return CopyOut(full, out);
 }
 
@@ -313,6 +379,7 @@ EXT4DIO_EXPORT int ext4dio_plan_write(const ext4dio_file* f, uint64_t offset, ui
         case ext4dio::Piece::kDirect: pieces[i].kind = EXT4DIO_PIECE_FAST; break;
         case ext4dio::Piece::kRmw: pieces[i].kind = EXT4DIO_PIECE_RMW; break;
         case ext4dio::Piece::kBuffered: pieces[i].kind = EXT4DIO_PIECE_BUFFERED; break;
+        case ext4dio::Piece::kKernel: pieces[i].kind = EXT4DIO_PIECE_KERNEL; break;
         default: pieces[i].kind = EXT4DIO_PIECE_REFUSED; break;
       }
     }

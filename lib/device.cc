@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "errors.h"
 
@@ -40,6 +42,9 @@ MountedFile& MountedFile::operator=(MountedFile&& o) noexcept {
     mount_point = std::move(o.mount_point);
     mount_options = std::move(o.mount_options);
     super_options = std::move(o.super_options);
+    flags = o.flags;
+    read_only = o.read_only;
+    dax = o.dax;
   }
   return *this;
 }
@@ -96,6 +101,13 @@ absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path) {
   }
   m.dev = st.st_dev;
   m.inode = st.st_ino;
+  int flags = 0;
+  if (::ioctl(m.fd, FS_IOC_GETFLAGS, &flags) == 0) m.flags = static_cast<uint32_t>(flags);
+  struct statvfs vfs;
+  if (::fstatvfs(m.fd, &vfs) == 0) m.read_only = (vfs.f_flag & ST_RDONLY) != 0;
+  struct statx sx;
+  if (::statx(m.fd, "", AT_EMPTY_PATH, 0, &sx) == 0)
+    m.dax = (sx.stx_attributes_mask & STATX_ATTR_DAX) && (sx.stx_attributes & STATX_ATTR_DAX);
   m.size = static_cast<uint64_t>(st.st_size);
   m.block_size = static_cast<uint32_t>(sfs.f_bsize);
   uint32_t v[2];
@@ -122,6 +134,41 @@ absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path) {
     break;
   }
   return m;
+}
+
+absl::Status MountedRefusal(const MountedFile& m, bool write) {
+  auto refuse = [&](ext4dio_error code, const std::string& why) {
+    return LibError(code, absl::StrFormat("%s: %s", m.path, why));
+  };
+  constexpr uint32_t kInlineData = 0x10000000;  // EXT4_INLINE_DATA_FL
+  if (m.flags & FS_ENCRYPT_FL)
+    return refuse(EXT4DIO_E_UNSUPPORTED_FILE, "is encrypted: the device holds ciphertext");
+  if (m.flags & FS_VERITY_FL)
+    return refuse(EXT4DIO_E_UNSUPPORTED_FILE,
+                  "has fs-verity enabled: reads through the device would skip verification");
+  if (m.dax || (m.flags & FS_DAX_FL))
+    return refuse(EXT4DIO_E_UNSUPPORTED_FILE, "uses DAX: its data is mapped, not block I/O");
+  if (m.flags & kInlineData)
+    return refuse(EXT4DIO_E_UNSUPPORTED_FILE, "keeps its data inline in the inode");
+  if (m.flags & FS_JOURNAL_DATA_FL)
+    return refuse(EXT4DIO_E_UNSUPPORTED_FILE,
+                  "is data-journaled (chattr +j): its newest data may be in the journal");
+  for (absl::string_view opt : absl::StrSplit(m.super_options, ',')) {
+    if (opt == "data=journal")
+      return refuse(EXT4DIO_E_UNSUPPORTED_FILE,
+                    absl::StrCat(m.mount_point, " is mounted data=journal: file data may be "
+                                                "in the journal, not at its blocks"));
+    if (opt == "dax" || opt == "dax=always")
+      return refuse(EXT4DIO_E_UNSUPPORTED_FILE, absl::StrCat(m.mount_point, " is mounted with DAX"));
+  }
+  if (!write) return absl::OkStatus();
+  if (m.flags & FS_IMMUTABLE_FL)
+    return refuse(EXT4DIO_E_WRITE_REFUSED, "is immutable (chattr +i)");
+  if (m.read_only)
+    return refuse(EXT4DIO_E_WRITE_REFUSED,
+                  absl::StrCat("its filesystem is mounted read-only at ", m.mount_point,
+                               " (or was remounted read-only after an error)"));
+  return absl::OkStatus();
 }
 
 namespace {

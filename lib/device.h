@@ -25,6 +25,9 @@ struct MountedFile {
   std::string mount_point;
   std::string mount_options;   // per-mount options (mountinfo field 6)
   std::string super_options;   // filesystem options (after " - ")
+  uint32_t flags = 0;          // FS_IOC_GETFLAGS (FS_APPEND_FL, ...)
+  bool read_only = false;      // statvfs ST_RDONLY (also after errors=remount-ro)
+  bool dax = false;            // STATX_ATTR_DAX
 
   MountedFile() = default;
   MountedFile(MountedFile&& o) noexcept;
@@ -36,6 +39,13 @@ struct MountedFile {
 // when it is not on ext4 (statfs magic); ENODEV when the device node of
 // st_dev cannot be found.
 absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path);
+
+// Why I/O through ext4dio on this mounted file would be unsafe (or OK):
+// EXT4DIO_E_UNSUPPORTED_FILE for encrypted, verity, DAX, inline-data and
+// data-journaled files (per-file flag or data=journal mount) — their data
+// is not (only) where the extent map says; with `write` also
+// EXT4DIO_E_WRITE_REFUSED for immutable files and read-only mounts.
+absl::Status MountedRefusal(const MountedFile& m, bool write);
 
 // The /dev node of block device `dev`, checked by its st_rdev.
 absl::StatusOr<std::string> DeviceNode(dev_t dev);

@@ -250,7 +250,7 @@ absl::StatusOr<std::unique_ptr<Ext4Reader>> Ext4Reader::Open(
   if (fs->super->s_state & EXT2_ERROR_FS)
     r->warnings_.push_back("the filesystem is marked as having errors");
   if (ext2fs_has_feature_journal_needs_recovery(fs->super))
-    r->warnings_.push_back("the journal needs recovery: on-disk metadata may be stale");
+    if (!options.live) r->warnings_.push_back("the journal needs recovery: on-disk metadata may be stale");
   if (!options.live && options.offset == 0) {
     int flags = 0;
     char mountpoint[4096] = {0};
@@ -322,46 +322,56 @@ absl::Status Ext4Reader::CheckInodeAllocated(uint64_t inode) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<FileLayout> Ext4Reader::ReadFile(uint64_t inode) {
-  absl::MutexLock lock(&mu_);
+absl::Status Ext4Reader::Refresh() {
+  // Group descriptors (flags, free counts, bitmap checksums) change on a
+  // live filesystem: read them afresh.
+  ext2_filsys fresh = nullptr;
+  std::string io_options = absl::StrFormat("offset=%d&cache=off", options_.offset);
+  errcode_t err = ext2fs_open2(
+      source_.c_str(), io_options.c_str(),
+      EXT2_FLAG_64BITS | EXT2_FLAG_SOFTSUPP_FEATURES | EXT2_FLAG_SKIP_MMP, 0, 0,
+      unix_io_manager, &fresh);
+  absl::Status desc = err == 0 ? CheckDescriptors(fresh, source_)
+                               : Ext2fsError(err, EXT4DIO_E_CORRUPT_FS,
+                                             absl::StrCat(source_, ": re-reading the superblock"));
+  if (!desc.ok()) {
+    if (fresh) ext2fs_close_free(&fresh);
+    return desc;
+  }
+  ext2fs_close_free(&fs_);
+  fs_ = fresh;
+  metadata_built_ = false;
+  return absl::OkStatus();
+}
+
+template <typename T, typename F>
+T Ext4Reader::Retrying(F&& once) {
   for (int attempt = 1;; ++attempt) {
     if (options_.live) {
-      // Group descriptors (flags, free counts) change on a live filesystem:
-      // read them afresh, and the inode without libext2fs' cache.
-      ext2_filsys fresh = nullptr;
-      std::string io_options =
-          absl::StrFormat("offset=%d&cache=off", options_.offset);
-      errcode_t err = ext2fs_open2(
-          source_.c_str(), io_options.c_str(),
-          EXT2_FLAG_64BITS | EXT2_FLAG_SOFTSUPP_FEATURES | EXT2_FLAG_SKIP_MMP,
-          0, 0, unix_io_manager, &fresh);
-      absl::Status desc = err == 0 ? CheckDescriptors(fresh, source_)
-                                   : Ext2fsError(err, EXT4DIO_E_CORRUPT_FS,
-                                                 absl::StrCat(source_, ": re-reading the superblock"));
-      if (!desc.ok()) {
-        if (fresh) ext2fs_close_free(&fresh);
+      if (absl::Status s = Refresh(); !s.ok()) {
         if (attempt < kChecksumRetries) {
           std::this_thread::sleep_for(std::chrono::milliseconds(10 * attempt));
           continue;
         }
-        return desc;
+        return s;
       }
-      ext2fs_close_free(&fs_);
-      fs_ = fresh;
-      metadata_built_ = false;
     }
     ext2fs_flush_icache(fs_);
-    absl::StatusOr<FileLayout> layout = ReadFileOnce(inode);
-    if (layout.ok() || !options_.live || !IsChecksumError(layout.status()) ||
+    T result = once();
+    if (result.ok() || !options_.live || !IsChecksumError(result.status()) ||
         attempt >= kChecksumRetries) {
-      if (!layout.ok() && IsChecksumError(layout.status()) && options_.live) {
-        return Prefixed(absl::StrFormat("after %d attempts: ", attempt),
-                        layout.status());
+      if (!result.ok() && IsChecksumError(result.status()) && options_.live) {
+        return Prefixed(absl::StrFormat("after %d attempts: ", attempt), result.status());
       }
-      return layout;
+      return result;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10 * attempt));
   }
+}
+
+absl::StatusOr<FileLayout> Ext4Reader::ReadFile(uint64_t inode) {
+  absl::MutexLock lock(&mu_);
+  return Retrying<absl::StatusOr<FileLayout>>([&] { return ReadFileOnce(inode); });
 }
 
 absl::StatusOr<FileLayout> Ext4Reader::ReadFileOnce(uint64_t inode) {
@@ -631,7 +641,12 @@ absl::Status Ext4Reader::WriteRefusal() {
 absl::Status Ext4Reader::ValidateExtents(const std::vector<Extent>& extents,
                                          const std::vector<uint64_t>& map_blocks) {
   absl::MutexLock lock(&mu_);
-  return Validate(extents, map_blocks);
+  // Status has no .status(): wrap it for Retrying.
+  absl::StatusOr<bool> r = Retrying<absl::StatusOr<bool>>([&]() -> absl::StatusOr<bool> {
+    if (absl::Status s = Validate(extents, map_blocks); !s.ok()) return s;
+    return true;
+  });
+  return r.status();
 }
 
 absl::StatusOr<std::vector<MetadataRange>> Ext4Reader::Metadata() {

@@ -103,7 +103,8 @@ class Ext4Reader {
   absl::Status WriteRefusal();
 
   // Checks extents (e.g. from FIEMAP) against the filesystem exactly as
-  // ReadFile checks its own, with `map_blocks` as the file's index blocks.
+  // ReadFile checks its own, with `map_blocks` as the file's index blocks
+  // (live: with fresh group descriptors, checksum failures retried).
   absl::Status ValidateExtents(const std::vector<Extent>& extents,
                                const std::vector<uint64_t>& map_blocks);
 
@@ -120,6 +121,12 @@ class Ext4Reader {
                         const std::vector<uint64_t>& map_blocks)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status BuildMetadata() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Live mode: reopens the filesystem for current group descriptors.
+  absl::Status Refresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `once` (returning a StatusOr), refreshing first and retrying
+  // checksum failures on a live filesystem.
+  template <typename T, typename F>
+  T Retrying(F&& once) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckInodeAllocated(uint64_t inode)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

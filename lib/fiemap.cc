@@ -15,17 +15,24 @@ namespace ext4dio {
 
 absl::StatusOr<std::vector<FiemapExtent>> ReadFiemap(int fd, bool sync,
                                                       absl::string_view name) {
+  return ReadFiemapRange(fd, 0, FIEMAP_MAX_OFFSET, sync, name);
+}
+
+absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(int fd, uint64_t offset,
+                                                           uint64_t length, bool sync,
+                                                           absl::string_view name) {
+  const uint64_t end = length > FIEMAP_MAX_OFFSET - offset ? FIEMAP_MAX_OFFSET : offset + length;
   constexpr uint32_t kBatch = 1024;
   const size_t bytes = sizeof(fiemap) + kBatch * sizeof(fiemap_extent);
   std::unique_ptr<char[]> buf(new char[bytes]);
   std::vector<FiemapExtent> out;
-  uint64_t start = 0;
+  uint64_t start = offset;
   bool first = true;
   for (;;) {
     std::memset(buf.get(), 0, bytes);
     auto* fm = reinterpret_cast<fiemap*>(buf.get());
     fm->fm_start = start;
-    fm->fm_length = FIEMAP_MAX_OFFSET - start;
+    fm->fm_length = end - start;
     fm->fm_flags = (sync && first) ? FIEMAP_FLAG_SYNC : 0;
     fm->fm_extent_count = kBatch;
     if (::ioctl(fd, FS_IOC_FIEMAP, fm) != 0)
@@ -41,6 +48,7 @@ absl::StatusOr<std::vector<FiemapExtent>> ReadFiemap(int fd, bool sync,
     const fiemap_extent& tail = fm->fm_extents[fm->fm_mapped_extents - 1];
     if (last || tail.fe_logical + tail.fe_length <= start) break;
     start = tail.fe_logical + tail.fe_length;
+    if (start >= end) break;
     if (out.size() > (uint64_t{1} << 32)) {
       return LibError(EXT4DIO_E_MAP_MISMATCH,
                       absl::StrFormat("FIEMAP on %s does not end", name));

@@ -28,6 +28,11 @@ struct FiemapExtent {
 absl::StatusOr<std::vector<FiemapExtent>> ReadFiemap(int fd, bool sync,
                                                       absl::string_view name);
 
+// The extents overlapping [offset, offset + length) (whole, not clipped).
+absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(int fd, uint64_t offset,
+                                                           uint64_t length, bool sync,
+                                                           absl::string_view name);
+
 // Converts to filesystem blocks of `block_size`, physical counted from the
 // filesystem start, which lies `device_offset` bytes into the device.
 // Refuses (EXT4DIO_E_UNSUPPORTED_FILE) inline, encoded, encrypted and

@@ -1,26 +1,58 @@
 #include "file.h"
 
 #include <fcntl.h>
-#include <sched.h>
+#include <linux/capability.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "aligned.h"
 #include "async_queue.h"
 #include "errors.h"
+#include "ext4_reader.h"
+#include "fiemap.h"
 
 namespace ext4dio {
 namespace {
+
+// Mounted files open in this process, by (st_dev, st_ino): a second
+// descriptor of a file would break our own lease, so opens share one File.
+std::mutex& RegistryMu() {
+  static std::mutex* mu = new std::mutex;
+  return *mu;
+}
+std::map<std::pair<dev_t, ino_t>, std::weak_ptr<File>>& Registry() {
+  static auto* r = new std::map<std::pair<dev_t, ino_t>, std::weak_ptr<File>>;
+  return *r;
+}
+
+bool HasCapFsetid() {
+  __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  if (::syscall(SYS_capget, &header, data) != 0) return false;
+  return (data[CAP_FSETID / 32].effective & (1u << (CAP_FSETID % 32))) != 0;
+}
+
+bool IsAccessError(const absl::Status& s) {
+  const int code = CodeOf(s);
+  return code == -EACCES || code == -EPERM;
+}
 
 }  // namespace
 
@@ -38,19 +70,64 @@ struct File::Op {
 };
 
 absl::StatusOr<std::shared_ptr<File>> File::Open(const OpenOptions& options) {
+  if (options.queue_depth == 0 || options.queue_depth > 4096)
+    return ErrnoError(EINVAL, absl::StrFormat("queue depth %d (1..4096)", options.queue_depth));
+  if (options.target.image.empty()) return OpenMounted(options);
+  return OpenImage(options);
+}
+
+void File::SetMap(LoadedMap loaded) {
+  auto state = std::make_shared<MapState>();
+  state->written = WrittenSet(loaded.map);
+  state->loaded = std::move(loaded);
+  std::lock_guard<std::mutex> lock(state_mu_);
+  state_ = std::move(state);
+  current_.store(state_.get(), std::memory_order_release);
+}
+
+std::shared_ptr<const MapState> File::snapshot() const {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  return state_;
+}
+
+absl::Status File::SetUpBackend(const std::string& device_path) {
+  auto geometry = ProbeGeometry(fd_direct_, device_path);
+  if (!geometry.ok()) return geometry.status();
+  align_ = Alignment{geometry->offset_align, geometry->memory_align};
+  plan_.alignment = align_;
+  plan_.max_io = options_.max_io ? options_.max_io : geometry->max_io;
+  if (plan_.max_io < align_.offset) plan_.max_io = align_.offset;
+  switch (options_.backend) {
+    case BackendKind::kUring:
+      if (!UringAvailable()) return ErrnoError(ENOSYS, "io_uring is not available here");
+      backend_ = BackendKind::kUring;
+      break;
+    case BackendKind::kSync:
+      backend_ = BackendKind::kSync;
+      break;
+    case BackendKind::kAuto:
+      // Bio-based devices (zram, some dm) make io_uring punt every request
+      // to worker threads: psync is faster there.
+      backend_ = UringAvailable() && !geometry->bio_based ? BackendKind::kUring
+                                                          : BackendKind::kSync;
+      break;
+  }
+  // One queue made now: a broken backend fails at open, not at first I/O.
+  auto q = NewIoQueue(options_.queue_depth);
+  if (!q.ok()) return q.status();
+  auto slot = std::make_unique<Slot>();
+  slot->queue = std::move(*q);
+  ReleaseSlot(std::move(slot));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options) {
   std::shared_ptr<File> f(new File());
   f->options_ = options;
   f->os_ = options.os ? options.os : RealOs();
   const Target& t = options.target;
-  if (t.image.empty()) {
-    return absl::UnimplementedError(absl::StrCat(
-        t.path, ": I/O on files of a mounted filesystem is not available in this "
-                "version; use --image with an image or unmounted device"));
-  }
   f->name_ = t.inode ? absl::StrFormat("%s: inode %d", t.image, t.inode)
                      : absl::StrCat(t.image, ":", t.path);
-  if (options.queue_depth == 0 || options.queue_depth > 4096)
-    return ErrnoError(EINVAL, absl::StrFormat("queue depth %d (1..4096)", options.queue_depth));
 
   // Open and lock before reading the map, so no other writer changes what
   // we read.
@@ -87,51 +164,162 @@ absl::StatusOr<std::shared_ptr<File>> File::Open(const OpenOptions& options) {
 
   auto loaded = LoadMap(t);
   if (!loaded.ok()) return loaded.status();
-  f->loaded_ = std::move(*loaded);
-  if (options.write && !f->loaded_.write_status.ok()) return f->loaded_.write_status;
+  if (options.write && !loaded->write_status.ok()) return loaded->write_status;
+  f->warning_ = loaded->warning;
+  f->SetMap(std::move(*loaded));
+  if (absl::Status s = f->SetUpBackend(t.image); !s.ok()) return s;
+  return f;
+}
 
-  auto geometry = ProbeGeometry(f->fd_direct_, t.image);
-  if (!geometry.ok()) return geometry.status();
-  f->align_ = Alignment{geometry->offset_align, geometry->memory_align};
-  f->plan_.alignment = f->align_;
-  f->plan_.max_io = options.max_io ? options.max_io : geometry->max_io;
-  if (f->plan_.max_io < f->align_.offset) f->plan_.max_io = f->align_.offset;
-  f->written_ = WrittenSet(f->loaded_.map);
+absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& options) {
+  const Target& t = options.target;
+  if (t.path.empty()) return ErrnoError(EINVAL, "no file given");
+  if (t.inode != 0) return ErrnoError(EINVAL, "an inode number needs an image (--image)");
+  struct stat st;
+  if (::stat(t.path.c_str(), &st) != 0) return ErrnoError(errno, "stat " + t.path);
 
-  switch (options.backend) {
-    case BackendKind::kUring:
-      if (!UringAvailable()) return ErrnoError(ENOSYS, "io_uring is not available here");
-      f->backend_ = BackendKind::kUring;
-      break;
-    case BackendKind::kSync:
-      f->backend_ = BackendKind::kSync;
-      break;
-    case BackendKind::kAuto:
-      // Bio-based devices (zram, some dm) make io_uring punt every request
-      // to worker threads: psync is faster there.
-      f->backend_ = UringAvailable() && !geometry->bio_based ? BackendKind::kUring
-                                                             : BackendKind::kSync;
-      break;
+  std::lock_guard<std::mutex> registry_lock(RegistryMu());
+  const auto key = std::make_pair(st.st_dev, st.st_ino);
+  if (auto it = Registry().find(key); it != Registry().end()) {
+    if (std::shared_ptr<File> open = it->second.lock()) {
+      const OpenOptions& o = open->options_;
+      // A reader may share a writer's File (its C handle stays read-only).
+      const bool same = o.write == options.write && o.dsync == options.dsync &&
+                        o.no_fallback == options.no_fallback && o.backend == options.backend &&
+                        o.sqpoll == options.sqpoll;
+      if (same || (o.write && !options.write)) return open;
+      return LibError(EXT4DIO_E_IN_USE,
+                      absl::StrFormat("%s is already open in this process (as %s) with other "
+                                      "options; close it first or open it the same way",
+                                      t.path, open->name_));
+    }
+    Registry().erase(it);
   }
-  // One queue made now: a broken backend fails at open, not at first I/O.
-  auto q = f->NewIoQueue(options.queue_depth);
-  if (!q.ok()) return q.status();
-  auto slot = std::make_unique<Slot>();
-  slot->queue = std::move(*q);
-  f->ReleaseSlot(std::move(slot));
+
+  std::shared_ptr<File> f(new File());
+  f->options_ = options;
+  f->os_ = options.os ? options.os : RealOs();
+  f->mounted_ = true;
+  f->name_ = t.path;
+  auto inspected = InspectMountedFile(t.path);
+  if (!inspected.ok()) return inspected.status();
+  MountedFile& mf = *inspected;
+  if (absl::Status s = MountedRefusal(mf, options.write); !s.ok()) return s;
+  f->append_only_ = (mf.flags & FS_APPEND_FL) != 0;
+
+  // Our one descriptor of the file, reopened through the inspected one so
+  // it is the same inode whatever happens to the path meanwhile.
+  const std::string self = absl::StrFormat("/proc/self/fd/%d", mf.fd);
+  const int file_flags =
+      options.write ? (O_RDWR | (f->append_only_ ? O_APPEND : 0)) : O_RDONLY;
+  f->fd_file_ = f->os_->Open(self.c_str(), file_flags, 0);
+  if (f->fd_file_ < 0) {
+    const int err = -f->fd_file_;
+    if (options.write && (err == EACCES || err == EPERM || err == EROFS || err == ETXTBSY))
+      return LibError(EXT4DIO_E_WRITE_REFUSED,
+                      absl::StrCat(t.path, " cannot be opened for writing: ", strerror(err)));
+    return ErrnoError(err, "open " + t.path);
+  }
+  struct stat fst;
+  if (::fstat(f->fd_file_, &fst) != 0) return ErrnoError(errno, "stat " + t.path);
+  if (fst.st_dev != mf.dev || fst.st_ino != mf.inode)
+    return ErrnoError(ESTALE, t.path + " changed while it was being opened");
+  ::close(std::exchange(mf.fd, -1));  // before the lease: it must be our only one
+  f->info_ = std::move(mf);
+  struct statx sx;
+  if (::statx(f->fd_file_, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+      (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align != 0) {
+    f->kernel_align_ = Alignment{sx.stx_dio_offset_align, std::max(sx.stx_dio_mem_align, 1u)};
+  }
+
+  // The fast path needs the device, readable metadata, and (for writers)
+  // a device that accepts writes while mounted.
+  std::string why_not;
+  const std::string& dev = f->info_.device;
+  f->fd_direct_ = f->os_->Open(dev.c_str(), (options.write ? O_RDWR : O_RDONLY) | O_DIRECT, 0);
+  if (f->fd_direct_ < 0) {
+    why_not = absl::StrFormat(
+        "cannot open %s for %s (%s%s): fast path off, all I/O through the kernel", dev,
+        options.write ? "writing" : "reading", strerror(-f->fd_direct_),
+        -f->fd_direct_ == EBUSY ? "; the kernel refuses writes to mounted block devices "
+                                  "(bdev_allow_write_mounted=0?)"
+                                : "");
+  } else {
+    ReaderOptions ro;
+    ro.live = true;
+    auto reader = Ext4Reader::Open(dev, ro);
+    if (!reader.ok()) {
+      if (!IsAccessError(reader.status())) return reader.status();
+      why_not = absl::StrFormat("cannot read the metadata on %s (%s): fast path off", dev,
+                                reader.status().message());
+    } else {
+      f->reader_ = std::move(*reader);
+      if (f->reader_->fsid() != f->info_.fsid) {
+        return LibError(EXT4DIO_E_MAP_MISMATCH,
+                        absl::StrFormat("%s does not hold the filesystem of %s (UUIDs differ)",
+                                        dev, t.path));
+      }
+      if (absl::Status s = f->SetUpBackend(dev); !s.ok()) return s;
+      f->can_fast_ = true;
+    }
+  }
+  if (f->append_only_ && options.write) {
+    f->can_fast_ = false;
+    why_not = "append-only (chattr +a): only writes at EOF, through the kernel";
+  }
+
+  {
+    IoGate::Exclusive exclusive(f->gate_);
+    if (f->can_fast_) {
+      absl::Status s = f->StartFastPathLocked();
+      if (!s.ok() && CodeOf(s) != -EAGAIN) return s;
+      if (!s.ok()) {
+        why_not = absl::StrCat("no lease (", s.message(),
+                               "): the file is open elsewhere; I/O goes through the kernel "
+                               "until it is not");
+      }
+    }
+    if (!f->fast_.load()) {
+      // The map for information (plans, ext4dio_file_map): from the device
+      // when it can be read, else from FIEMAP.
+      absl::StatusOr<LoadedMap> loaded =
+          f->reader_ ? LoadMountedMap(*f->reader_, f->fd_file_, f->info_)
+                     : LoadFiemapOnly(f->fd_file_, f->info_, "");
+      if (!loaded.ok()) return loaded.status();
+      f->SetMap(std::move(*loaded));
+      std::lock_guard<std::mutex> lock(f->warning_mu_);
+      f->warning_ = why_not;
+    }
+  }
+  if (f->can_fast_) f->monitor_ = std::thread([raw = f.get()] { raw->Monitor(); });
+  Registry()[key] = f;
   return f;
 }
 
 File::~File() {
+  if (monitor_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(monitor_mu_);
+      monitor_stop_ = true;
+    }
+    monitor_cv_.notify_all();
+    monitor_.join();
+  }
+  if (mounted_) {
+    IoGate::Exclusive exclusive(gate_);
+    TouchTimes();
+    lease_.Release();
+  }
   {
     std::lock_guard<std::mutex> lock(pool_mu_);
     pool_.clear();  // rings go before the descriptor they registered
   }
   // io_uring releases registered files asynchronously after its rings go,
   // so the flock would outlive us for a moment: drop it explicitly.
-  if (fd_direct_ >= 0 && options_.write) ::flock(fd_direct_, LOCK_UN);
+  if (!mounted_ && fd_direct_ >= 0 && options_.write) ::flock(fd_direct_, LOCK_UN);
   if (fd_direct_ >= 0) os_->Close(fd_direct_);
   if (fd_buffered_ >= 0) os_->Close(fd_buffered_);
+  if (fd_file_ >= 0) os_->Close(fd_file_);
 }
 
 const char* File::backend_name() const {
@@ -151,6 +339,9 @@ FileStats File::stats() const {
   s.zero_bytes = stats_[kZeroBytes];
   s.kernel_bytes = stats_[kKernelBytes];
   s.kernel_requests = stats_[kKernelReq];
+  s.kernel_read_bytes = stats_[kKernelReadBytes];
+  s.lease_breaks = stats_[kLeaseBreaks];
+  s.remaps = stats_[kRemaps];
   return s;
 }
 
@@ -183,20 +374,54 @@ void File::ReleaseSlot(std::unique_ptr<Slot> slot) {
   pool_.push_back(std::move(slot));
 }
 
+PlanOptions File::MountedPlan() const {
+  PlanOptions options = plan_;
+  options.kernel_path = !options_.no_fallback;
+  return options;
+}
+
 absl::StatusOr<std::vector<Piece>> File::PlanWrite(uint64_t offset, uint64_t n,
                                                    bool show_refused) const {
-  PlanOptions options = plan_;
+  std::shared_ptr<const MapState> state = snapshot();
+  if (mounted_ && !fast_path()) {
+    if (n > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
+    std::vector<Piece> all;
+    if (n > 0) {
+      all.push_back(Piece{options_.no_fallback ? Piece::kRefused : Piece::kKernel, offset, n, 0});
+      if (options_.no_fallback && !show_refused) {
+        return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
+                        "the fast path is off (" + warning() +
+                            ") and no_fallback forbids the kernel path");
+      }
+    }
+    return all;
+  }
+  PlanOptions options = mounted_ ? MountedPlan() : plan_;
   options.show_refused = show_refused;
-  return ext4dio::PlanWrite(loaded_.map, written_, offset, n, options);
+  return ext4dio::PlanWrite(state->loaded.map, state->written, offset, n, options);
 }
 
 uint64_t File::WritableUntil(uint64_t offset, uint64_t n) const {
-  return ext4dio::WritableUntil(loaded_.map, offset, n);
+  if (mounted_ && !options_.no_fallback) return offset + n;  // the kernel allocates
+  return ext4dio::WritableUntil(snapshot()->loaded.map, offset, n);
+}
+
+uint64_t File::size() const {
+  if (mounted_) {
+    struct stat st;
+    if (::fstat(fd_file_, &st) == 0) return static_cast<uint64_t>(st.st_size);
+  }
+  return snapshot()->loaded.map.file_size();
+}
+
+std::string File::warning() const {
+  std::lock_guard<std::mutex> lock(warning_mu_);
+  return warning_;
 }
 
 absl::Status File::CheckInside(uint64_t device_offset, uint64_t length,
                                uint64_t file_offset) const {
-  if (written_.Contains(device_offset, length)) return absl::OkStatus();
+  if (cur().written.Contains(device_offset, length)) return absl::OkStatus();
   // Reaching here is a bug in the planner: never write.
   return LibError(EXT4DIO_E_INTERNAL,
                   absl::StrFormat("%s: refusing a device write of %d bytes at device offset "
@@ -368,24 +593,37 @@ absl::Status File::WriteUnaligned(IoQueue& q, const Piece& p, const char* src) {
   return s;
 }
 
+absl::Status File::WritePieces(IoQueue& q, absl::Span<const Piece> pieces, const char* buf,
+                               uint64_t offset) {
+  // Direct pieces first (region locks shared), then the unaligned ones (a
+  // unit's region exclusive): never both held by one request.
+  std::vector<Piece> list(pieces.begin(), pieces.end());
+  absl::Status s = WriteDirect(q, list, buf, offset);
+  for (const Piece& p : pieces) {
+    if (!s.ok()) break;
+    if (p.kind == Piece::kRmw || p.kind == Piece::kBuffered)
+      s = WriteUnaligned(q, p, buf + (p.file_offset - offset));
+  }
+  return s;
+}
+
+absl::Status File::RunFastWrite(absl::Span<const Piece> pieces, const char* buf,
+                                uint64_t offset) {
+  std::unique_ptr<Slot> slot = AcquireSlot();
+  if (!slot) return ErrnoError(ENOMEM, name_ + ": cannot set up an I/O queue");
+  absl::Status s = WritePieces(*slot->queue, pieces, buf, offset);
+  if (slot->queue->in_flight() == 0) ReleaseSlot(std::move(slot));
+  return s;
+}
+
 absl::StatusOr<size_t> File::Pwrite(const void* buf, size_t n, uint64_t offset) {
   if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
+  if (mounted_) return PwriteMounted(static_cast<const char*>(buf), n, offset);
   auto pieces = PlanWrite(offset, n);
   if (!pieces.ok()) return Prefixed(name_ + ": ", pieces.status());
   if (n == 0) return 0;
-  std::unique_ptr<Slot> slot = AcquireSlot();
-  if (!slot) return ErrnoError(ENOMEM, name_ + ": cannot set up an I/O queue");
-  const char* src = static_cast<const char*>(buf);
-  // Direct pieces first (region locks shared), then the unaligned ones (a
-  // unit's region exclusive): never both held by one request.
-  absl::Status s = WriteDirect(*slot->queue, *pieces, src, offset);
-  for (const Piece& p : *pieces) {
-    if (!s.ok()) break;
-    if (p.kind == Piece::kRmw || p.kind == Piece::kBuffered)
-      s = WriteUnaligned(*slot->queue, p, src + (p.file_offset - offset));
-  }
-  if (slot->queue->in_flight() == 0) ReleaseSlot(std::move(slot));
-  if (!s.ok()) return s;
+  if (absl::Status s = RunFastWrite(*pieces, static_cast<const char*>(buf), offset); !s.ok())
+    return s;
   return n;
 }
 
@@ -414,9 +652,14 @@ absl::Status File::ReadDirect(IoQueue& q, const Piece& p, char* dst) {
 }
 
 absl::StatusOr<size_t> File::Pread(void* buf, size_t n, uint64_t offset) {
-  auto pieces = PlanRead(loaded_.map, offset, n, plan_);
+  if (mounted_) return PreadMounted(static_cast<char*>(buf), n, offset);
+  return PreadMapped(static_cast<char*>(buf), n, offset);
+}
+
+absl::StatusOr<size_t> File::PreadMapped(char* buf, size_t n, uint64_t offset) {
+  auto pieces = PlanRead(cur().loaded.map, offset, n, plan_);
   if (!pieces.ok()) return Prefixed(name_ + ": ", pieces.status());
-  char* dst = static_cast<char*>(buf);
+  char* dst = buf;
   std::unique_ptr<Slot> slot;
   size_t total = 0;
   std::vector<Op> ops;
@@ -454,15 +697,428 @@ absl::StatusOr<size_t> File::Pread(void* buf, size_t n, uint64_t offset) {
 }
 
 absl::Status File::Sync() {
+  if (mounted_) {
+    TouchTimes();
+    if (kernel_dirty_.exchange(false) || fd_direct_ < 0) {
+      if (int rc = os_->Flush(fd_file_); rc < 0) {
+        kernel_dirty_ = true;
+        return ErrnoError(-rc, absl::StrCat(name_, ": fdatasync"));
+      }
+    }
+    if (fd_direct_ < 0) return absl::OkStatus();
+  }
   if (int rc = os_->Flush(fd_direct_); rc < 0)
     return ErrnoError(-rc, absl::StrCat(name_, ": flushing the device cache"));
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------------------
+// Mounted mode.
+
+absl::Status File::StartFastPathLocked() {
+  if (absl::Status s = lease_.Take(fd_file_, options_.write ? F_WRLCK : F_RDLCK); !s.ok())
+    return s;
+  // Nothing else has the file open now. Write back (and, for writers, drop)
+  // its cached pages: delayed allocations become real blocks the map shows,
+  // and no stale page can shadow what we write to the device.
+  if (int rc = options_.write ? os_->WritebackAndDrop(fd_file_, 0, 0)
+                              : (::sync_file_range(fd_file_, 0, 0,
+                                                   SYNC_FILE_RANGE_WAIT_BEFORE |
+                                                       SYNC_FILE_RANGE_WRITE |
+                                                       SYNC_FILE_RANGE_WAIT_AFTER) == 0
+                                     ? 0
+                                     : -errno);
+      rc < 0) {
+    lease_.Release();
+    return ErrnoError(-rc, name_ + ": writing back cached pages");
+  }
+  if (absl::Status s = ReloadLocked(); !s.ok()) {
+    lease_.Release();
+    return s;
+  }
+  if (!lease_.Held()) {
+    lease_.Release();
+    return ErrnoError(EAGAIN, "the lease was broken while the map was read");
+  }
+  privileges_done_ = false;  // mode bits may have changed while we were away
+  fast_.store(true, std::memory_order_release);
+  std::lock_guard<std::mutex> lock(warning_mu_);
+  warning_ = cur().loaded.warning;
+  return absl::OkStatus();
+}
+
+void File::StopFastPathLocked(const std::string& why, bool lease_break) {
+  if (fast_.load()) {
+    TouchTimes();
+    fast_.store(false, std::memory_order_release);
+    if (lease_break) ++stats_[kLeaseBreaks];
+  }
+  lease_.Release();
+  std::lock_guard<std::mutex> lock(warning_mu_);
+  warning_ = why;
+}
+
+absl::Status File::ReloadLocked() {
+  auto loaded = LoadMountedMap(*reader_, fd_file_, info_);
+  if (!loaded.ok()) return loaded.status();
+  SetMap(std::move(*loaded));
+  return absl::OkStatus();
+}
+
+absl::Status File::RemapLocked(uint64_t offset, uint64_t length) {
+  const MapState& old = cur();
+  const uint64_t bs = old.loaded.map.block_size();
+  const uint64_t lo = offset / bs;
+  const uint64_t hi = (offset + length + bs - 1) / bs;
+  auto fiemap = ReadFiemapRange(fd_file_, lo * bs, (hi - lo) * bs, /*sync=*/true, name_);
+  if (!fiemap.ok()) return fiemap.status();
+  auto fresh = FiemapToExtents(*fiemap, static_cast<uint32_t>(bs), 0, name_);
+  if (!fresh.ok()) return fresh.status();
+  // FIEMAP answers for whole extents: replace everything they and the range
+  // cover (ext4 may have converted unwritten blocks next to the range too).
+  uint64_t span_lo = lo, span_hi = hi;
+  if (!fresh->empty()) {
+    span_lo = std::min(span_lo, fresh->front().logical);
+    span_hi = std::max(span_hi, fresh->back().logical + fresh->back().length);
+  }
+  if (!fresh->empty()) {
+    if (absl::Status s = reader_->ValidateExtents(*fresh, {}); !s.ok()) return s;
+  }
+  std::vector<Extent> extents;
+  const ExtentMap& m = old.loaded.map;
+  extents.reserve(m.extent_count() + fresh->size());
+  bool inserted = false;
+  for (size_t i = 0; i < m.extent_count(); ++i) {
+    const Extent e = m.ExtentAt(i);
+    const uint64_t e_end = e.logical + e.length;
+    if (e.logical < span_lo) {
+      Extent head = e;
+      head.length = static_cast<uint32_t>(std::min(e_end, span_lo) - e.logical);
+      extents.push_back(head);
+    }
+    if (e_end > span_hi) {
+      if (!inserted) {
+        extents.insert(extents.end(), fresh->begin(), fresh->end());
+        inserted = true;
+      }
+      Extent tail = e;
+      const uint64_t from = std::max(e.logical, span_hi);
+      tail.physical += from - e.logical;
+      tail.length = static_cast<uint32_t>(e_end - from);
+      tail.logical = from;
+      extents.push_back(tail);
+    }
+  }
+  if (!inserted) extents.insert(extents.end(), fresh->begin(), fresh->end());
+  struct stat st;
+  if (::fstat(fd_file_, &st) != 0) return ErrnoError(errno, "stat " + name_);
+  MapGeometry g = m.geometry();
+  g.file_size = static_cast<uint64_t>(st.st_size);
+  auto map = ExtentMap::Build(g, extents);
+  if (!map.ok()) return LibError(EXT4DIO_E_CORRUPT_MAP, map.status().message());
+  LoadedMap next;
+  next.map = std::move(*map);
+  next.inode = old.loaded.inode;
+  next.cluster_size = old.loaded.cluster_size;
+  next.extent_tree = old.loaded.extent_tree;
+  next.depth = old.loaded.depth;
+  next.source = MapSource::kFiemap;
+  next.device = old.loaded.device;
+  next.warning = old.loaded.warning;
+  next.inode_flags = old.loaded.inode_flags;
+  SetMap(std::move(next));
+  ++stats_[kRemaps];
+  return absl::OkStatus();
+}
+
+void File::TouchTimes() {
+  // What the kernel's own write does at once; we do it at sync/close (and
+  // before giving up the lease): mtime and ctime to now.
+  if (!times_dirty_.exchange(false)) return;
+  const timespec times[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
+  (void)::futimens(fd_file_, times);
+}
+
+absl::Status File::DropPrivilegesOnce() {
+  if (privileges_done_.load(std::memory_order_acquire)) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(privileges_mu_);
+  if (privileges_done_.load()) return absl::OkStatus();
+  // The kernel's file_remove_privs(): set-user-ID always, set-group-ID when
+  // group-executable, unless the writer has CAP_FSETID; file capabilities
+  // always.
+  struct stat st;
+  if (::fstat(fd_file_, &st) != 0) return ErrnoError(errno, "stat " + name_);
+  mode_t kill = 0;
+  if (st.st_mode & S_ISUID) kill |= S_ISUID;
+  if ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP)) kill |= S_ISGID;
+  if (kill != 0 && !HasCapFsetid()) {
+    if (::fchmod(fd_file_, st.st_mode & 07777 & ~kill) != 0)
+      return ErrnoError(errno, name_ + ": clearing set-user/group-ID before writing");
+  }
+  if (::fgetxattr(fd_file_, "security.capability", nullptr, 0) >= 0 &&
+      ::fremovexattr(fd_file_, "security.capability") != 0 && errno != ENODATA) {
+    return ErrnoError(errno, name_ + ": removing file capabilities before writing");
+  }
+  privileges_done_.store(true, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t offset) {
+  IoGate::Exclusive exclusive(gate_);
+  if (append_only_) {
+    struct stat st;
+    if (::fstat(fd_file_, &st) != 0) return ErrnoError(errno, "stat " + name_);
+    if (offset != static_cast<uint64_t>(st.st_size)) {
+      return LibError(EXT4DIO_E_WRITE_REFUSED,
+                      absl::StrFormat("%s is append-only (chattr +a): a write must start at "
+                                      "its end (%d), not at %d",
+                                      name_, st.st_size, offset));
+    }
+  }
+  const Alignment ka = kernel_align_;
+  bool direct = offset % ka.offset == 0 && n % ka.offset == 0 &&
+                reinterpret_cast<uintptr_t>(buf) % ka.memory == 0;
+  int fl = 0;
+  if (direct) {
+    fl = ::fcntl(fd_file_, F_GETFL);
+    direct = fl >= 0 && ::fcntl(fd_file_, F_SETFL, fl | O_DIRECT) == 0;
+  }
+  size_t done = 0;
+  int err = 0;
+  while (done < n) {
+    const ssize_t r = os_->Pwrite(fd_file_, buf + done, n - done, offset + done);
+    if (r <= 0) {
+      err = r < 0 ? static_cast<int>(-r) : EIO;
+      break;
+    }
+    done += static_cast<size_t>(r);
+  }
+  if (direct) {
+    (void)::fcntl(fd_file_, F_SETFL, fl);
+  } else if (done > 0) {
+    // Written through the page cache: write it back and drop it, so the
+    // blocks are allocated and mapped, and direct I/O and the cache agree.
+    const uint64_t start = AlignDown(offset, 4096);
+    if (int rc = os_->WritebackAndDrop(fd_file_, start, AlignUp(offset + done, 4096) - start);
+        rc < 0 && err == 0) {
+      err = -rc;
+    }
+  }
+  if (done > 0) {
+    kernel_dirty_ = true;
+    stats_[kKernelBytes] += done;
+    ++stats_[kKernelReq];
+    if (fast_.load()) {
+      if (absl::Status s = RemapLocked(offset, done); !s.ok()) {
+        StopFastPathLocked(absl::StrCat("re-mapping after a kernel-path write failed (",
+                                        s.message(), "): fast path off"),
+                           false);
+      }
+    }
+  }
+  if (err != 0 && done == 0) {
+    return ErrnoError(err, absl::StrFormat("%s: kernel-path write of %d bytes at file offset "
+                                           "%d failed",
+                                           name_, n, offset));
+  }
+  return done;
+}
+
+absl::StatusOr<size_t> File::PwriteMounted(const char* buf, size_t n, uint64_t offset) {
+  if (n == 0) return 0;
+  if (n > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
+  const bool no_fallback = options_.no_fallback;
+  auto refuse_kernel = [&](const std::string& why) {
+    return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
+                    absl::StrFormat("%s: %s, and no_fallback forbids the kernel path "
+                                    "(nothing written)",
+                                    name_, why));
+  };
+  if (append_only_) {
+    if (no_fallback) return refuse_kernel("the file is append-only");
+    return KernelWrite(buf, n, offset);
+  }
+  const uint64_t end = offset + n;
+  uint64_t pos = offset;
+  auto partial = [&](absl::Status s) -> absl::StatusOr<size_t> {
+    if (pos > offset) return static_cast<size_t>(pos - offset);  // short, like pwrite
+    return s;
+  };
+  while (pos < end) {
+    gate_.Enter();
+    if (!fast_.load(std::memory_order_acquire)) {
+      gate_.Exit();
+      if (no_fallback) {
+        if (pos > offset) return static_cast<size_t>(pos - offset);
+        return refuse_kernel("the fast path is off (" + warning() + ")");
+      }
+      auto r = KernelWrite(buf + (pos - offset), end - pos, pos);
+      if (!r.ok()) return partial(r.status());
+      pos += *r;
+      if (pos < end) return static_cast<size_t>(pos - offset);
+      break;
+    }
+    auto pieces = ext4dio::PlanWrite(cur().loaded.map, cur().written, pos, end - pos,
+                                     MountedPlan());
+    if (!pieces.ok()) {
+      gate_.Exit();
+      return partial(Prefixed(name_ + ": ", pieces.status()));
+    }
+    size_t k = 0;
+    while (k < pieces->size() && (*pieces)[k].kind != Piece::kKernel) ++k;
+    absl::Status s;
+    if (k > 0) {
+      s = DropPrivilegesOnce();
+      if (s.ok()) s = RunFastWrite(absl::MakeConstSpan(pieces->data(), k), buf + (pos - offset), pos);
+      if (s.ok()) times_dirty_ = true;
+    }
+    gate_.Exit();
+    if (!s.ok()) return partial(s);
+    if (k == pieces->size()) break;
+    const Piece kp = (*pieces)[k];
+    pos = kp.file_offset;
+    auto r = KernelWrite(buf + (pos - offset), kp.length, pos);
+    if (!r.ok()) return partial(r.status());
+    pos += *r;
+    if (*r < kp.length) return static_cast<size_t>(pos - offset);
+  }
+  return n;
+}
+
+absl::StatusOr<size_t> File::KernelRead(char* buf, size_t n, uint64_t offset) {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = os_->Pread(fd_file_, buf + done, n - done, offset + done);
+    if (r < 0) {
+      if (done > 0) break;
+      return ErrnoError(static_cast<int>(-r),
+                        absl::StrFormat("%s: read of %d bytes at file offset %d failed", name_,
+                                        n, offset));
+    }
+    if (r == 0) break;  // EOF
+    done += static_cast<size_t>(r);
+  }
+  stats_[kKernelReadBytes] += done;
+  return done;
+}
+
+absl::StatusOr<size_t> File::PreadMounted(char* buf, size_t n, uint64_t offset) {
+  // Inside the gate either way: the kernel path's exclusive section toggles
+  // O_DIRECT on the descriptor we read through.
+  gate_.Enter();
+  absl::StatusOr<size_t> r = fast_.load(std::memory_order_acquire)
+                                 ? PreadMapped(buf, n, offset)
+                                 : KernelRead(buf, n, offset);
+  gate_.Exit();
+  return r;
+}
+
+absl::Status File::Fsync() {
+  if (!mounted_) return Sync();
+  TouchTimes();
+  int rc;
+  do {
+    rc = ::fsync(fd_file_);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) return ErrnoError(errno, absl::StrCat(name_, ": fsync"));
+  kernel_dirty_ = false;
+  if (fd_direct_ >= 0) {
+    if (int f = os_->Flush(fd_direct_); f < 0)
+      return ErrnoError(-f, absl::StrCat(name_, ": flushing the device cache"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status File::Truncate(uint64_t size) {
+  if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
+  if (!mounted_) {
+    return LibError(EXT4DIO_E_WRITE_REFUSED,
+                    name_ + ": truncating needs the filesystem; image mode never changes metadata");
+  }
+  if (size > static_cast<uint64_t>(INT64_MAX)) return ErrnoError(EFBIG, "size too large");
+  IoGate::Exclusive exclusive(gate_);
+  if (::ftruncate(fd_file_, static_cast<off_t>(size)) != 0)
+    return ErrnoError(errno, absl::StrFormat("%s: truncate to %d", name_, size));
+  kernel_dirty_ = true;
+  ++stats_[kKernelReq];
+  if (fast_.load()) {
+    if (absl::Status s = ReloadLocked(); !s.ok()) {
+      StopFastPathLocked(absl::StrCat("re-reading the map after truncate failed (", s.message(),
+                                      "): fast path off"),
+                         false);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status File::Fallocate(int mode, uint64_t offset, uint64_t length) {
+  if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
+  if (!mounted_) {
+    return LibError(EXT4DIO_E_WRITE_REFUSED,
+                    name_ + ": fallocate needs the filesystem; image mode never changes metadata");
+  }
+  const int allowed = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
+  if ((mode & ~allowed) != 0 || length == 0 || offset > static_cast<uint64_t>(INT64_MAX) ||
+      length > static_cast<uint64_t>(INT64_MAX) - offset) {
+    return ErrnoError(EINVAL, absl::StrFormat("%s: fallocate mode 0x%x at %d, %d bytes", name_,
+                                              mode, offset, length));
+  }
+  IoGate::Exclusive exclusive(gate_);
+  if (::fallocate(fd_file_, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
+    return ErrnoError(errno, absl::StrFormat("%s: fallocate mode 0x%x at %d, %d bytes", name_,
+                                             mode, offset, length));
+  }
+  kernel_dirty_ = true;
+  ++stats_[kKernelReq];
+  if (fast_.load()) {
+    if (absl::Status s = ReloadLocked(); !s.ok()) {
+      StopFastPathLocked(absl::StrCat("re-reading the map after fallocate failed (",
+                                      s.message(), "): fast path off"),
+                         false);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void File::Monitor() {
+  using Clock = std::chrono::steady_clock;
+  const auto poll = std::chrono::milliseconds(std::max<uint32_t>(options_.lease_poll_ms, 1));
+  const auto retry = std::chrono::milliseconds(options_.lease_retry_ms);
+  auto next_retry = Clock::now() + retry;
+  std::unique_lock<std::mutex> lock(monitor_mu_);
+  while (!monitor_stop_) {
+    monitor_cv_.wait_for(lock, poll);
+    if (monitor_stop_) break;
+    lock.unlock();
+    // lease_ is only changed on this thread (and before/after it runs).
+    if (fast_.load()) {
+      if (!lease_.Held()) {
+        IoGate::Exclusive exclusive(gate_);
+        StopFastPathLocked(
+            "another process opened or truncated the file: the lease was given up and I/O "
+            "continues through the kernel until it can be retaken",
+            true);
+        next_retry = Clock::now() + retry;
+      }
+    } else if (Clock::now() >= next_retry) {
+      IoGate::Exclusive exclusive(gate_);
+      absl::Status s = StartFastPathLocked();
+      if (!s.ok() && CodeOf(s) != -EAGAIN) {
+        std::lock_guard<std::mutex> wl(warning_mu_);
+        warning_ = absl::StrCat("fast path off: ", s.message());
+      }
+      next_retry = Clock::now() + retry;
+    }
+    lock.lock();
+  }
+}
+
 absl::StatusOr<std::unique_ptr<AsyncQueue>> File::NewAsyncQueue(uint32_t depth) {
   auto q = NewIoQueue(depth);
   if (!q.ok()) return q.status();
-  return std::unique_ptr<AsyncQueue>(new AsyncQueue(this, std::move(*q)));
+  std::unique_ptr<AsyncQueue> aq(new AsyncQueue(this, std::move(*q)));
+  if (mounted_) gate_.AddMember(aq.get());
+  return aq;
 }
 
 }  // namespace ext4dio

@@ -1,10 +1,22 @@
 // File: an open file for direct I/O at its mapped device offsets.
 //
-// Image mode (this milestone): an image file or unmounted device plus a
-// path or inode inside it. The map is read and validated once at open; every
-// write is planned in full before any byte moves and refused as a whole when
-// it would need allocation. Each device write is checked against the file's
-// written extents right before it is submitted.
+// Image mode: an image file or unmounted device plus a path or inode inside
+// it. The map is read and validated once at open; every write is planned in
+// full before any byte moves and refused as a whole when it would need
+// allocation. Each device write is checked against the file's written
+// extents right before it is submitted.
+//
+// Mounted mode: a file on a mounted ext4. Overwrites of written extents go
+// straight to the block device (the fast path) while we hold a write lease
+// (lease.h); everything that needs the filesystem (holes, unwritten extents,
+// appends, unaligned bytes next to them) runs through the kernel on the
+// file's own descriptor inside the gate's exclusive section (io_gate.h),
+// after which the range is re-mapped from FIEMAP and validated. A monitor
+// thread polls the lease: when another process opens or truncates the file
+// it drains fast-path I/O, releases the lease and continues on the kernel
+// path; it retakes the lease (and re-reads the map) when the file is free.
+// One File per (device, inode) per process: opening the same file again
+// shares it (see Open).
 //
 // Thread-safety: Pwrite, Pread, Sync and the accessors may be called from
 // any number of threads at once. Each concurrent caller gets its own I/O
@@ -17,15 +29,19 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "device.h"
 #include "extent_map.h"
+#include "io_gate.h"
+#include "lease.h"
 #include "map_loader.h"
 #include "os.h"
 #include "planner.h"
@@ -41,7 +57,11 @@ struct OpenOptions {
   bool sqpoll = false;
   bool dsync = false;        // every device write with RWF_DSYNC (FUA)
   uint64_t max_io = 0;       // 0: the device's maximum (1 MiB for images)
+  bool no_fallback = false;  // mounted: never use the kernel path for writes
   Os* os = nullptr;          // nullptr: the real OS (tests inject faults here)
+  // Mounted: how often the lease is polled, and retaken after a break.
+  uint32_t lease_poll_ms = 10;
+  uint32_t lease_retry_ms = 200;
 };
 
 struct FileStats {
@@ -51,28 +71,61 @@ struct FileStats {
   uint64_t read_bytes = 0, read_requests = 0;          // device reads
   uint64_t zero_bytes = 0;                             // holes/unwritten read
   uint64_t kernel_bytes = 0, kernel_requests = 0;      // kernel path (mounted)
+  uint64_t kernel_read_bytes = 0;  // reads through the kernel (mounted)
+  uint64_t lease_breaks = 0;   // fast path given up for another opener
+  uint64_t remaps = 0;         // ranges re-mapped after kernel-path changes
 };
+
+// A map and the physical ranges it allows writing: replaced as a whole.
+struct MapState {
+  LoadedMap loaded;
+  WrittenSet written;
+};
+
+class Ext4Reader;
 
 class AsyncQueue;
 
 class File {
  public:
+  // Mounted mode: when this process already has the file open, returns the
+  // same File if the options agree (write, dsync, no_fallback, backend),
+  // else EXT4DIO_E_IN_USE: a second descriptor would break our own lease.
   [[nodiscard]] static absl::StatusOr<std::shared_ptr<File>> Open(const OpenOptions& options);
   ~File();
   File(const File&) = delete;
   File& operator=(const File&) = delete;
 
-  // Writes all of [offset, offset + n) or fails: on failure the status names
-  // the file offset and length that failed and no success is reported for
-  // bytes not written (a prefix may have been written).
-  // EXT4DIO_E_NEEDS_ALLOCATION (nothing written) when the range touches a
-  // hole, an unwritten extent or EOF.
+  // Image mode: writes all of [offset, offset + n) or fails: on failure the
+  // status names the file offset and length that failed (a prefix may have
+  // been written). EXT4DIO_E_NEEDS_ALLOCATION (nothing written) when the
+  // range touches a hole, an unwritten extent or EOF.
+  // Mounted mode: pieces needing the filesystem go through the kernel; the
+  // pieces run in file order and stop at the first failure: a failure after
+  // some bytes were written returns that shorter count (like pwrite), the
+  // next call reports the error. With no_fallback, a request that would
+  // need the kernel is refused before anything is written.
   [[nodiscard]] absl::StatusOr<size_t> Pwrite(const void* buf, size_t n, uint64_t offset);
   // Reads up to n bytes; holes and unwritten extents read as zeros, a read
   // reaching EOF is short.
   [[nodiscard]] absl::StatusOr<size_t> Pread(void* buf, size_t n, uint64_t offset);
-  // Flushes the device's write cache.
+  // Makes written data durable: flushes the device's write cache; mounted,
+  // also updates mtime/ctime after fast-path writes and fdatasyncs the file
+  // when the kernel path allocated since the last Sync.
   [[nodiscard]] absl::Status Sync();
+  // Mounted mode, on the kernel path (the file's descriptor is ours alone
+  // while the lease is held), followed by a re-read of the map.
+  [[nodiscard]] absl::Status Fsync();
+  [[nodiscard]] absl::Status Truncate(uint64_t size);
+  // fallocate(2) modes: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE |
+  // FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE [| KEEP_SIZE].
+  [[nodiscard]] absl::Status Fallocate(int mode, uint64_t offset, uint64_t length);
+
+  bool mounted() const { return mounted_; }
+  // Whether I/O currently goes straight to the device (image mode: always).
+  bool fast_path() const { return !mounted_ || fast_.load(std::memory_order_acquire); }
+  // Why the fast path is off (or the map less trusted); "" if nothing.
+  std::string warning() const;
 
   // The plan Pwrite would follow; with show_refused, ranges needing
   // allocation are kRefused pieces instead of an error.
@@ -81,9 +134,12 @@ class File {
   // First byte from offset that cannot be written without allocation.
   uint64_t WritableUntil(uint64_t offset, uint64_t n) const;
 
-  const ExtentMap& map() const { return loaded_.map; }
-  const LoadedMap& loaded() const { return loaded_; }
-  uint64_t size() const { return loaded_.map.file_size(); }
+  // The current map (mounted mode: replaced after kernel-path changes; a
+  // snapshot stays valid as long as it is held).
+  std::shared_ptr<const MapState> snapshot() const;
+  // Image mode: the map, fixed for the File's life (mounted: use snapshot()).
+  const ExtentMap& map() const { return cur().loaded.map; }
+  uint64_t size() const;
   // The alignment (device offsets/lengths, buffer addresses) that avoids
   // read-modify-write and bounce buffers.
   Alignment alignment() const { return align_; }
@@ -92,6 +148,7 @@ class File {
   bool writable() const { return options_.write; }
   FileStats stats() const;
   const std::string& name() const { return name_; }
+  const OpenOptions& options() const { return options_; }
 
   // A queue for asynchronous requests, owned by the caller; one thread at a
   // time. REQUIRES: this File outlives it.
@@ -104,10 +161,34 @@ class File {
 
   enum Stat {
     kFastBytes, kFastReq, kRmwBytes, kRmwReq, kBufBytes, kBufReq, kReadBytes, kReadReq,
-    kZeroBytes, kKernelBytes, kKernelReq, kStatCount
+    kZeroBytes, kKernelBytes, kKernelReq, kKernelReadBytes, kLeaseBreaks, kRemaps, kStatCount
   };
 
   File() = default;
+  static absl::StatusOr<std::shared_ptr<File>> OpenImage(const OpenOptions& options);
+  static absl::StatusOr<std::shared_ptr<File>> OpenMounted(const OpenOptions& options);
+  absl::Status SetUpBackend(const std::string& device_path);
+  const MapState& cur() const { return *current_.load(std::memory_order_acquire); }
+  void SetMap(LoadedMap loaded);
+  PlanOptions MountedPlan() const;
+
+  // Mounted mode. REQUIRES for the *Locked ones: inside an IoGate::Exclusive.
+  absl::StatusOr<size_t> PwriteMounted(const char* buf, size_t n, uint64_t offset);
+  absl::StatusOr<size_t> PreadMounted(char* buf, size_t n, uint64_t offset);
+  absl::StatusOr<size_t> KernelWrite(const char* buf, size_t n, uint64_t offset);
+  absl::StatusOr<size_t> KernelRead(char* buf, size_t n, uint64_t offset);
+  absl::Status RemapLocked(uint64_t offset, uint64_t length);
+  absl::Status ReloadLocked();
+  absl::Status StartFastPathLocked();
+  void StopFastPathLocked(const std::string& why, bool lease_break);
+  void TouchTimes();
+  absl::Status DropPrivilegesOnce();
+  void Monitor();
+  // Runs the fast pieces [0, count) of a plan for `buf` at `offset`.
+  absl::Status WritePieces(IoQueue& q, absl::Span<const Piece> pieces, const char* buf,
+                           uint64_t offset);
+  absl::Status RunFastWrite(absl::Span<const Piece> pieces, const char* buf, uint64_t offset);
+  absl::StatusOr<size_t> PreadMapped(char* buf, size_t n, uint64_t offset);
   std::unique_ptr<Slot> AcquireSlot();
   void ReleaseSlot(std::unique_ptr<Slot> slot);
   absl::StatusOr<std::unique_ptr<IoQueue>> NewIoQueue(uint32_t depth);
@@ -122,14 +203,37 @@ class File {
   OpenOptions options_;
   Os* os_ = nullptr;
   std::string name_;
-  LoadedMap loaded_;
-  WrittenSet written_;
+  mutable std::mutex state_mu_;  // guards state_ (the owner of *current_)
+  std::shared_ptr<const MapState> state_;
+  std::atomic<const MapState*> current_{nullptr};
   Alignment align_;
   PlanOptions plan_;
   BackendKind backend_ = BackendKind::kSync;
   int fd_direct_ = -1;    // O_DIRECT on the image/device
   int fd_buffered_ = -1;  // the same without O_DIRECT (unaligned pieces)
   WriteRanges ranges_;
+
+  // Mounted mode.
+  bool mounted_ = false;
+  int fd_file_ = -1;              // the file itself: our only descriptor of it
+  MountedFile info_;              // where it lives (its fd is closed)
+  std::unique_ptr<Ext4Reader> reader_;  // live reader of the device
+  bool can_fast_ = false;         // device and metadata readable and writable
+  bool append_only_ = false;
+  Alignment kernel_align_{512, 512};  // O_DIRECT on the file itself
+  IoGate gate_;
+  Lease lease_;                   // touched only inside the gate's Exclusive
+  std::atomic<bool> fast_{false};
+  std::atomic<bool> times_dirty_{false};    // fast writes since the last touch
+  std::atomic<bool> kernel_dirty_{false};   // kernel writes since the last Sync
+  std::atomic<bool> privileges_done_{false};
+  std::mutex privileges_mu_;
+  mutable std::mutex warning_mu_;
+  std::string warning_;
+  std::mutex monitor_mu_;
+  std::condition_variable monitor_cv_;
+  bool monitor_stop_ = false;
+  std::thread monitor_;
 
   std::mutex pool_mu_;
   std::vector<std::unique_ptr<Slot>> pool_;

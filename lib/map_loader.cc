@@ -1,5 +1,7 @@
 #include "map_loader.h"
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <chrono>
 #include <thread>
@@ -79,46 +81,55 @@ absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
   auto reader = Ext4Reader::Open(mf.device, options);
   if (!reader.ok() && !IsAccessError(reader.status())) return reader.status();
   if (!reader.ok()) {
-    // Without read access to the device the kernel's FIEMAP is all we have.
-    auto fiemap = ReadFiemap(mf.fd, /*sync=*/true, mf.path);
-    if (!fiemap.ok()) return fiemap.status();
-    auto extents = FiemapToExtents(*fiemap, mf.block_size, 0, mf.path);
-    if (!extents.ok()) return extents.status();
-    FileLayout layout;
-    layout.inode = mf.inode;
-    layout.size = mf.size;
-    layout.block_size = mf.block_size;
-    layout.cluster_size = mf.block_size;
-    layout.extents = std::move(*extents);
-    auto map = ExtentMap::Build(MapGeometry{layout.block_size, 0, layout.size}, layout.extents);
-    if (!map.ok()) return LibError(EXT4DIO_E_CORRUPT_MAP, map.status().message());
-    layout.map = std::move(*map);
-    return FromLayout(std::move(layout), MapSource::kFiemap, mf.device,
-                      absl::StrCat("cannot read ", mf.device, " (",
-                                   reader.status().message(),
-                                   "): map from FIEMAP alone, not validated "
-                                   "against on-disk metadata"));
+    return LoadFiemapOnly(mf.fd, mf, absl::StrCat("cannot read ", mf.device, " (",
+                                                  reader.status().message(),
+                                                  "): map from FIEMAP alone, not validated "
+                                                  "against on-disk metadata"));
   }
-  if ((*reader)->fsid() != mf.fsid) {
+  return LoadMountedMap(**reader, mf.fd, mf);
+}
+
+}  // namespace
+
+absl::StatusOr<LoadedMap> LoadFiemapOnly(int fd, const MountedFile& mf, std::string warning) {
+  auto fiemap = ReadFiemap(fd, /*sync=*/true, mf.path);
+  if (!fiemap.ok()) return fiemap.status();
+  auto extents = FiemapToExtents(*fiemap, mf.block_size, 0, mf.path);
+  if (!extents.ok()) return extents.status();
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoError(errno, "stat " + mf.path);
+  FileLayout layout;
+  layout.inode = mf.inode;
+  layout.size = static_cast<uint64_t>(st.st_size);
+  layout.block_size = mf.block_size;
+  layout.cluster_size = mf.block_size;
+  layout.extents = std::move(*extents);
+  auto map = ExtentMap::Build(MapGeometry{layout.block_size, 0, layout.size}, layout.extents);
+  if (!map.ok()) return LibError(EXT4DIO_E_CORRUPT_MAP, map.status().message());
+  layout.map = std::move(*map);
+  return FromLayout(std::move(layout), MapSource::kFiemap, mf.device, std::move(warning));
+}
+
+absl::StatusOr<LoadedMap> LoadMountedMap(Ext4Reader& reader, int fd, const MountedFile& mf) {
+  if (reader.fsid() != mf.fsid) {
     return LibError(EXT4DIO_E_MAP_MISMATCH,
                     absl::StrFormat("%s does not hold the filesystem of %s "
                                     "(UUIDs differ)", mf.device, mf.path));
   }
-
   std::string difference;
   for (int attempt = 1; attempt <= kCrossCheckAttempts; ++attempt) {
     // FIEMAP first, with SYNC: delayed allocations become real blocks that
     // the on-disk tree then shows.
-    auto fiemap = ReadFiemap(mf.fd, /*sync=*/true, mf.path);
+    auto fiemap = ReadFiemap(fd, /*sync=*/true, mf.path);
     if (!fiemap.ok()) return fiemap.status();
-    auto layout = (*reader)->ReadFile(mf.inode);
+    auto layout = reader.ReadFile(mf.inode);
     if (!layout.ok()) return layout.status();
     auto extents = FiemapToExtents(*fiemap, layout->block_size, 0, mf.path);
     if (!extents.ok()) return extents.status();
     difference = FirstDifference(layout->extents, *extents);
     if (difference.empty()) {
       return FromLayout(std::move(*layout), MapSource::kDevice, mf.device,
-                        absl::StrJoin((*reader)->warnings(), "; "));
+                        absl::StrJoin(reader.warnings(), "; "));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
   }
@@ -127,8 +138,6 @@ absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
                                   "disagree at %s",
                                   mf.path, mf.device, difference));
 }
-
-}  // namespace
 
 absl::StatusOr<LoadedMap> LoadMap(const Target& target) {
   if (!target.image.empty()) {

@@ -43,6 +43,16 @@ inline constexpr int kCrossCheckAttempts = 3;
 
 absl::StatusOr<LoadedMap> LoadMap(const Target& target);
 
+class Ext4Reader;
+struct MountedFile;
+
+// Mounted mode, for a caller that keeps its own descriptor `fd` of the file
+// and a live reader of its device: the on-disk map cross-checked with FIEMAP
+// (retried kCrossCheckAttempts times while the file changes).
+absl::StatusOr<LoadedMap> LoadMountedMap(Ext4Reader& reader, int fd, const MountedFile& mf);
+// The map from FIEMAP alone (the device cannot be read), with `warning`.
+absl::StatusOr<LoadedMap> LoadFiemapOnly(int fd, const MountedFile& mf, std::string warning);
+
 }  // namespace ext4dio
 
 #endif  // EXT4DIO_LIB_MAP_LOADER_H_

@@ -57,6 +57,10 @@ class IoQueue {
   // returns how many.
   virtual absl::StatusOr<size_t> Reap(absl::Span<IoResult> out,
                                       size_t min_complete) = 0;
+  // Completions ready to be reaped. Unlike the rest, callable from any
+  // thread while the owner works (to learn whether I/O is still running);
+  // may lag behind, never runs ahead.
+  virtual uint64_t ReadyApprox() const { return 0; }
   // Registers [base, base+bytes) as a fixed buffer: later ops whose buffers
   // lie inside it skip per-I/O page pinning (io_uring's READ/WRITE_FIXED).
   // REQUIRES: nothing in flight. A no-op for backends without the notion.

@@ -29,6 +29,7 @@ const char* PieceKindName(Piece::Kind kind) {
     case Piece::kZero: return "zero";
     case Piece::kEof: return "eof";
     case Piece::kRefused: return "refused";
+    case Piece::kKernel: return "kernel";
   }
   return "?";
 }
@@ -86,12 +87,31 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
   const uint64_t max_io = std::max<uint64_t>(a, AlignDown(options.max_io, a));
   const uint64_t end = offset + length;
 
+  auto kernel = [&](uint64_t f, uint64_t n) {
+    if (!pieces.empty() && pieces.back().kind == Piece::kKernel &&
+        pieces.back().file_offset + pieces.back().length == f) {
+      pieces.back().length += n;
+    } else {
+      pieces.push_back(Piece{Piece::kKernel, f, n, 0});
+    }
+  };
   auto unaligned = [&](uint64_t f, uint64_t d, uint64_t n) {
     const uint64_t unit = AlignDown(d, a);
-    pieces.push_back(Piece{written.Contains(unit, a) ? Piece::kRmw : Piece::kBuffered, f, n, d});
+    if (written.Contains(unit, a)) {
+      pieces.push_back(Piece{Piece::kRmw, f, n, d});
+    } else if (options.kernel_path) {
+      kernel(f, n);
+    } else {
+      pieces.push_back(Piece{Piece::kBuffered, f, n, d});
+    }
   };
   for (uint64_t pos = offset; pos < end;) {
     const Segment s = map.SegmentAt(pos, end - pos);
+    if (s.kind != SegmentKind::kMapped && options.kernel_path) {
+      kernel(s.offset, s.length);
+      pos += s.length;
+      continue;
+    }
     if (s.kind != SegmentKind::kMapped) {
       // Planning writes nothing, so failing here refuses the request as a
       // whole: nothing is written unless everything can be.

@@ -44,6 +44,8 @@ struct Piece {
     kZero,      // read of a hole or unwritten extent: zeros, no I/O
     kEof,       // read at or past EOF: the read ends here
     kRefused,   // write needing allocation (only with show_refused)
+    kKernel,    // mounted mode: through the kernel (hole, unwritten, past
+                // EOF, or unaligned bytes whose unit reaches outside the file)
   };
   Kind kind = kDirect;
   uint64_t file_offset = 0;
@@ -59,6 +61,9 @@ struct PlanOptions {
   // PlanWrite lists ranges that need allocation as kRefused pieces instead
   // of failing (for showing a plan).
   bool show_refused = false;
+  // Mounted mode: what needs allocation, and unaligned bytes whose unit
+  // reaches outside the file, become kKernel pieces (adjacent ones merged).
+  bool kernel_path = false;
 };
 
 // Pieces for writing [offset, offset + length), in file order. Holes,

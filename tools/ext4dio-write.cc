@@ -601,6 +601,7 @@ int main(int argc, char** argv) {
   opts.write = true;
   opts.dsync = a.dsync;
   opts.queue_depth = a.queue_depth;
+  opts.no_fallback = a.no_fallback;
   auto file = ext4dio::DirectFile::Open(where, opts);
   if (!file.ok()) return report.Fail(std::string(file.status().message()));
   report.SetFile(*file);

@@ -163,6 +163,8 @@ struct ext4dio_file;
 #define EXT4DIO_OPEN_WRITE 0x1u         /* open for writing */
 #define EXT4DIO_OPEN_DSYNC 0x2u         /* every device write with FUA */
 #define EXT4DIO_OPEN_SQPOLL 0x4u        /* io_uring SQPOLL thread per ring */
+#define EXT4DIO_OPEN_NO_FALLBACK 0x8u   /* mounted: a write that needs the kernel
+                                           path fails (nothing written) */
 
 enum ext4dio_backend {
   EXT4DIO_BACKEND_AUTO = 0,  /* io_uring unless unavailable or the device is
@@ -185,15 +187,34 @@ int ext4dio_open(const struct ext4dio_target *target,
 /* Waits for nothing (callers finish their I/O first); releases everything. */
 void ext4dio_close(struct ext4dio_file *file);
 
-/* All of [offset, offset+n) or an error: returns n, or a negative code with
- * the failed file offset and length in ext4dio_last_error(). */
+/* Image mode: all of [offset, offset+n) or an error: returns n, or a
+ * negative code with the failed file offset and length in
+ * ext4dio_last_error().
+ * Mounted mode: pieces that need the filesystem (holes, unwritten extents,
+ * past EOF) go through the kernel, blocking the fast path meanwhile; pieces
+ * run in file order and stop at the first failure, so a failure after some
+ * bytes were written returns that shorter count, like pwrite(2). */
 int64_t ext4dio_pwrite(struct ext4dio_file *file, const void *buf, size_t n,
                        uint64_t offset);
 /* Up to n bytes; holes and unwritten extents read as zeros; short at EOF. */
 int64_t ext4dio_pread(struct ext4dio_file *file, void *buf, size_t n,
                       uint64_t offset);
-/* Flushes the device's write cache. */
+/* Makes written data durable: flushes the device's write cache; mounted,
+ * also sets mtime/ctime after fast-path writes and fdatasyncs the file when
+ * the kernel path allocated since the last sync. */
 int ext4dio_sync(struct ext4dio_file *file);
+/* Mounted mode: fsync(2) of the file plus a device cache flush (image mode:
+ * as ext4dio_sync). */
+int ext4dio_fsync(struct ext4dio_file *file);
+/* Mounted mode, through the kernel (the application cannot open its own
+ * file while ext4dio holds the lease), followed by a re-read of the map.
+ * Image mode refuses: it never changes metadata. */
+int ext4dio_truncate(struct ext4dio_file *file, uint64_t size);
+#define EXT4DIO_FALLOC_KEEP_SIZE 0x1u   /* do not change the size */
+#define EXT4DIO_FALLOC_PUNCH_HOLE 0x2u  /* free the range (implies KEEP_SIZE) */
+#define EXT4DIO_FALLOC_ZERO_RANGE 0x4u  /* zero the range (unwritten extents) */
+int ext4dio_fallocate(struct ext4dio_file *file, uint32_t mode, uint64_t offset,
+                      uint64_t length);
 
 struct ext4dio_file_info {
   size_t struct_size;
@@ -203,12 +224,15 @@ struct ext4dio_file_info {
   uint32_t memory_align;      /* buffer addresses that avoid bouncing */
   uint32_t backend;           /* the backend in use: URING or SYNC */
   uint64_t max_io;
-  int fast_path;              /* 1: I/O goes straight to the device */
-  const char *warning;        /* NULL or text */
+  int fast_path;              /* 1: I/O goes straight to the device now */
+  const char *warning;        /* NULL or text (why the fast path is off);
+                                 valid until the next call on this file */
+  int mounted;                /* 1: a file on a mounted filesystem */
 };
 void ext4dio_file_info_init(struct ext4dio_file_info *info);
 int ext4dio_file_get_info(const struct ext4dio_file *file, struct ext4dio_file_info *info);
-/* The file's map (owned by the file, valid until ext4dio_close). */
+/* The file's current map (a snapshot owned by the file, valid until
+ * ext4dio_close; mounted mode: call again after writes for a fresh one). */
 const struct ext4dio_map *ext4dio_file_map(const struct ext4dio_file *file);
 
 struct ext4dio_stats {
@@ -219,6 +243,9 @@ struct ext4dio_stats {
   uint64_t kernel_bytes, kernel_requests;     /* kernel path (mounted mode) */
   uint64_t read_bytes, read_requests;         /* device reads */
   uint64_t zero_bytes;                        /* holes/unwritten read */
+  uint64_t kernel_read_bytes;                 /* reads through the kernel */
+  uint64_t lease_breaks;    /* fast path given up for another opener */
+  uint64_t remaps;          /* ranges re-mapped after kernel-path writes */
 };
 void ext4dio_stats_init(struct ext4dio_stats *stats);
 int ext4dio_file_get_stats(const struct ext4dio_file *file, struct ext4dio_stats *stats);

@@ -155,6 +155,7 @@ struct DirectFileOptions {
   uint32_t queue_depth = 32;
   ext4dio_backend backend = EXT4DIO_BACKEND_AUTO;
   uint64_t max_io = 0;
+  bool no_fallback = false;  // mounted: refuse writes that need the kernel path
 };
 
 // A file open for direct I/O at its mapped device offsets (see ext4dio.h
@@ -168,7 +169,8 @@ class DirectFile {
     ext4dio_open_opts opts;
     ext4dio_open_opts_init(&opts);
     opts.flags = (o.write ? EXT4DIO_OPEN_WRITE : 0u) | (o.dsync ? EXT4DIO_OPEN_DSYNC : 0u) |
-                 (o.sqpoll ? EXT4DIO_OPEN_SQPOLL : 0u);
+                 (o.sqpoll ? EXT4DIO_OPEN_SQPOLL : 0u) |
+                 (o.no_fallback ? EXT4DIO_OPEN_NO_FALLBACK : 0u);
     opts.queue_depth = o.queue_depth;
     opts.backend = o.backend;
     opts.max_io = o.max_io;
@@ -177,10 +179,28 @@ class DirectFile {
     return DirectFile(f);
   }
 
-  // Writes all n bytes or fails (the message names the failed offset).
+  // Writes all n bytes or fails (the message names the failed offset; a
+  // mounted-mode write that stopped part-way says how much was written).
   [[nodiscard]] absl::Status Pwrite(const void* buf, size_t n, uint64_t offset) {
     int64_t rc = ext4dio_pwrite(file_.get(), buf, n, offset);
-    return rc < 0 ? LastStatus(static_cast<int>(rc)) : absl::OkStatus();
+    if (rc < 0) return LastStatus(static_cast<int>(rc));
+    if (static_cast<uint64_t>(rc) < n) {
+      // The error that stopped it comes with the next write at its offset.
+      const uint64_t at = offset + static_cast<uint64_t>(rc);
+      int64_t again = ext4dio_pwrite(file_.get(), static_cast<const char*>(buf) + rc,
+                                     n - static_cast<size_t>(rc), at);
+      if (again < 0) return LastStatus(static_cast<int>(again));
+      if (static_cast<uint64_t>(again) < n - static_cast<uint64_t>(rc))
+        return absl::DataLossError("short write at file offset " + std::to_string(at));
+    }
+    return absl::OkStatus();
+  }
+  // Bytes written (mounted mode: short when a piece failed after others
+  // were written, like pwrite(2)).
+  [[nodiscard]] absl::StatusOr<size_t> PwriteSome(const void* buf, size_t n, uint64_t offset) {
+    int64_t rc = ext4dio_pwrite(file_.get(), buf, n, offset);
+    if (rc < 0) return LastStatus(static_cast<int>(rc));
+    return static_cast<size_t>(rc);
   }
   // Bytes read: short at EOF.
   [[nodiscard]] absl::StatusOr<size_t> Pread(void* buf, size_t n, uint64_t offset) {
@@ -190,6 +210,20 @@ class DirectFile {
   }
   [[nodiscard]] absl::Status Sync() {
     int rc = ext4dio_sync(file_.get());
+    return rc < 0 ? LastStatus(rc) : absl::OkStatus();
+  }
+  // Mounted mode, through the kernel, then re-mapped (see ext4dio.h).
+  [[nodiscard]] absl::Status Fsync() {
+    int rc = ext4dio_fsync(file_.get());
+    return rc < 0 ? LastStatus(rc) : absl::OkStatus();
+  }
+  [[nodiscard]] absl::Status Truncate(uint64_t size) {
+    int rc = ext4dio_truncate(file_.get(), size);
+    return rc < 0 ? LastStatus(rc) : absl::OkStatus();
+  }
+  // mode: EXT4DIO_FALLOC_* bits.
+  [[nodiscard]] absl::Status Fallocate(uint32_t mode, uint64_t offset, uint64_t length) {
+    int rc = ext4dio_fallocate(file_.get(), mode, offset, length);
     return rc < 0 ? LastStatus(rc) : absl::OkStatus();
   }
   ext4dio_file_info Info() const {
