@@ -377,6 +377,7 @@ void File::ReleaseSlot(std::unique_ptr<Slot> slot) {
 PlanOptions File::MountedPlan() const {
   PlanOptions options = plan_;
   options.kernel_path = !options_.no_fallback;
+  options.refusal = "only the kernel path can do, and no_fallback forbids it (nothing written)";
   return options;
 }
 

@@ -118,11 +118,12 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
       if (!options.show_refused) {
         return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
                         absl::StrFormat("bytes %d..%d are %s%s: writing them needs block "
-                                        "allocation, which image mode cannot do",
+                                        "allocation, which %s",
                                         s.offset, s.offset + s.length - 1, SegmentName(s.kind),
                                         s.kind == SegmentKind::kPastEof
                                             ? absl::StrFormat(" (size %d)", map.file_size())
-                                            : ""));
+                                            : "",
+                                        options.refusal));
       }
       pieces.push_back(Piece{Piece::kRefused, s.offset, s.length, 0});
       pos += s.length;

@@ -64,6 +64,9 @@ struct PlanOptions {
   // Mounted mode: what needs allocation, and unaligned bytes whose unit
   // reaches outside the file, become kKernel pieces (adjacent ones merged).
   bool kernel_path = false;
+  // Completes "writing them needs block allocation, which ..." when a
+  // write is refused.
+  const char* refusal = "image mode cannot do";
 };
 
 // Pieces for writing [offset, offset + length), in file order. Holes,

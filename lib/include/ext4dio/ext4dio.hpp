@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "ext4dio/ext4dio.h"
@@ -52,7 +54,20 @@ inline absl::Status StatusFromCode(int code, const std::string& message) {
     case EAGAIN: case EBUSY: c = absl::StatusCode::kUnavailable; break;
     default: break;
   }
-  return absl::Status(c, message.empty() ? ext4dio_strerror(code) : message);
+  absl::Status status(c, message.empty() ? ext4dio_strerror(code) : message);
+  // The exact C code rides along (see CodeOfStatus).
+  status.SetPayload("ext4dio/code", absl::Cord(std::to_string(code)));
+  return status;
+}
+
+// The C API code (negative) of a status from this wrapper; 0 for OK.
+inline int CodeOfStatus(const absl::Status& status) {
+  if (status.ok()) return 0;
+  if (auto payload = status.GetPayload("ext4dio/code")) {
+    int code = 0;
+    if (absl::SimpleAtoi(std::string(*payload), &code)) return code;
+  }
+  return -EXT4DIO_E_INTERNAL;
 }
 
 // The C API code behind a status made by StatusFromCode is lost; keep it
@@ -232,6 +247,8 @@ class DirectFile {
     ext4dio_file_get_info(file_.get(), &info);
     return info;
   }
+  // Closes now (also what the destructor does); the object is then empty.
+  void Close() { file_.reset(); }
   ext4dio_stats Stats() const {
     ext4dio_stats s;
     ext4dio_stats_init(&s);
@@ -255,11 +272,11 @@ class DirectFile {
   ext4dio_file* get() const { return file_.get(); }
 
  private:
-  struct Close {
+  struct Closer {
     void operator()(ext4dio_file* f) const { ext4dio_close(f); }
   };
   explicit DirectFile(ext4dio_file* f) : file_(f) {}
-  std::unique_ptr<ext4dio_file, Close> file_;
+  std::unique_ptr<ext4dio_file, Closer> file_;
 };
 
 // Asynchronous requests on one ring; one thread at a time.

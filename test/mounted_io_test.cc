@@ -1,0 +1,436 @@
+// Mounted mode I/O on a live ext4 (loop device backed by tmpfs): every write
+// path byte-exact and sent where it belongs (fast path vs kernel path, by the
+// library's own counters), the lease honoured while writing and while idle,
+// a truncating opener whose freed blocks are reused by another file (which
+// must stay intact), a device the kernel refuses to open, and no_fallback.
+// Needs root and loop devices: exits 77 (skip) saying why when missing.
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "errors.h"
+#include "ext4dio/ext4dio.hpp"
+#include "file.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "os.h"
+#include "testutil.h"
+
+namespace ext4dio {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::LoopMount;
+using testing::Quote;
+using testing::RunResult;
+using testing::Sh;
+using Clock = std::chrono::steady_clock;
+
+std::string RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// The file's bytes as the kernel reads them with O_DIRECT (no page cache).
+std::string ReadFileDirect(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECT);
+  if (fd < 0) return "<open failed>";
+  struct stat st;
+  fstat(fd, &st);
+  const size_t size = static_cast<size_t>(st.st_size);
+  const size_t cap = (size + 4095) / 4096 * 4096 + 4096;
+  void* buf = nullptr;
+  if (posix_memalign(&buf, 4096, cap) != 0) return "<alloc failed>";
+  size_t done = 0;
+  while (done < size) {
+    ssize_t r = pread(fd, static_cast<char*>(buf) + done, cap - done, static_cast<off_t>(done));
+    if (r <= 0) break;
+    done += static_cast<size_t>(r);
+  }
+  close(fd);
+  std::string out(static_cast<char*>(buf), std::min(done, size));
+  free(buf);
+  return out;
+}
+
+std::string ReadFileBuffered(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteFileBuffered(const std::string& path, const std::string& data, uint64_t offset) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT, 0644);
+  ASSERT_GE(fd, 0) << path;
+  ASSERT_EQ(pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset)),
+            static_cast<ssize_t>(data.size()));
+  ASSERT_EQ(fsync(fd), 0);
+  close(fd);
+}
+
+// Applies a write to the model of the file's content.
+void Apply(std::string& model, uint64_t offset, const std::string& data) {
+  if (model.size() < offset + data.size()) model.resize(offset + data.size(), '\0');
+  model.replace(offset, data.size(), data);
+}
+
+Location At(const std::string& path) {
+  Location l;
+  l.path = path;
+  return l;
+}
+
+class MountedIoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mount_ = std::make_unique<LoopMount>(std::vector<std::string>{"-b", "4096"}, "256M");
+    ASSERT_TRUE(mount_->ok()) << mount_->error();
+  }
+  void TearDown() override { mount_.reset(); }
+
+  // Unmounts, checks the filesystem, mounts again.
+  void FsckAndRemount() {
+    ASSERT_EQ(testing::Run({"umount", mount_->mount_point()}).exit_code, 0);
+    RunResult r = testing::Run({"e2fsck", "-fn", mount_->device()});
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    r = testing::Run({"mount", "-t", "ext4", mount_->device(), mount_->mount_point()});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+
+  std::unique_ptr<LoopMount> mount_;
+};
+
+// Written extent, holes, unwritten extents inside and past EOF, appends,
+// unaligned pieces and mixed requests: each lands byte-exact and goes the
+// way it should, as the library's counters show.
+TEST_F(MountedIoTest, EveryPathIsByteExactAndTakesItsPath) {
+  const std::string f = *mount_ / "f";
+  const uint64_t M = 1 << 20;
+  WriteFileBuffered(f, RandomBytes(M, 1), 0);           // [0, 1M) written
+  ASSERT_EQ(truncate(f.c_str(), 3 * M), 0);             // [1M, 3M) hole
+  {
+    int fd = open(f.c_str(), O_RDWR);
+    ASSERT_EQ(fallocate(fd, 0, 2 * M, M / 2), 0);                    // unwritten inside
+    ASSERT_EQ(fallocate(fd, FALLOC_FL_KEEP_SIZE, 3 * M, M), 0);      // unwritten past EOF
+    close(fd);
+  }
+  std::string model = ReadFileBuffered(f);
+  ASSERT_EQ(model.size(), 3 * M);
+
+  DirectFileOptions o;
+  o.write = true;
+  auto file = DirectFile::Open(At(f), o);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ(file->Info().fast_path, 1) << (file->Info().warning ? file->Info().warning : "");
+  ASSERT_EQ(file->Info().mounted, 1);
+
+  struct Case {
+    const char* what;
+    uint64_t offset, length;
+    uint64_t fast, kernel;  // expected byte counts (fast includes RMW)
+  };
+  const Case cases[] = {
+      {"aligned overwrite", 128 * 1024, 64 * 1024, 64 * 1024, 0},
+      {"hole fill", M + 64 * 1024, 64 * 1024, 0, 64 * 1024},
+      {"unwritten inside EOF", 2 * M + 4096, 32 * 1024, 0, 32 * 1024},
+      {"append past EOF, unaligned", 3 * M, 10000, 0, 10000},
+      {"unaligned head and tail in written data", 100, 5000, 5000, 0},
+      // [1M-128K, 1M) written; [1M, 1M+64K) hole; [1M+64K, 1M+128K) written
+      // by the hole fill above, so fast only if the re-map worked.
+      {"mixed: written, hole, re-mapped", M - 128 * 1024, 256 * 1024, 192 * 1024, 64 * 1024},
+      {"the filled hole again", M + 64 * 1024, 64 * 1024, 64 * 1024, 0},
+      {"unaligned into a hole", 2 * M + 600 * 1024 + 7, 3000, 0, 3000},
+  };
+  uint32_t seed = 100;
+  for (const Case& c : cases) {
+    const ext4dio_stats before = file->Stats();
+    const std::string data = RandomBytes(c.length, seed++);
+    ASSERT_TRUE(file->Pwrite(data.data(), data.size(), c.offset).ok()) << c.what;
+    Apply(model, c.offset, data);
+    const ext4dio_stats after = file->Stats();
+    EXPECT_EQ((after.fast_bytes + after.rmw_bytes) - (before.fast_bytes + before.rmw_bytes),
+              c.fast)
+        << c.what;
+    EXPECT_EQ(after.kernel_bytes - before.kernel_bytes, c.kernel) << c.what;
+    EXPECT_EQ(after.buffered_bytes, 0u) << c.what << ": mounted mode never writes buffered";
+  }
+  EXPECT_GE(file->Stats().remaps, 4u);
+  EXPECT_EQ(file->Info().size, model.size());
+
+  std::string back(model.size() + 4096, 'x');
+  auto n = file->Pread(back.data(), back.size(), 0);
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_EQ(*n, model.size());
+  back.resize(*n);
+  EXPECT_TRUE(back == model) << "read through the library differs";
+  ASSERT_TRUE(file->Sync().ok());
+  file->Close();
+
+  EXPECT_TRUE(ReadFileDirect(f) == model) << "O_DIRECT read through the kernel differs";
+  EXPECT_TRUE(ReadFileBuffered(f) == model) << "buffered read after close differs";
+  FsckAndRemount();
+  EXPECT_TRUE(ReadFileBuffered(f) == model) << "content after remount differs";
+}
+
+TEST_F(MountedIoTest, NoFallbackRefusesBeforeWritingAnything) {
+  const std::string f = *mount_ / "f";
+  WriteFileBuffered(f, RandomBytes(256 * 1024, 2), 0);
+  ASSERT_EQ(truncate(f.c_str(), 512 * 1024), 0);
+  const std::string model = ReadFileBuffered(f);
+  DirectFileOptions o;
+  o.write = true;
+  o.no_fallback = true;
+  auto file = DirectFile::Open(At(f), o);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const std::string data = RandomBytes(128 * 1024, 3);
+  absl::Status s = file->Pwrite(data.data(), data.size(), 192 * 1024);  // written + hole
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(CodeOfStatus(s), -EXT4DIO_E_NEEDS_ALLOCATION) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("no_fallback"));
+  s = file->Pwrite(data.data(), data.size(), 512 * 1024);  // past EOF
+  EXPECT_EQ(CodeOfStatus(s), -EXT4DIO_E_NEEDS_ALLOCATION) << s;
+  EXPECT_EQ(file->Stats().fast_bytes, 0u);
+  EXPECT_EQ(file->Stats().kernel_bytes, 0u);
+  // An overwrite still works.
+  ASSERT_TRUE(file->Pwrite(data.data(), 64 * 1024, 0).ok());
+  file->Close();
+  std::string expect = model;
+  Apply(expect, 0, data.substr(0, 64 * 1024));
+  EXPECT_TRUE(ReadFileBuffered(f) == expect);
+}
+
+// The kernel refuses to open the device (bdev_allow_write_mounted=0, or no
+// permission): everything runs on the kernel path, with a warning.
+class RefuseDeviceOs : public Os {
+ public:
+  explicit RefuseDeviceOs(int err) : err_(err) {}
+  int Open(const char* path, int flags, mode_t mode) override {
+    if (std::strncmp(path, "/dev/", 5) == 0) return -err_;
+    return Os::Open(path, flags, mode);
+  }
+
+ private:
+  int err_;
+};
+
+TEST_F(MountedIoTest, RefusedDeviceMeansKernelPathOnlyWithAWarning) {
+  for (int err : {EBUSY, EPERM}) {
+    const std::string f = *mount_ / ("f" + std::to_string(err));
+    WriteFileBuffered(f, RandomBytes(256 * 1024, 4), 0);
+    std::string model = ReadFileBuffered(f);
+    RefuseDeviceOs os(err);
+    OpenOptions oo;
+    oo.target.path = f;
+    oo.write = true;
+    oo.os = &os;
+    auto file = File::Open(oo);
+    ASSERT_TRUE(file.ok()) << file.status();
+    EXPECT_FALSE((*file)->fast_path());
+    EXPECT_THAT((*file)->warning(), HasSubstr("cannot open"));
+    if (err == EBUSY) EXPECT_THAT((*file)->warning(), HasSubstr("bdev_allow_write_mounted"));
+    const std::string data = RandomBytes(100 * 1024, 5);
+    auto w = (*file)->Pwrite(data.data(), data.size(), 4096);  // an overwrite
+    ASSERT_TRUE(w.ok()) << w.status();
+    Apply(model, 4096, data);
+    w = (*file)->Pwrite(data.data(), data.size(), 300 * 1024);  // past EOF
+    ASSERT_TRUE(w.ok()) << w.status();
+    Apply(model, 300 * 1024, data);
+    EXPECT_EQ((*file)->stats().fast_bytes, 0u);
+    EXPECT_EQ((*file)->stats().kernel_bytes, 2 * data.size());
+    std::string back(model.size(), '\0');
+    auto r = (*file)->Pread(back.data(), back.size(), 0);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(back == model);
+    EXPECT_TRUE((*file)->Sync().ok());
+    file->reset();
+    EXPECT_TRUE(ReadFileDirect(f) == model);
+  }
+}
+
+// Writes 4 KiB random overwrites of `byte` into [0, span) until stopped,
+// sleeping `idle` between writes; counts errors other than ENOSPC.
+struct Writer {
+  DirectFile* file;
+  uint64_t span;
+  char byte;
+  std::chrono::milliseconds idle{0};
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> writes{0};
+  std::atomic<uint64_t> errors{0};
+  std::string first_error;
+  std::thread thread;
+
+  void Start() {
+    thread = std::thread([this] {
+      std::mt19937_64 rng(7);
+      void* buf = nullptr;
+      if (posix_memalign(&buf, 4096, 4096) != 0) return;
+      std::memset(buf, byte, 4096);
+      while (!stop) {
+        const uint64_t off = rng() % (span / 4096) * 4096;
+        absl::Status s = file->Pwrite(buf, 4096, off);
+        if (!s.ok() && CodeOfStatus(s) != -ENOSPC) {
+          if (errors++ == 0) first_error = std::string(s.message());
+        }
+        ++writes;
+        if (idle.count() > 0) std::this_thread::sleep_for(idle);
+      }
+      free(buf);
+    });
+  }
+  void Stop() {
+    stop = true;
+    thread.join();
+  }
+};
+
+// Another process opening the file (read-only, then read-write) breaks the
+// lease: it gets in at once, our writes continue on the kernel path, and
+// the fast path comes back once the file is free again.
+TEST_F(MountedIoTest, OtherOpenersGetInPromptlyAndTheFastPathComesBack) {
+  for (int idle_ms : {0, 50}) {
+    SCOPED_TRACE(idle_ms ? "writer idle between writes" : "writer busy");
+    const std::string f = *mount_ / ("lease" + std::to_string(idle_ms));
+    WriteFileBuffered(f, std::string(4 << 20, 'z'), 0);
+    DirectFileOptions o;
+    o.write = true;
+    auto file = DirectFile::Open(At(f), o);
+    ASSERT_TRUE(file.ok()) << file.status();
+    ASSERT_EQ(file->Info().fast_path, 1);
+    Writer w{&*file, 4 << 20, 'w'};
+    w.idle = std::chrono::milliseconds(idle_ms);
+    w.Start();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+
+    // A reader holds the file open for 300 ms; its open must not wait out
+    // lease-break-time (45 s).
+    auto t0 = Clock::now();
+    RunResult r = Sh("exec 3<" + Quote(f) + "; sleep 0.3");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const double open_ms =
+        std::chrono::duration<double, std::milli>(Clock::now() - t0).count() - 300.0;
+    std::printf("read-only opener got in after %.1f ms\n", open_ms);
+    EXPECT_LT(open_ms, 1000.0);
+    const ext4dio_stats mid = file->Stats();
+    EXPECT_GE(mid.lease_breaks, 1u);
+    if (idle_ms == 0) EXPECT_GT(mid.kernel_bytes, 0u) << "writes went on during the break";
+
+    // Once the fast path is back, a writer opens it and writes its own bytes.
+    auto back_on = Clock::now() + std::chrono::seconds(5);
+    while (file->Info().fast_path != 1 && Clock::now() < back_on)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_EQ(file->Info().fast_path, 1) << "the fast path did not come back";
+    t0 = Clock::now();
+    r = Sh("printf 'OTHER' | dd of=" + Quote(f) + " bs=1 seek=4194299 conv=notrunc status=none");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const double write_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    std::printf("read-write opener done after %.1f ms\n", write_ms);
+    EXPECT_LT(write_ms, 1000.0);
+    EXPECT_GE(file->Stats().lease_breaks, 2u);
+
+    // Free again: the fast path returns with a fresh lease and map.
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (file->Info().fast_path != 1 && Clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_EQ(file->Info().fast_path, 1);
+    const uint64_t fast_before = file->Stats().fast_bytes;
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    w.Stop();
+    EXPECT_EQ(w.errors.load(), 0u) << w.first_error;
+    if (idle_ms == 0) EXPECT_GT(file->Stats().fast_bytes, fast_before);
+
+    // Every byte is the original, ours, or the other writer's.
+    std::string back(5, '\0');
+    ASSERT_TRUE(file->Pread(back.data(), 5, 4194299).ok());
+    file->Close();
+    const std::string now = ReadFileBuffered(f);
+    EXPECT_EQ(now.size(), 4u << 20);
+    EXPECT_EQ(now.find_first_not_of("zwOTHER"), std::string::npos);
+  }
+}
+
+// A blocking truncating open while we write: it must not wait out the
+// lease-break-time, and once another file reuses the freed blocks no
+// fast-path write of ours may land there.
+TEST_F(MountedIoTest, TruncatedBlocksReusedByAnotherFileStayUntouched) {
+  for (int idle_ms : {0, 20}) {
+    SCOPED_TRACE(idle_ms ? "writer idle between writes" : "writer busy");
+    mount_.reset();
+    mount_ = std::make_unique<LoopMount>(std::vector<std::string>{"-b", "4096"}, "96M");
+    ASSERT_TRUE(mount_->ok()) << mount_->error();
+    const std::string a = *mount_ / "a", b = *mount_ / "b";
+    WriteFileBuffered(a, std::string(24 << 20, 'a'), 0);
+    DirectFileOptions o;
+    o.write = true;
+    auto file = DirectFile::Open(At(a), o);
+    ASSERT_TRUE(file.ok()) << file.status();
+    ASSERT_EQ(file->Info().fast_path, 1);
+    Writer w{&*file, 24 << 20, 'W'};
+    w.idle = std::chrono::milliseconds(idle_ms);
+    w.Start();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+
+    // `: > a` opens O_TRUNC without O_NONBLOCK: it waits for our release.
+    auto t0 = Clock::now();
+    RunResult r = Sh(": > " + Quote(a) + " && sync");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    std::printf("truncating open + sync took %.1f ms\n", ms);
+    EXPECT_LT(ms, 5000.0) << "the truncate waited for the lease-break-time";
+
+    // b takes (nearly) all free space, so it reuses a's old blocks.
+    struct statvfs vfs;
+    ASSERT_EQ(statvfs(mount_->mount_point().c_str(), &vfs), 0);
+    const uint64_t free_bytes = vfs.f_bavail * vfs.f_frsize;
+    const uint64_t b_size = (free_bytes - (4 << 20)) / (1 << 20) * (1 << 20);
+    r = Sh("dd if=/dev/zero bs=1M count=" + std::to_string(b_size >> 20) +
+           " status=none | tr '\\000' B | dd of=" + Quote(b) +
+           " bs=1M iflag=fullblock oflag=direct status=none && sync");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    w.Stop();
+    EXPECT_EQ(w.errors.load(), 0u) << w.first_error;
+    const ext4dio_stats st = file->Stats();
+    EXPECT_GE(st.lease_breaks, 1u);
+    EXPECT_GT(st.kernel_bytes, 0u) << "the writer went on through the kernel";
+    file->Close();
+
+    const std::string content = ReadFileDirect(b);
+    EXPECT_EQ(content.size(), b_size);
+    EXPECT_EQ(content.find_first_not_of('B'), std::string::npos)
+        << "a write of ours landed in b at byte " << content.find_first_not_of('B');
+    const std::string a_now = ReadFileDirect(a);
+    EXPECT_EQ(a_now.find_first_not_of(std::string("W\0", 2)), std::string::npos)
+        << "a holds only zeros (holes) and our writes after the truncate";
+    FsckAndRemount();
+  }
+}
+
+}  // namespace
+}  // namespace ext4dio
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  std::string why;
+  if (!ext4dio::testing::CanUseLoopDevices(&why)) {
+    std::printf("SKIP mounted_io_test: %s\n", why.c_str());
+    return 77;
+  }
+  return RUN_ALL_TESTS();
+}
