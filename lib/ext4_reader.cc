@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <set>
 #include <unordered_set>
 #include <thread>
 #include <utility>
@@ -345,9 +346,9 @@ absl::Status Ext4Reader::Refresh() {
 }
 
 template <typename T, typename F>
-T Ext4Reader::Retrying(F&& once) {
+T Ext4Reader::Retrying(F&& once, bool refresh_first) {
   for (int attempt = 1;; ++attempt) {
-    if (options_.live) {
+    if (options_.live && (refresh_first || attempt > 1)) {
       if (absl::Status s = Refresh(); !s.ok()) {
         if (attempt < kChecksumRetries) {
           std::this_thread::sleep_for(std::chrono::milliseconds(10 * attempt));
@@ -358,6 +359,9 @@ T Ext4Reader::Retrying(F&& once) {
     }
     ext2fs_flush_icache(fs_);
     T result = once();
+    // Without a refresh first, any failure may come from stale descriptors
+    // (a group initialised since, a new bitmap checksum): try again fresh.
+    if (!result.ok() && options_.live && !refresh_first && attempt == 1) continue;
     if (result.ok() || !options_.live || !IsChecksumError(result.status()) ||
         attempt >= kChecksumRetries) {
       if (!result.ok() && IsChecksumError(result.status()) && options_.live) {
@@ -371,7 +375,8 @@ T Ext4Reader::Retrying(F&& once) {
 
 absl::StatusOr<FileLayout> Ext4Reader::ReadFile(uint64_t inode) {
   absl::MutexLock lock(&mu_);
-  return Retrying<absl::StatusOr<FileLayout>>([&] { return ReadFileOnce(inode); });
+  return Retrying<absl::StatusOr<FileLayout>>([&] { return ReadFileOnce(inode); },
+                                              /*refresh_first=*/true);
 }
 
 absl::StatusOr<FileLayout> Ext4Reader::ReadFileOnce(uint64_t inode) {
@@ -642,10 +647,14 @@ absl::Status Ext4Reader::ValidateExtents(const std::vector<Extent>& extents,
                                          const std::vector<uint64_t>& map_blocks) {
   absl::MutexLock lock(&mu_);
   // Status has no .status(): wrap it for Retrying.
-  absl::StatusOr<bool> r = Retrying<absl::StatusOr<bool>>([&]() -> absl::StatusOr<bool> {
-    if (absl::Status s = Validate(extents, map_blocks); !s.ok()) return s;
-    return true;
-  });
+  // Descriptors read earlier can only make validation fail, never pass
+  // wrongly (bitmaps themselves are read afresh): refresh only on failure.
+  absl::StatusOr<bool> r = Retrying<absl::StatusOr<bool>>(
+      [&]() -> absl::StatusOr<bool> {
+        if (absl::Status s = Validate(extents, map_blocks); !s.ok()) return s;
+        return true;
+      },
+      /*refresh_first=*/false);
   return r.status();
 }
 
@@ -807,6 +816,7 @@ absl::Status Ext4Reader::Validate(const std::vector<Extent>& extents,
   const uint32_t cluster_bits = static_cast<uint32_t>(fs_->cluster_ratio_bits);
   const size_t bitmap_bytes = EXT2_CLUSTERS_PER_GROUP(sb) / 8;
   std::map<dgrp_t, std::vector<unsigned char>> bitmaps;
+  std::set<dgrp_t> refreshed;  // descriptor blocks read afresh (live)
   std::vector<unsigned char> block(fs_->blocksize);
   for (const Piece& p : pieces) {
     uint64_t b = p.start;
@@ -815,6 +825,22 @@ absl::Status Ext4Reader::Validate(const std::vector<Extent>& extents,
       const uint64_t gfirst = ext2fs_group_first_block2(fs_, g);
       const uint64_t glast = ext2fs_group_last_block2(fs_, g);
       const uint64_t stop = std::min<uint64_t>(p.end, glast + 1);
+      if (options_.live && !(fs_->flags & EXT2_FLAG_IMAGE_FILE)) {
+        // The kernel keeps this group's descriptor (flags, bitmap checksum)
+        // current in the device's page cache: read its block afresh.
+        const dgrp_t per_block = EXT2_DESC_PER_BLOCK(sb);
+        const dgrp_t index = g / per_block;
+        if (refreshed.insert(index).second) {
+          const blk64_t where = ext2fs_descriptor_block_loc2(fs_, first, index);
+          errcode_t err = io_channel_read_blk64(
+              fs_->io, where, 1,
+              reinterpret_cast<char*>(fs_->group_desc) + static_cast<size_t>(index) * fs_->blocksize);
+          if (err != 0) {
+            return Ext2fsError(err, EXT4DIO_E_CORRUPT_FS,
+                               absl::StrFormat("re-reading the descriptor of group %d", g));
+          }
+        }
+      }
       if (ext2fs_has_group_desc_csum(fs_) &&
           (ext2fs_bg_flags(fs_, g) & EXT2_BG_BLOCK_UNINIT)) {
         return CorruptMap(absl::StrFormat(

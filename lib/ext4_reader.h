@@ -123,10 +123,11 @@ class Ext4Reader {
   absl::Status BuildMetadata() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Live mode: reopens the filesystem for current group descriptors.
   absl::Status Refresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Runs `once` (returning a StatusOr), refreshing first and retrying
-  // checksum failures on a live filesystem.
+  // Runs `once` (returning a StatusOr) and, on a live filesystem, retries
+  // checksum failures with fresh descriptors; refresh_first reads them
+  // afresh before the first attempt too (else only after a failure).
   template <typename T, typename F>
-  T Retrying(F&& once) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  T Retrying(F&& once, bool refresh_first) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckInodeAllocated(uint64_t inode)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -144,9 +144,13 @@ int main(int argc, char** argv) {
     j["bytes"] = bytes;
     j["fast_path_bytes"] = bytes;  // image mode: all of it without the kernel
     if (opened != nullptr) {
-      const uint64_t zeros = ZeroBytes(*opened, offset, bytes);
+      // Mounted mode: what the kernel read while the fast path was off.
+      const uint64_t kernel = std::min<uint64_t>(opened->Stats().kernel_read_bytes, bytes);
+      j["kernel_path_bytes"] = kernel;
+      j["fast_path_bytes"] = bytes - kernel;
+      const uint64_t zeros = kernel ? 0 : ZeroBytes(*opened, offset, bytes);
       j["zero_bytes"] = zeros;
-      j["device_bytes"] = bytes - zeros;
+      j["device_bytes"] = bytes - kernel - zeros;
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     j["seconds"] = seconds;

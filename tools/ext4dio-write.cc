@@ -458,6 +458,7 @@ class Report {
         j_["buffered_bytes"] = st.buffered_bytes;
         j_["kernel_path_bytes"] = st.kernel_bytes;
         j_["fast_path_bytes"] = st.fast_bytes + st.rmw_bytes + st.buffered_bytes;
+        j_["lease_breaks"] = st.lease_breaks;
       }
       const double seconds = std::chrono::duration<double>(Clock::now() - start_).count();
       j_["seconds"] = seconds;
@@ -643,7 +644,9 @@ int main(int argc, char** argv) {
     if (refused != nullptr) {
       return report.Fail("cannot write bytes " + Range(refused->file_offset, refused->length) +
                          ": needs allocation: " + AllocationCause(*file, refused->file_offset) +
-                         " (image mode cannot allocate); nothing written");
+                         (a.image.empty() ? " (--no-fallback forbids the kernel path)"
+                                          : " (image mode cannot allocate)") +
+                         "; nothing written");
     }
     if (a.dry_run) return report.Done(cli::kExitOk);
     if (available && a.has_length && *available < a.length) {
@@ -691,7 +694,9 @@ int main(int argc, char** argv) {
     const uint64_t at = *source.refused_at();
     return report.Fail("stopped at file offset " + std::to_string(at) +
                        ": needs allocation: " + AllocationCause(*file, at) +
-                       " (image mode cannot allocate); " + WrittenText(written) +
+                       (a.image.empty() ? " (--no-fallback forbids the kernel path); "
+                                        : " (image mode cannot allocate); ") +
+                       WrittenText(written) +
                        (written ? " (file offsets " + Range(a.offset, written) + ")" : ""));
   }
   if (source.short_input()) {
