@@ -27,6 +27,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "os.h"
+#include <nlohmann/json.hpp>
 #include "testutil.h"
 
 namespace ext4dio {
@@ -381,7 +382,9 @@ TEST_F(MountedIoTest, TruncatedBlocksReusedByAnotherFileStayUntouched) {
     auto file = DirectFile::Open(At(a), o);
     ASSERT_TRUE(file.ok()) << file.status();
     ASSERT_EQ(file->Info().fast_path, 1);
-    Writer w{&*file, 24 << 20, 'W'};
+    // Overwrites within the first 4 MiB: after the truncate they allocate
+    // again, at most 4 MiB, so b below has room.
+    Writer w{&*file, 4 << 20, 'W'};
     w.idle = std::chrono::milliseconds(idle_ms);
     w.Start();
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -398,7 +401,7 @@ TEST_F(MountedIoTest, TruncatedBlocksReusedByAnotherFileStayUntouched) {
     struct statvfs vfs;
     ASSERT_EQ(statvfs(mount_->mount_point().c_str(), &vfs), 0);
     const uint64_t free_bytes = vfs.f_bavail * vfs.f_frsize;
-    const uint64_t b_size = (free_bytes - (4 << 20)) / (1 << 20) * (1 << 20);
+    const uint64_t b_size = (free_bytes - (8 << 20)) / (1 << 20) * (1 << 20);
     r = Sh("dd if=/dev/zero bs=1M count=" + std::to_string(b_size >> 20) +
            " status=none | tr '\\000' B | dd of=" + Quote(b) +
            " bs=1M iflag=fullblock oflag=direct status=none && sync");
@@ -420,6 +423,57 @@ TEST_F(MountedIoTest, TruncatedBlocksReusedByAnotherFileStayUntouched) {
         << "a holds only zeros (holes) and our writes after the truncate";
     FsckAndRemount();
   }
+}
+
+// The CLIs on a mounted file: --json counts show written extents went fast
+// and allocation went to the kernel; --dry-run shows kernel pieces;
+// --no-fallback refuses (exit 1, nothing written).
+TEST_F(MountedIoTest, ClisReportWhichPathTheBytesTook) {
+  using Json = nlohmann::json;
+  const std::string f = *mount_ / "f";
+  WriteFileBuffered(f, RandomBytes(1 << 20, 8), 0);  // [0, 1M) written, EOF 1M
+  testing::TempDir tmp;
+  const std::string payload = RandomBytes(1 << 20, 9), in = tmp / "in";
+  {
+    std::ofstream out(in, std::ios::binary);
+    out << payload;
+  }
+  // 512K..1.5M: half overwrite, half append.
+  RunResult r = testing::Run({testing::ToolPath("ext4dio-write"), "--dry-run", "--json",
+                              "--offset", "512K", "--input", in, f});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Json plan = Json::parse(r.out)["plan"];
+  ASSERT_FALSE(plan.empty());
+  EXPECT_EQ(plan.back()["kind"], "kernel") << r.out;
+  EXPECT_EQ(plan.back()["file_offset"], 1 << 20);
+
+  r = testing::Run({testing::ToolPath("ext4dio-write"), "--no-fallback", "--json", "--offset",
+                    "512K", "--input", in, f});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("--no-fallback"));
+  EXPECT_EQ(ReadFileBuffered(f).size(), 1u << 20) << "nothing written";
+
+  r = testing::Run({testing::ToolPath("ext4dio-write"), "--json", "--sync", "--verify",
+                    "--offset", "512K", "--input", in, f});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Json j = Json::parse(r.out);
+  EXPECT_EQ(j["bytes"], 1 << 20);
+  EXPECT_EQ(j["fast_path_bytes"], 512 * 1024) << r.out;
+  EXPECT_EQ(j["kernel_path_bytes"], 512 * 1024) << r.out;
+  EXPECT_EQ(j["fast_path"], true);
+  EXPECT_EQ(j["verified"], true);
+
+  r = testing::Run({testing::ToolPath("ext4dio-read"), "--json", "--output", tmp / "out",
+                    "--offset", "512K", f});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = Json::parse(r.out);
+  EXPECT_EQ(j["bytes"], 1 << 20);
+  EXPECT_EQ(j["fast_path_bytes"], 1 << 20);
+  EXPECT_EQ(j["kernel_path_bytes"], 0);
+  std::ifstream back(tmp / "out", std::ios::binary);
+  std::stringstream ss;
+  ss << back.rdbuf();
+  EXPECT_TRUE(ss.str() == payload);
 }
 
 }  // namespace
