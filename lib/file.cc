@@ -1041,6 +1041,11 @@ absl::Status File::Truncate(uint64_t size) {
   if (::ftruncate(fd_file_, static_cast<off_t>(size)) != 0)
     return ErrnoError(errno, absl::StrFormat("%s: truncate to %d", name_, size));
   kernel_dirty_ = true;
+  // ext4 zeroes the tail of a partial last block in the page cache, not on
+  // the device: write it back and drop it, or a later fast-path write of
+  // that block would be shadowed (and overwritten when ext4 writes it back).
+  if (int rc = os_->WritebackAndDrop(fd_file_, 0, 0); rc < 0)
+    return ErrnoError(-rc, absl::StrFormat("%s: writing back after truncate", name_));
   ++stats_[kKernelReq];
   if (fast_.load()) {
     if (absl::Status s = ReloadLocked(); !s.ok()) {
@@ -1070,6 +1075,10 @@ absl::Status File::Fallocate(int mode, uint64_t offset, uint64_t length) {
                                              mode, offset, length));
   }
   kernel_dirty_ = true;
+  // Punch hole and zero range zero partial blocks at their ends in the page
+  // cache, not on the device: write back and drop (see Truncate).
+  if (int rc = os_->WritebackAndDrop(fd_file_, 0, 0); rc < 0)
+    return ErrnoError(-rc, absl::StrFormat("%s: writing back after fallocate", name_));
   ++stats_[kKernelReq];
   if (fast_.load()) {
     if (absl::Status s = ReloadLocked(); !s.ok()) {

@@ -297,8 +297,10 @@ struct Writer {
   }
   void Stop() {
     stop = true;
-    thread.join();
+    if (thread.joinable()) thread.join();
   }
+  // A failed ASSERT returns early: never leave the thread running.
+  ~Writer() { Stop(); }
 };
 
 // Another process opening the file (read-only, then read-write) breaks the
