@@ -16,7 +16,8 @@ CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-asan --buildtype=debug \
 CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-tsan --buildtype=debugoptimized \
   -Db_sanitize=thread -Db_lundef=false -Dbenchmarks=false --no-build 2>/dev/null || true
 tsan_ok=1
-ninja -C build-tsan test/concurrency_test test/async_queue_test >/dev/null || tsan_ok=0
+ninja -C build-tsan test/concurrency_test test/async_queue_test test/mounted_io_test \
+  test/mounted_contract_test tools/ext4dio-write tools/ext4dio-read >/dev/null || tsan_ok=0
 
 passed=0; failed=0; skipped=0
 run() {  # run DIR [meson test args...]
@@ -34,10 +35,16 @@ run() {  # run DIR [meson test args...]
   rm -f "$log"
 }
 run build
-# Under the sanitizers: everything that runs our parser on hostile input.
-run build-asan --suite unit --suite hostile --suite image
+# Under the sanitizers: everything that runs our parser on hostile input,
+# and mounted mode (lease monitor, gate, re-map).
+run build-asan --suite unit --suite hostile --suite image --suite mounted
 if [ "$tsan_ok" = 1 ]; then
-  TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild concurrency_test async_queue_test
+  TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild concurrency_test async_queue_test \
+    mounted_io_test
+  # The mounted torture run: threads, the kernel path and the lease monitor.
+  TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild mounted_contract_test \
+    --test-args=--gtest_filter='*Torture*:*Async*:*Share*'
+
 else
   echo "TSan build failed"; failed=$((failed + 1))
 fi
