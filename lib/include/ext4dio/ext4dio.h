@@ -154,6 +154,19 @@ int ext4dio_map_query(const struct ext4dio_map *map, uint64_t offset,
  * immutable or append-only files. Image mode never changes metadata: the
  * inode's mtime stays as it was.
  *
+ * Mounted mode (target.path of a file on a mounted ext4, no image): the
+ * library holds the file's only descriptor and a write lease (a read lease
+ * for read-only opens); overwrites of written extents go to the device,
+ * everything else through the kernel (see ext4dio_pwrite). Do not open the
+ * file yourself while it is open here: use the handle (pread, fsync,
+ * truncate, fallocate). Opening the same file again in this process returns
+ * a handle sharing the first one's lease (-EXT4DIO_E_IN_USE when its write
+ * options differ). Another process's open is let in within milliseconds;
+ * I/O then continues through the kernel until the lease can be retaken.
+ * Refused: encrypted, verity, DAX, inline-data, data-journaled files
+ * (-EXT4DIO_E_UNSUPPORTED_FILE); writers of immutable files and read-only
+ * mounts (-EXT4DIO_E_WRITE_REFUSED). docs/safety.md has the full contract.
+ *
  * Thread-safety: ext4dio_pwrite/pread/sync on one file from any number of
  * threads at once (each concurrent caller gets its own ring). A queue is
  * used by one thread at a time.
@@ -274,9 +287,12 @@ uint64_t ext4dio_writable_until(const struct ext4dio_file *file, uint64_t offset
                                 uint64_t length);
 
 /* ---- Asynchronous queues ------------------------------------------------
- * One ring per queue; submit with a cookie, reap completions. A write with
- * unaligned pieces runs inside submit (blocking) and completes like the
- * rest. Closing waits for what is in flight. */
+ * One ring per queue; submit with a cookie, reap completions. Blocking
+ * inside submit (then completing like the rest): a write with unaligned
+ * pieces, and in mounted mode any request that needs the kernel path (a
+ * hole, an unwritten extent, past EOF) or arrives while the fast path is
+ * off (no lease). Submit also waits when the ring is full. Closing waits
+ * for what is in flight. */
 struct ext4dio_queue;
 
 #define EXT4DIO_OP_READ 0u
