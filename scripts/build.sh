@@ -11,5 +11,14 @@ for a in "$@"; do
 done
 if [ ! -f "$dir/build.ninja" ]; then
   meson setup "$dir" "${args[@]}" >/dev/null
+else
+  # The fio engine is looked for at configure time: a fio source fetched (or
+  # an engine source added) since then needs a reconfigure.
+  for f in .cache/fio-*/config-host.h tools/fio/ext4dio_engine.cc; do
+    if [ -e "$f" ] && [ "$f" -nt "$dir/build.ninja" ]; then
+      meson setup --reconfigure "$dir" >/dev/null
+      break
+    fi
+  done
 fi
 if [ "$build" = 1 ]; then ninja -C "$dir" >/dev/null; fi

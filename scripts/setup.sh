@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages ext4dio needs to build, test and benchmark.
+# Installs the Debian 12 packages ext4dio needs to build, test and benchmark,
+# then makes the installed fio's source available for the fio engine
+# (scripts/fio-source.sh: .cache/fio-<version>, fetched once).
 # Idempotent: when everything is present it touches no network and changes
 # nothing. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 packages=(
-  build-essential pkg-config meson ninja-build
+  build-essential dpkg-dev pkg-config meson ninja-build
   liburing-dev libext2fs-dev comerr-dev libabsl-dev
   libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
@@ -20,7 +22,12 @@ for p in "${packages[@]}"; do
   fi
 done
 
+fio_source() {  # never fails: without fio's source the engine is skipped
+  bash "$(dirname "$0")/fio-source.sh" || true
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+  fio_source
   exit 0
 fi
 
@@ -37,3 +44,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fio_source

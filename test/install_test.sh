@@ -1,16 +1,102 @@
 #!/usr/bin/env bash
-# meson install into a DESTDIR, then build a C and a C++ consumer against the
-# installed headers through the installed pkg-config files, and run them.
+# meson install into a DESTDIR; check that it holds the library, headers,
+# pkg-config files, CLIs, man pages and, when built, the fio engine and its
+# job files; then build a C and a C++ consumer against the installed headers
+# through the installed pkg-config files, and run them.
 set -euo pipefail
-build=$1
-src=$(cd "$(dirname "$0")" && pwd)
+build=$(cd "$1" && pwd)
+src=$(cd "$(dirname "$0")/.." && pwd)
 dest=$(mktemp -d /tmp/ext4dio-install-XXXXXX)
 trap 'rm -rf "$dest"' EXIT
+fail() { echo "install_test: $*" >&2; exit 1; }
+
+# `meson test` rebuilds only what a test depends on: build everything that is
+# installed (man pages, the fio engine...); a no-op after a full build.
+mapfile -t targets < <(meson introspect "$build" --targets | python3 -c '
+import json, os, sys
+for t in json.load(sys.stdin):
+    if t["installed"]:
+        for f in t["filename"]:
+            print(os.path.relpath(f, sys.argv[1]))' "$build")
+ninja -C "$build" "${targets[@]}" >/dev/null
 meson install -C "$build" --destdir "$dest" --no-rebuild >/dev/null
-pcdir=$(dirname "$(find "$dest" -name ext4dio.pc | head -1)")
-[ -n "$pcdir" ] || { echo "ext4dio.pc not installed"; exit 1; }
+
+# Install directories and version as this build configured them.
+version='' sanitize='' bindir='' libdir='' includedir='' mandir='' datadir=''
+eval "$(meson introspect "$build" --buildoptions --projectinfo | python3 -c '
+import json, os, shlex, sys
+d = json.load(sys.stdin)
+opts = {o["name"]: o["value"] for o in d["buildoptions"]}
+print("version=" + shlex.quote(d["projectinfo"]["version"]))
+print("sanitize=" + shlex.quote(opts["b_sanitize"]))
+for k in ("bindir", "libdir", "includedir", "mandir", "datadir"):
+    print(k + "=" + shlex.quote(os.path.join(opts["prefix"], opts[k])))')"
+
+# Everything meson says it installs is there.
+while IFS= read -r f; do
+  [ -e "$dest$f" ] || [ -L "$dest$f" ] || fail "not installed: $f"
+done < <(meson introspect "$build" --installed | python3 -c '
+import json, sys
+for v in json.load(sys.stdin).values(): print(v)')
+
+lib=$dest$libdir
+for f in libext4dio.so libext4dio.so.0 "libext4dio.so.$version"; do
+  [ -e "$lib/$f" ] || fail "missing $libdir/$f"
+done
+[ -L "$lib/libext4dio.so" ] && [ -L "$lib/libext4dio.so.0" ] || fail "libext4dio.so{,.0} are not symlinks"
+for f in ext4dio.h ext4dio.hpp version.h; do
+  [ -f "$dest$includedir/ext4dio/$f" ] || fail "missing header $includedir/ext4dio/$f"
+done
+for f in ext4dio.pc ext4dio-cpp.pc; do
+  [ -f "$lib/pkgconfig/$f" ] || fail "missing $libdir/pkgconfig/$f"
+done
+for t in ext4dio-map ext4dio-write ext4dio-read; do
+  [ -x "$dest$bindir/$t" ] || fail "missing $bindir/$t"
+  out=$(LD_LIBRARY_PATH=$lib "$dest$bindir/$t" --version) || fail "$t --version failed"
+  [ "$out" = "$t $version" ] || fail "$t --version printed '$out', not '$t $version'"
+  man=$dest$mandir/man1/$t.1
+  [ -s "$man" ] || fail "missing man page $mandir/man1/$t.1"
+  # help2man starts with a comment line; the first request must be .TH.
+  first=$(grep -v -m1 '^\.\\"' "$man")
+  case $first in
+    ".TH ${t^^} \"1\""*) ;;
+    *) fail "$t.1 does not start with .TH (first line: $first)" ;;
+  esac
+  grep -q '^\.SH NAME' "$man" || fail "$t.1 has no NAME section"
+done
+
+# The fio engine and its job files, when this build has the engine.
+engine_built=$(meson introspect "$build" --targets | python3 -c '
+import json, sys
+print(int(any(t["type"] == "shared module" and t["name"] == "ext4dio"
+              for t in json.load(sys.stdin))))')
+engine=$lib/ext4dio/ext4dio.so
+jobs=$dest$datadir/ext4dio/fio
+if [ "$engine_built" = 1 ]; then
+  [ -f "$engine" ] || fail "fio engine built but not installed as $libdir/ext4dio/ext4dio.so"
+  for j in seed-case1.fio seed-case2.fio verify.fio image.fio; do
+    if [ -f "$src/tools/fio/$j" ]; then
+      [ -f "$jobs/$j" ] || fail "job file $j not installed in $datadir/ext4dio/fio"
+    fi
+  done
+  # fio loads it (an instrumented module cannot load into an uninstrumented fio).
+  if [ "$sanitize" = none ] && command -v fio >/dev/null; then
+    LD_LIBRARY_PATH=$lib fio --enghelp="$engine" >/dev/null ||
+      fail "fio --enghelp=$libdir/ext4dio/ext4dio.so failed"
+  fi
+  echo "ok: fio engine and $(find "$jobs" -name '*.fio' 2>/dev/null | wc -l) job file(s) installed"
+else
+  [ ! -e "$engine" ] && [ ! -e "$jobs" ] || fail "fio engine not built, but engine files installed"
+  echo "ok: fio engine not built (nothing of it installed)"
+fi
+
+pcdir=$lib/pkgconfig
 export PKG_CONFIG_SYSROOT_DIR=$dest PKG_CONFIG_PATH=$pcdir
-libdir=$(dirname "$(find "$dest" -name 'libext4dio.so.0' | head -1)")
+[ "$(pkg-config --modversion ext4dio)" = "$version" ] || fail "ext4dio.pc version is not $version"
+case " $(pkg-config --cflags ext4dio) " in
+  *" -I$dest"*) ;;
+  *) fail "pkg-config --cflags ext4dio does not point into DESTDIR: $(pkg-config --cflags ext4dio)" ;;
+esac
 
 cat > "$dest/consumer.c" <<'C'
 #include <ext4dio/ext4dio.h>
@@ -24,11 +110,15 @@ int main(void) {
   struct ext4dio_map *m = 0;
   int rc = ext4dio_map_load(&t, &m);
   printf("version %s, load: %s\n", ext4dio_version(), ext4dio_strerror(rc));
-  return (rc < 0 && m == 0 && strcmp(ext4dio_version(), EXT4DIO_VERSION_STRING) == 0) ? 0 : 1;
+  return (rc < 0 && m == 0 && strcmp(ext4dio_version(), EXT4DIO_VERSION_STRING) == 0 &&
+          strcmp(ext4dio_version(), EXPECTED_VERSION) == 0) ? 0 : 1;
 }
 C
-cc -std=c11 -Wall -Werror "$dest/consumer.c" -o "$dest/consumer" $(pkg-config --cflags --libs ext4dio)
-LD_LIBRARY_PATH=$libdir "$dest/consumer"
+cc -std=c11 -Wall -Werror -DEXPECTED_VERSION="\"$version\"" "$dest/consumer.c" -o "$dest/consumer" \
+  $(pkg-config --cflags --libs ext4dio)
+LD_LIBRARY_PATH=$lib ldd "$dest/consumer" | grep -q "libext4dio.so.0 => $lib/" ||
+  fail "the C consumer does not load the installed libext4dio.so.0"
+LD_LIBRARY_PATH=$lib "$dest/consumer" || fail "C consumer failed (ext4dio_version() != $version?)"
 
 cat > "$dest/consumer.cc" <<'CC'
 #include <ext4dio/ext4dio.hpp>
@@ -40,5 +130,5 @@ int main() {
 }
 CC
 c++ -std=c++20 -Wall -Werror "$dest/consumer.cc" -o "$dest/consumer_cc" $(pkg-config --cflags --libs ext4dio-cpp)
-LD_LIBRARY_PATH=$libdir "$dest/consumer_cc"
+LD_LIBRARY_PATH=$lib "$dest/consumer_cc"
 echo "ok: installed library usable from C and C++ via pkg-config"

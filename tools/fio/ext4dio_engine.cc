@@ -1,0 +1,496 @@
+// fio external ioengine for ext4dio: ioengine=external:/path/ext4dio.so.
+//
+// Each fio job (a thread: thread=1 is required) opens its files through the
+// library, which keeps one handle (and one write lease) per file per
+// process, so jobs of one fio run cooperate instead of breaking each
+// other's lease. The engine owns file handling completely: fio never opens,
+// lays out, extends or unlinks anything itself (FIO_DISKLESSIO), which also
+// keeps it from touching a host path that happens to equal a path inside an
+// image (ext4dio_image=IMG).
+//
+// I/O: one ext4dio queue (io_uring, or psync) per job and file, at the job's
+// iodepth; queue() submits, getevents() reaps. A request that needs the
+// kernel path runs inside queue() (blocking) and completes like the rest.
+// fsync=/fdatasync= (DDIR_SYNC/DATASYNC) wait for the job's writes in flight
+// and then call ext4dio_sync (device cache flush; fdatasync of the file when
+// the kernel path allocated).
+//
+// Build: against the source tree of the installed fio (FIO_IOOPS_VERSION must
+// match exactly), with -include config-host.h -D_GNU_SOURCE; see
+// tools/fio/meson.build.
+#include <atomic>  // before fio.h: its arch headers otherwise declare
+                   // templates inside extern "C"
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "fio.h"
+#include "optgroup.h"
+}
+
+#include "ext4dio/ext4dio.h"
+
+namespace {
+
+struct Options {
+  void* pad;  // fio stores the thread_data pointer here
+  char* image;
+  unsigned long long image_offset;
+  char* backend;
+  unsigned int sqpoll;
+  unsigned int fixed_buffers;
+  unsigned int no_fallback;
+  unsigned int dsync;
+};
+
+fio_option kOptions[] = {
+    {
+        .name = "ext4dio_image",
+        .lname = "ext4dio image",
+        .type = FIO_OPT_STR_STORE,
+        .off1 = offsetof(Options, image),
+        .help = "Image file or unmounted device holding the filesystem: filename= is then "
+                "a path inside it (default: filename= is a file on a mounted ext4)",
+        .category = FIO_OPT_C_ENGINE,
+        .group = FIO_OPT_G_INVALID,
+    },
+    {
+        .name = "ext4dio_image_offset",
+        .lname = "ext4dio image offset",
+        .type = FIO_OPT_ULL,
+        .off1 = offsetof(Options, image_offset),
+        .help = "Byte offset of the filesystem inside ext4dio_image (partitioned images)",
+        .def = "0",
+        .category = FIO_OPT_C_ENGINE,
+        .group = FIO_OPT_G_INVALID,
+    },
+    {
+        .name = "ext4dio_backend",
+        .lname = "ext4dio backend",
+        .type = FIO_OPT_STR_STORE,
+        .off1 = offsetof(Options, backend),
+        .help = "Device I/O backend: auto (io_uring unless the device is bio-based), "
+                "uring, sync (pwritev2)",
+        .def = "auto",
+        .category = FIO_OPT_C_ENGINE,
+        .group = FIO_OPT_G_INVALID,
+    },
+    {
+        .name = "ext4dio_sqpoll",
+        .lname = "ext4dio SQPOLL",
+        .type = FIO_OPT_BOOL,
+        .off1 = offsetof(Options, sqpoll),
+        .help = "io_uring SQPOLL thread per ring",
+        .def = "0",
+        .category = FIO_OPT_C_ENGINE,
+        .group = FIO_OPT_G_INVALID,
+    },
+    {
+        .name = "ext4dio_fixed_buffers",
+        .lname = "ext4dio fixed buffers",
+        .type = FIO_OPT_BOOL,
+        .off1 = offsetof(Options, fixed_buffers),
+        .help = "Register fio's I/O buffers with the ring (io_uring fixed buffers)",
+        .def = "0",
+        .category = FIO_OPT_C_ENGINE,
+        .group = FIO_OPT_G_INVALID,
+    },
+    {
+        .name = "ext4dio_no_fallback",
+        .lname = "ext4dio no fallback",
+        .type = FIO_OPT_BOOL,
+        .off1 = offsetof(Options, no_fallback),
+        .help = "Mounted mode: fail writes that need the kernel path instead of taking it",
+        .def = "0",
+        .category = FIO_OPT_C_ENGINE,
+        .group = FIO_OPT_G_INVALID,
+    },
+    {
+        .name = "ext4dio_dsync",
+        .lname = "ext4dio dsync",
+        .type = FIO_OPT_BOOL,
+        .off1 = offsetof(Options, dsync),
+        .help = "Write every request with RWF_DSYNC (FUA)",
+        .def = "0",
+        .category = FIO_OPT_C_ENGINE,
+        .group = FIO_OPT_G_INVALID,
+    },
+    {
+        .name = nullptr,
+    },
+};
+
+// Handles shared by all jobs of this fio process, by target: the library
+// already shares a mounted file's handle, but an image is flock'ed per open,
+// so a second job's own open would find it locked.
+struct Shared {
+  ext4dio_file* file = nullptr;
+  int refs = 0;
+  bool writable = false;
+};
+std::mutex g_mu;
+std::map<std::string, Shared>* g_files = new std::map<std::string, Shared>;
+
+struct FileData {
+  std::string key;
+  ext4dio_file* file = nullptr;
+  ext4dio_queue* queue = nullptr;
+  uint64_t outstanding = 0;
+};
+
+struct JobData {
+  std::vector<io_u*> events;              // reaped, handed out by event()
+  std::vector<io_u*> stash;               // reaped while waiting for a sync
+  std::vector<ext4dio_completion> comps;  // reap buffer
+  std::vector<FileData*> files;           // open files of this job
+};
+
+int Fail(thread_data* td, int code, const std::string& what) {
+  log_err("ext4dio: %s: %s\n", what.c_str(), ext4dio_last_error()[0] ? ext4dio_last_error()
+                                                                     : ext4dio_strerror(code));
+  const int err = code <= -1000 ? EIO : -code;
+  td_verror(td, err, what.c_str());
+  return 1;
+}
+
+// errno for fio from a library code: library-specific codes become EIO (the
+// message is logged).
+int ToErrno(int64_t code) {
+  if (code >= 0) return 0;
+  if (code <= -1000) return EIO;
+  return static_cast<int>(-code);
+}
+
+std::string KeyOf(const Options* o, const fio_file* f) {
+  return std::string(o->image ? o->image : "") + "\n" + std::to_string(o->image_offset) + "\n" +
+         f->file_name;
+}
+
+// Opens (or shares) the library handle of `f`: for writing when the job
+// writes; a reading job shares a writer's handle, and opens for writing
+// too when it can, so a later writing job of this run can share it.
+int Acquire(thread_data* td, fio_file* f, ext4dio_file** out) {
+  auto* o = static_cast<Options*>(td->eo);
+  const std::string key = KeyOf(o, f);
+  std::lock_guard<std::mutex> lock(g_mu);
+  Shared& s = (*g_files)[key];
+  if (s.file != nullptr) {
+    if (td_write(td) && !s.writable) {
+      log_err("ext4dio: %s is open read-only in this fio run (read-only filesystem or "
+              "file?) and cannot be written\n",
+              f->file_name);
+      td_verror(td, EROFS, "open");
+      return 1;
+    }
+    ++s.refs;
+    *out = s.file;
+    return 0;
+  }
+  ext4dio_target t;
+  ext4dio_target_init(&t);
+  t.image = o->image;
+  t.image_offset = o->image_offset;
+  t.path = f->file_name;
+  ext4dio_open_opts opts;
+  ext4dio_open_opts_init(&opts);
+  opts.queue_depth = td->o.iodepth ? td->o.iodepth : 1;
+  opts.flags = (o->dsync ? EXT4DIO_OPEN_DSYNC : 0u) | (o->sqpoll ? EXT4DIO_OPEN_SQPOLL : 0u) |
+               (o->no_fallback ? EXT4DIO_OPEN_NO_FALLBACK : 0u);
+  const std::string backend = o->backend ? o->backend : "auto";
+  if (backend == "auto") {
+    opts.backend = EXT4DIO_BACKEND_AUTO;
+  } else if (backend == "uring" || backend == "io_uring") {
+    opts.backend = EXT4DIO_BACKEND_URING;
+  } else if (backend == "sync" || backend == "psync") {
+    opts.backend = EXT4DIO_BACKEND_SYNC;
+  } else {
+    log_err("ext4dio: ext4dio_backend=%s: use auto, uring or sync\n", backend.c_str());
+    td_verror(td, EINVAL, "ext4dio_backend");
+    g_files->erase(key);
+    return 1;
+  }
+  ext4dio_file* file = nullptr;
+  bool writable = !read_only;
+  int rc = -EROFS;
+  if (writable) {
+    ext4dio_open_opts w = opts;
+    w.flags |= EXT4DIO_OPEN_WRITE;
+    rc = ext4dio_open(&t, &w, &file);
+    if (rc < 0 && !td_write(td) &&
+        (rc == -EXT4DIO_E_WRITE_REFUSED || rc == -EACCES || rc == -EPERM || rc == -EROFS)) {
+      writable = false;  // a reader on something we may not write: read-only
+    }
+  }
+  if (!writable) {
+    if (td_write(td)) {
+      g_files->erase(key);
+      return Fail(td, rc, std::string("open ") + f->file_name + " for writing");
+    }
+    rc = ext4dio_open(&t, &opts, &file);
+  }
+  if (rc < 0) {
+    g_files->erase(key);
+    return Fail(td, rc, std::string("open ") + f->file_name);
+  }
+  s.file = file;
+  s.refs = 1;
+  s.writable = writable && file != nullptr && rc >= 0 && (writable);
+  *out = file;
+  return 0;
+}
+
+void Release(const std::string& key) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto it = g_files->find(key);
+  if (it == g_files->end()) return;
+  if (--it->second.refs == 0) {
+    ext4dio_close(it->second.file);
+    g_files->erase(it);
+  }
+}
+
+int Init(thread_data* td) {
+  if (!td->o.use_thread) {
+    log_err("ext4dio: the ext4dio engine needs thread=1: all jobs must share one process, "
+            "so they share one handle (and write lease) per file instead of breaking each "
+            "other's\n");
+    return 1;
+  }
+  auto* jd = new JobData;
+  jd->comps.resize(td->o.iodepth ? td->o.iodepth : 1);
+  td->io_ops_data = jd;
+  return 0;
+}
+
+void Cleanup(thread_data* td) {
+  auto* jd = static_cast<JobData*>(td->io_ops_data);
+  delete jd;
+  td->io_ops_data = nullptr;
+}
+
+// fio calls this instead of looking at the files itself (no stat, no
+// layout): the sizes come from the library.
+int Setup(thread_data* td) {
+  fio_file* f;
+  unsigned int i;
+  for_each_file(td, f, i) {
+    ext4dio_file* file = nullptr;
+    if (Acquire(td, f, &file) != 0) return 1;
+    ext4dio_file_info info;
+    ext4dio_file_info_init(&info);
+    const int rc = ext4dio_file_get_info(file, &info);
+    Release(KeyOf(static_cast<Options*>(td->eo), f));
+    if (rc < 0) return Fail(td, rc, std::string("info ") + f->file_name);
+    f->real_file_size = info.size;
+    fio_file_set_size_known(f);
+  }
+  return 0;
+}
+
+int OpenFile(thread_data* td, fio_file* f) {
+  auto* jd = static_cast<JobData*>(td->io_ops_data);
+  auto* fd = new FileData;
+  fd->key = KeyOf(static_cast<Options*>(td->eo), f);
+  if (Acquire(td, f, &fd->file) != 0) {
+    delete fd;
+    return 1;
+  }
+  const uint32_t depth = td->o.iodepth ? td->o.iodepth : 1;
+  int rc = ext4dio_queue_open(fd->file, depth, &fd->queue);
+  if (rc < 0) {
+    Release(fd->key);
+    delete fd;
+    return Fail(td, rc, std::string("queue for ") + f->file_name);
+  }
+  auto* o = static_cast<Options*>(td->eo);
+  if (o->fixed_buffers && td->orig_buffer != nullptr) {
+    rc = ext4dio_queue_register_buffers(fd->queue, td->orig_buffer, td->orig_buffer_size);
+    if (rc < 0) {
+      ext4dio_queue_close(fd->queue);
+      Release(fd->key);
+      delete fd;
+      return Fail(td, rc, "registering fio's buffers");
+    }
+  }
+  FILE_SET_ENG_DATA(f, fd);
+  jd->files.push_back(fd);
+  return 0;
+}
+
+int CloseFile(thread_data* td, fio_file* f) {
+  auto* jd = static_cast<JobData*>(td->io_ops_data);
+  auto* fd = static_cast<FileData*>(FILE_ENG_DATA(f));
+  if (fd == nullptr) return 0;
+  ext4dio_queue_close(fd->queue);  // waits for what is in flight
+  Release(fd->key);
+  for (auto it = jd->files.begin(); it != jd->files.end(); ++it) {
+    if (*it == fd) {
+      jd->files.erase(it);
+      break;
+    }
+  }
+  delete fd;
+  FILE_SET_ENG_DATA(f, nullptr);
+  return 0;
+}
+
+// Turns one library completion into fio's terms and appends the io_u.
+void Complete(const ext4dio_completion& c, std::vector<io_u*>& into) {
+  auto* u = reinterpret_cast<io_u*>(static_cast<uintptr_t>(c.cookie));
+  if (c.result < 0) {
+    u->error = ToErrno(c.result);
+    if (c.result <= -1000) {
+      log_err("ext4dio: %s of %llu bytes at %llu: %s\n", u->ddir == DDIR_WRITE ? "write" : "read",
+              static_cast<unsigned long long>(u->xfer_buflen),
+              static_cast<unsigned long long>(u->offset), ext4dio_strerror(static_cast<int>(c.result)));
+    }
+  } else {
+    u->error = 0;
+    u->resid = u->xfer_buflen - static_cast<unsigned long long>(c.result);
+  }
+  into.push_back(u);
+}
+
+// Reaps from `fd` into `into`: at least `min` (bounded by what is
+// outstanding), at most `max`. Returns how many, or -1 (td error set).
+int ReapFile(thread_data* td, JobData* jd, FileData* fd, unsigned min, unsigned max,
+             std::vector<io_u*>& into) {
+  if (max > jd->comps.size()) jd->comps.resize(max);
+  const int n = ext4dio_queue_reap(fd->queue, jd->comps.data(), max, min);
+  if (n < 0) {
+    Fail(td, n, "reaping completions");
+    return -1;
+  }
+  for (int i = 0; i < n; ++i) Complete(jd->comps[i], into);
+  fd->outstanding -= static_cast<uint64_t>(n);
+  return n;
+}
+
+fio_q_status Queue(thread_data* td, io_u* u) {
+  auto* jd = static_cast<JobData*>(td->io_ops_data);
+  auto* fd = static_cast<FileData*>(FILE_ENG_DATA(u->file));
+  fio_ro_check(td, u);
+  if (u->ddir == DDIR_SYNC || u->ddir == DDIR_DATASYNC) {
+    // Writes this job has in flight are covered: wait for them first
+    // (their completions are kept for getevents).
+    while (fd->outstanding > 0) {
+      if (ReapFile(td, jd, fd, 1, static_cast<unsigned>(fd->outstanding), jd->stash) < 0) {
+        u->error = EIO;
+        return FIO_Q_COMPLETED;
+      }
+    }
+    const int rc = ext4dio_sync(fd->file);
+    u->error = ToErrno(rc);
+    if (rc < 0) log_err("ext4dio: sync: %s\n", ext4dio_last_error());
+    return FIO_Q_COMPLETED;
+  }
+  if (u->ddir != DDIR_READ && u->ddir != DDIR_WRITE) {
+    u->error = EINVAL;  // trim: not offered
+    return FIO_Q_COMPLETED;
+  }
+  ext4dio_request r;
+  r.op = u->ddir == DDIR_WRITE ? EXT4DIO_OP_WRITE : EXT4DIO_OP_READ;
+  r.buf = u->xfer_buf;
+  r.length = u->xfer_buflen;
+  r.offset = u->offset;
+  r.cookie = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(u));
+  const int rc = ext4dio_queue_submit(fd->queue, &r);
+  if (rc < 0) {
+    // Not started (nothing written): e.g. refused by no_fallback.
+    log_err("ext4dio: %s\n", ext4dio_last_error());
+    u->error = ToErrno(rc);
+    return FIO_Q_COMPLETED;
+  }
+  ++fd->outstanding;
+  return FIO_Q_QUEUED;
+}
+
+int Commit(thread_data*) { return 0; }  // queue() already submitted
+
+int GetEvents(thread_data* td, unsigned int min, unsigned int max, const timespec*) {
+  auto* jd = static_cast<JobData*>(td->io_ops_data);
+  jd->events.clear();
+  while (!jd->stash.empty() && jd->events.size() < max) {
+    jd->events.push_back(jd->stash.back());
+    jd->stash.pop_back();
+  }
+  // Without blocking from every file first, then block on the busiest.
+  for (FileData* fd : jd->files) {
+    if (jd->events.size() >= max) break;
+    if (fd->outstanding == 0) continue;
+    if (ReapFile(td, jd, fd, 0, max - static_cast<unsigned>(jd->events.size()), jd->events) < 0)
+      return -EIO;
+  }
+  while (jd->events.size() < min) {
+    FileData* busiest = nullptr;
+    for (FileData* fd : jd->files) {
+      if (fd->outstanding > 0 && (busiest == nullptr || fd->outstanding > busiest->outstanding))
+        busiest = fd;
+    }
+    if (busiest == nullptr) break;
+    if (ReapFile(td, jd, busiest, 1, max - static_cast<unsigned>(jd->events.size()),
+                 jd->events) < 0)
+      return -EIO;
+  }
+  return static_cast<int>(jd->events.size());
+}
+
+io_u* Event(thread_data* td, int i) {
+  return static_cast<JobData*>(td->io_ops_data)->events[static_cast<size_t>(i)];
+}
+
+int Invalidate(thread_data*, fio_file*) { return 0; }  // no page cache on our path
+
+int UnlinkFile(thread_data*, fio_file* f) {
+  log_info("ext4dio: not unlinking %s (the engine never removes files)\n", f->file_name);
+  return 0;
+}
+
+int GetFileSize(thread_data* td, fio_file* f) {
+  if (fio_file_size_known(f)) return 0;
+  ext4dio_file* file = nullptr;
+  if (Acquire(td, f, &file) != 0) return 1;
+  ext4dio_file_info info;
+  ext4dio_file_info_init(&info);
+  const int rc = ext4dio_file_get_info(file, &info);
+  Release(KeyOf(static_cast<Options*>(td->eo), f));
+  if (rc < 0) return Fail(td, rc, std::string("info ") + f->file_name);
+  f->real_file_size = info.size;
+  fio_file_set_size_known(f);
+  return 0;
+}
+
+ioengine_ops MakeOps() {
+  ioengine_ops ops = {};
+  ops.name = "ext4dio";
+  ops.version = FIO_IOOPS_VERSION;
+  ops.flags = FIO_DISKLESSIO | FIO_NODISKUTIL | FIO_NOEXTEND;
+  ops.setup = Setup;
+  ops.init = Init;
+  ops.queue = Queue;
+  ops.commit = Commit;
+  ops.getevents = GetEvents;
+  ops.event = Event;
+  ops.cleanup = Cleanup;
+  ops.open_file = OpenFile;
+  ops.close_file = CloseFile;
+  ops.invalidate = Invalidate;
+  ops.unlink_file = UnlinkFile;
+  ops.get_file_size = GetFileSize;
+  ops.option_struct_size = sizeof(Options);
+  ops.options = kOptions;
+  return ops;
+}
+
+}  // namespace
+
+// fio looks up this symbol in an external engine.
+extern "C" {
+__attribute__((visibility("default"))) ioengine_ops ioengine = MakeOps();
+}
