@@ -49,8 +49,12 @@ dd if=/dev/zero of="$mnt/mixed" bs=1M count=32 oflag=direct status=none && trunc
 
 check "enghelp lists the ext4dio_ options" \
   sh -c "fio --enghelp='$engine' | grep -q ext4dio_image && fio --enghelp='$engine' | grep -q ext4dio_no_fallback"
-check "thread=1 is required, with a clear error" \
-  sh -c "! fio --ioengine=external:'$engine' --name=x --filename='$mnt/written' --rw=read --size=1M 2>&1 | tee /dev/stderr | grep -q 'needs thread=1' && exit 1 || exit 0"
+thread_error() {  # fio without thread=1: fails, and says why
+  if fio --ioengine=external:"$engine" --name=x --filename="$mnt/written" --rw=read \
+       --size=1M >"$dir/t.out" 2>&1; then echo "fio succeeded without thread=1"; return 1; fi
+  grep -q 'needs thread=1' "$dir/t.out" || { cat "$dir/t.out"; return 1; }
+}
+check "thread=1 is required, with a clear error" thread_error
 for v in crc32c md5; do
   check "verify=$v, 1 job, written extents (fast path)" fio_ok --name=v1 --filename="$mnt/written" \
     --rw=randwrite --bs=4k --iodepth=16 --size=16M --verify=$v --do_verify=1 --verify_fatal=1

@@ -223,8 +223,9 @@ int Acquire(thread_data* td, fio_file* f, ext4dio_file** out) {
     w.flags |= EXT4DIO_OPEN_WRITE;
     rc = ext4dio_open(&t, &w, &file);
     if (rc < 0 && !td_write(td) &&
-        (rc == -EXT4DIO_E_WRITE_REFUSED || rc == -EACCES || rc == -EPERM || rc == -EROFS)) {
-      writable = false;  // a reader on something we may not write: read-only
+        (rc == -EXT4DIO_E_WRITE_REFUSED || rc == -EXT4DIO_E_IN_USE || rc == -EACCES ||
+         rc == -EPERM || rc == -EROFS)) {
+      writable = false;  // a reader of something we may not write: read-only
     }
   }
   if (!writable) {
@@ -240,7 +241,7 @@ int Acquire(thread_data* td, fio_file* f, ext4dio_file** out) {
   }
   s.file = file;
   s.refs = 1;
-  s.writable = writable && file != nullptr && rc >= 0 && (writable);
+  s.writable = writable;
   *out = file;
   return 0;
 }
