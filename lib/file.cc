@@ -350,6 +350,10 @@ absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth) {
   qo.depth = depth;
   qo.backend = backend_;
   qo.sqpoll = options_.sqpoll;
+  // Mounted: a lease break must see an idle owner's completions (the gate
+  // polls the ring), so the kernel must post them without waiting for the
+  // owner to enter it.
+  qo.coop_taskrun = !mounted_;
   return os_->NewQueue(fd_direct_, qo);
 }
 

@@ -25,7 +25,7 @@ class UringQueue final : public IoQueue {
     if (o.sqpoll) {
       p.flags |= IORING_SETUP_SQPOLL;
       p.sq_thread_idle = 200;  // ms before the poller sleeps
-    } else {
+    } else if (o.coop_taskrun) {
       // Completions run when we enter the kernel to reap, instead of an IPI
       // interrupting us for each one: at depth, that IPI storm halved IOPS.
       p.flags |= IORING_SETUP_COOP_TASKRUN;

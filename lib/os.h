@@ -40,6 +40,12 @@ struct QueueOptions {
   uint32_t depth = 32;
   BackendKind backend = BackendKind::kAuto;  // kAuto is resolved by the caller
   bool sqpoll = false;
+  // io_uring: post completions without interrupting the owner
+  // (IORING_SETUP_COOP_TASKRUN; much cheaper at depth). Then a completion is
+  // only visible in the ring once the owner next enters the kernel, so
+  // anyone who must see completions without the owner (the mounted mode's
+  // IoGate) needs it off.
+  bool coop_taskrun = true;
 };
 
 // A submission/completion queue bound to one descriptor.

@@ -12,6 +12,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -425,6 +427,63 @@ TEST_F(MountedIoTest, TruncatedBlocksReusedByAnotherFileStayUntouched) {
         << "a holds only zeros (holes) and our writes after the truncate";
     FsckAndRemount();
   }
+}
+
+// An asynchronous queue's owner that submitted fast-path writes and then
+// sleeps without reaping must not hold up another process's open: the gate
+// sees the completions without the owner (its ring posts them itself).
+TEST_F(MountedIoTest, IdleAsyncOwnerDoesNotHoldUpALeaseBreak) {
+  const std::string f = *mount_ / "f";
+  WriteFileBuffered(f, std::string(1 << 20, 'a'), 0);
+  DirectFileOptions o;
+  o.write = true;
+  auto file = DirectFile::Open(At(f), o);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ(file->Info().fast_path, 1);
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, 8 * 4096), 0);
+  std::memset(buf, 'q', 8 * 4096);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool submitted = false, wake = false;
+  int reaped = -1;
+  std::thread owner([&] {
+    ext4dio_queue* q = nullptr;
+    if (ext4dio_queue_open(file->get(), 8, &q) != 0) return;
+    for (int i = 0; i < 8; ++i) {
+      ext4dio_request r = {EXT4DIO_OP_WRITE, static_cast<char*>(buf) + i * 4096, 4096,
+                           static_cast<uint64_t>(i) * 8192, static_cast<uint64_t>(i)};
+      if (ext4dio_queue_submit(q, &r) != 0) break;
+    }
+    std::unique_lock<std::mutex> lock(mu);
+    submitted = true;
+    cv.notify_all();
+    cv.wait_for(lock, std::chrono::seconds(10), [&] { return wake; });  // idle
+    ext4dio_completion c[8];
+    reaped = ext4dio_queue_reap(q, c, 8, 8);
+    ext4dio_queue_close(q);
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return submitted; });
+  }
+  const auto t0 = Clock::now();
+  RunResult r = Sh("cat " + Quote(f) + " > /dev/null");
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  std::printf("reader got in after %.1f ms while the async owner slept\n", ms);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_LT(ms, 1000.0);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    wake = true;
+  }
+  cv.notify_all();
+  owner.join();
+  EXPECT_EQ(reaped, 8);
+  free(buf);
+  file->Close();
+  const std::string now = ReadFileBuffered(f);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(now[static_cast<size_t>(i) * 8192], 'q') << i;
 }
 
 // The CLIs on a mounted file: --json counts show written extents went fast
