@@ -345,15 +345,16 @@ FileStats File::stats() const {
   return s;
 }
 
-absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth) {
+absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth, bool for_async) {
   QueueOptions qo;
   qo.depth = depth;
   qo.backend = backend_;
   qo.sqpoll = options_.sqpoll;
-  // Mounted: a lease break must see an idle owner's completions (the gate
-  // polls the ring), so the kernel must post them without waiting for the
-  // owner to enter it.
-  qo.coop_taskrun = !mounted_;
+  // Mounted asynchronous queues: a lease break must see an idle owner's
+  // completions (the gate polls the ring), so the kernel must post them
+  // without waiting for the owner to enter it. Synchronous callers reap
+  // everything before they leave the gate, so their rings may defer.
+  qo.coop_taskrun = !(mounted_ && for_async);
   return os_->NewQueue(fd_direct_, qo);
 }
 
@@ -1128,7 +1129,7 @@ void File::Monitor() {
 }
 
 absl::StatusOr<std::unique_ptr<AsyncQueue>> File::NewAsyncQueue(uint32_t depth) {
-  auto q = NewIoQueue(depth);
+  auto q = NewIoQueue(depth, /*for_async=*/true);
   if (!q.ok()) return q.status();
   std::unique_ptr<AsyncQueue> aq(new AsyncQueue(this, std::move(*q)));
   if (mounted_) gate_.AddMember(aq.get());

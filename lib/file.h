@@ -191,7 +191,8 @@ class File {
   absl::StatusOr<size_t> PreadMapped(char* buf, size_t n, uint64_t offset);
   std::unique_ptr<Slot> AcquireSlot();
   void ReleaseSlot(std::unique_ptr<Slot> slot);
-  absl::StatusOr<std::unique_ptr<IoQueue>> NewIoQueue(uint32_t depth);
+  // `for_async`: the queue keeps I/O in flight between calls (AsyncQueue).
+  absl::StatusOr<std::unique_ptr<IoQueue>> NewIoQueue(uint32_t depth, bool for_async = false);
   // Submits and completes `ops` on `q`, resubmitting short transfers.
   absl::Status RunOps(IoQueue& q, std::vector<Op>& ops);
   absl::Status WriteDirect(IoQueue& q, const std::vector<Piece>& pieces, const char* buf,
