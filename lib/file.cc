@@ -186,7 +186,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
       // A reader may share a writer's File (its C handle stays read-only).
       const bool same = o.write == options.write && o.dsync == options.dsync &&
                         o.no_fallback == options.no_fallback && o.backend == options.backend &&
-                        o.sqpoll == options.sqpoll;
+                        o.sqpoll == options.sqpoll && o.reap_promptly == options.reap_promptly;
       if (same || (o.write && !options.write)) return open;
       return LibError(EXT4DIO_E_IN_USE,
                       absl::StrFormat("%s is already open in this process (as %s) with other "
@@ -354,7 +354,9 @@ absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth, bool f
   // completions (the gate polls the ring), so the kernel must post them
   // without waiting for the owner to enter it. Synchronous callers reap
   // everything before they leave the gate, so their rings may defer.
-  qo.coop_taskrun = !(mounted_ && for_async);
+  // EXT4DIO_OPEN_REAP_PROMPTLY: the application promises to keep reaping,
+  // which makes deferring safe for lease breaks and much cheaper.
+  qo.coop_taskrun = !(mounted_ && for_async) || options_.reap_promptly;
   return os_->NewQueue(fd_direct_, qo);
 }
 
