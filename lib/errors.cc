@@ -115,4 +115,9 @@ int CodeOf(const absl::Status& status) {
   }
 }
 
+bool IsAccessError(const absl::Status& status) {
+  const int code = CodeOf(status);
+  return code == -EACCES || code == -EPERM;
+}
+
 }  // namespace ext4dio

@@ -29,6 +29,9 @@ absl::Status Ext2fsError(long errcode, ext4dio_error fallback,
 // The C API code of a status: a negative errno or -EXT4DIO_E_*; 0 for OK.
 int CodeOf(const absl::Status& status);
 
+// Whether `status` is EACCES or EPERM (no permission, e.g. to read a device).
+bool IsAccessError(const absl::Status& status);
+
 // `status` with `prefix` put before its message, payloads (codes) kept.
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
 

@@ -49,11 +49,6 @@ bool HasCapFsetid() {
   return (data[CAP_FSETID / 32].effective & (1u << (CAP_FSETID % 32))) != 0;
 }
 
-bool IsAccessError(const absl::Status& s) {
-  const int code = CodeOf(s);
-  return code == -EACCES || code == -EPERM;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -1047,17 +1042,22 @@ absl::Status File::Truncate(uint64_t size) {
   IoGate::Exclusive exclusive(gate_);
   if (::ftruncate(fd_file_, static_cast<off_t>(size)) != 0)
     return ErrnoError(errno, absl::StrFormat("%s: truncate to %d", name_, size));
+  return AfterMetadataChangeLocked("truncate");
+}
+
+absl::Status File::AfterMetadataChangeLocked(const char* what) {
   kernel_dirty_ = true;
-  // ext4 zeroes the tail of a partial last block in the page cache, not on
-  // the device: write it back and drop it, or a later fast-path write of
-  // that block would be shadowed (and overwritten when ext4 writes it back).
+  // ext4 zeroes partial blocks (a truncated last block's tail, the ends of
+  // a punched or zeroed range) in the page cache, not on the device: write
+  // them back and drop them, or a later fast-path write of such a block
+  // would be shadowed (and overwritten when ext4 writes the page back).
   if (int rc = os_->WritebackAndDrop(fd_file_, 0, 0); rc < 0)
-    return ErrnoError(-rc, absl::StrFormat("%s: writing back after truncate", name_));
+    return ErrnoError(-rc, absl::StrFormat("%s: writing back after %s", name_, what));
   ++stats_[kKernelReq];
   if (fast_.load()) {
     if (absl::Status s = ReloadLocked(); !s.ok()) {
-      StopFastPathLocked(absl::StrCat("re-reading the map after truncate failed (", s.message(),
-                                      "): fast path off"),
+      StopFastPathLocked(absl::StrCat("re-reading the map after ", what, " failed (",
+                                      s.message(), "): fast path off"),
                          false);
     }
   }
@@ -1081,20 +1081,7 @@ absl::Status File::Fallocate(int mode, uint64_t offset, uint64_t length) {
     return ErrnoError(errno, absl::StrFormat("%s: fallocate mode 0x%x at %d, %d bytes", name_,
                                              mode, offset, length));
   }
-  kernel_dirty_ = true;
-  // Punch hole and zero range zero partial blocks at their ends in the page
-  // cache, not on the device: write back and drop (see Truncate).
-  if (int rc = os_->WritebackAndDrop(fd_file_, 0, 0); rc < 0)
-    return ErrnoError(-rc, absl::StrFormat("%s: writing back after fallocate", name_));
-  ++stats_[kKernelReq];
-  if (fast_.load()) {
-    if (absl::Status s = ReloadLocked(); !s.ok()) {
-      StopFastPathLocked(absl::StrCat("re-reading the map after fallocate failed (",
-                                      s.message(), "): fast path off"),
-                         false);
-    }
-  }
-  return absl::OkStatus();
+  return AfterMetadataChangeLocked("fallocate");
 }
 
 void File::Monitor() {

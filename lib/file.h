@@ -180,6 +180,9 @@ class File {
   absl::StatusOr<size_t> KernelRead(char* buf, size_t n, uint64_t offset);
   absl::Status RemapLocked(uint64_t offset, uint64_t length);
   absl::Status ReloadLocked();
+  // After truncate/fallocate on the file: write back and drop its pages,
+  // re-read the map (fast path off if that fails).
+  absl::Status AfterMetadataChangeLocked(const char* what);
   absl::Status StartFastPathLocked();
   void StopFastPathLocked(const std::string& why, bool lease_break);
   void TouchTimes();

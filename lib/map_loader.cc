@@ -66,11 +66,6 @@ absl::StatusOr<LoadedMap> LoadImage(const Target& t) {
   return loaded;
 }
 
-bool IsAccessError(const absl::Status& s) {
-  const int code = CodeOf(s);
-  return code == -EACCES || code == -EPERM;
-}
-
 absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
   auto file = InspectMountedFile(t.path);
   if (!file.ok()) return file.status();
