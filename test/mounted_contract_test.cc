@@ -1187,12 +1187,4 @@ INSTANTIATE_TEST_SUITE_P(MountedContractTorture, TortureTest, ::testing::Bool(),
 }  // namespace
 }  // namespace ext4dio
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  std::string why;
-  if (!ext4dio::testing::CanUseLoopDevices(&why)) {
-    std::printf("SKIP mounted_contract_test: %s\n", why.c_str());
-    return 77;
-  }
-  return RUN_ALL_TESTS();
-}
+// main(): test/mounted_main.cc (exit 77 without root and loop devices).

@@ -540,12 +540,4 @@ TEST_F(MountedIoTest, ClisReportWhichPathTheBytesTook) {
 }  // namespace
 }  // namespace ext4dio
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  std::string why;
-  if (!ext4dio::testing::CanUseLoopDevices(&why)) {
-    std::printf("SKIP mounted_io_test: %s\n", why.c_str());
-    return 77;
-  }
-  return RUN_ALL_TESTS();
-}
+// main(): test/mounted_main.cc (exit 77 without root and loop devices).

@@ -243,12 +243,4 @@ TEST(FirstDifferenceTest, NamesTheFirstDisagreement) {
 }  // namespace
 }  // namespace ext4dio
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  std::string why;
-  if (!ext4dio::testing::CanUseLoopDevices(&why)) {
-    std::printf("SKIP mounted_test: %s\n", why.c_str());
-    return 77;
-  }
-  return RUN_ALL_TESTS();
-}
+// main(): test/mounted_main.cc (exit 77 without root and loop devices).
