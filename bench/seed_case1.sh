@@ -70,26 +70,9 @@ if [ "$avail_kib" -lt $(( image_mib * 1024 + 65536 )) ]; then
   echo "seed_case1.sh: /dev/shm has $((avail_kib / 1024)) MiB free, needs $((image_mib + 64)) MiB" >&2; exit 1
 fi
 
-work=""; mnt=""; loop=""; mounted=0
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM HUP
-  if [ "$mounted" = 1 ]; then
-    umount "$mnt" 2>/dev/null || { sleep 1; umount "$mnt" 2>/dev/null; } \
-      || umount -l "$mnt" 2>/dev/null || echo "seed_case1.sh: could not unmount $mnt" >&2
-  fi
-  if [ -n "$loop" ]; then
-    losetup -d "$loop" 2>/dev/null || echo "seed_case1.sh: could not detach $loop" >&2
-  fi
-  [ -n "$mnt" ] && rmdir "$mnt" 2>/dev/null
-  [ -n "$work" ] && rm -rf "$work"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+prog=seed_case1.sh
+# shellcheck source=bench/scratch.sh
+. "$(dirname "$0")/scratch.sh"  # cleanup trap for work/mnt/loop
 
 work=$(mktemp -d /dev/shm/ext4dio-seed1-XXXXXX)
 mnt=$(mktemp -d /tmp/ext4dio-seed1-mnt-XXXXXX)

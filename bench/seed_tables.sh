@@ -381,26 +381,8 @@ fi
 mkdir -p "$outdir" || die "cannot create $outdir"
 outdir=$(cd "$outdir" && pwd)
 
-work=""; mnt=""; loop=""; mounted=0
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM HUP
-  if [ "$mounted" = 1 ]; then
-    umount "$mnt" 2>/dev/null || { sleep 1; umount "$mnt" 2>/dev/null; } \
-      || umount -l "$mnt" 2>/dev/null || echo "$prog: could not unmount $mnt" >&2
-  fi
-  if [ -n "$loop" ]; then
-    losetup -d "$loop" 2>/dev/null || echo "$prog: could not detach $loop" >&2
-  fi
-  [ -n "$mnt" ] && rmdir "$mnt" 2>/dev/null
-  [ -n "$work" ] && rm -rf "$work"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+# shellcheck source=bench/scratch.sh
+. "$(dirname "$0")/scratch.sh"  # cleanup trap for work/mnt/loop
 
 work=$(mktemp -d /dev/shm/ext4dio-seedtab-XXXXXX)
 mnt=$(mktemp -d /tmp/ext4dio-seedtab-mnt-XXXXXX)
