@@ -42,8 +42,8 @@ struct AsyncQueue::OpState {
   char* buf;
 };
 
-AsyncQueue::AsyncQueue(File* file, std::unique_ptr<IoQueue> queue)
-    : file_(file), queue_(std::move(queue)) {}
+AsyncQueue::AsyncQueue(std::shared_ptr<File> file, std::unique_ptr<IoQueue> queue)
+    : file_(std::move(file)), queue_(std::move(queue)) {}
 
 AsyncQueue::~AsyncQueue() {
   (void)Drain();
@@ -193,7 +193,7 @@ absl::StatusOr<AsyncQueue::Planned> AsyncQueue::StartPlanned(const AsyncRequest&
   if (req.write) {
     const MapState& m = f.cur();
     auto pieces = ext4dio::PlanWrite(m.loaded.map, m.written, req.offset, req.length,
-                                     f.mounted_ ? f.MountedPlan() : f.plan_);
+                                     f.mounted_ ? f.MountedPlan(m) : f.plan_);
     if (!pieces.ok()) return Prefixed(f.name_ + ": ", pieces.status());
     bool unaligned = false;
     for (const Piece& p : *pieces) unaligned |= p.kind != Piece::kDirect;
@@ -222,8 +222,8 @@ absl::StatusOr<AsyncQueue::Planned> AsyncQueue::StartPlanned(const AsyncRequest&
       return Planned::kStarted;
     }
     if (f.mounted_ && !pieces->empty()) {
-      if (absl::Status s = f.DropPrivilegesOnce(); !s.ok()) return s;
-      f.times_dirty_ = true;
+      if (absl::Status s = f.PrepareFastWrite(); !s.ok()) return s;
+      f.NoteFastWrite();
     }
     for (const Piece& p : *pieces) {
       char* src = base + (p.file_offset - req.offset);

@@ -74,7 +74,7 @@ class AsyncQueue final : public IoGate::Member {
   friend class File;
   struct Request;
   struct OpState;
-  AsyncQueue(File* file, std::unique_ptr<IoQueue> queue);
+  AsyncQueue(std::shared_ptr<File> file, std::unique_ptr<IoQueue> queue);
 
   enum class Planned { kStarted, kBlocking };
   absl::StatusOr<Planned> StartPlanned(const AsyncRequest& r);
@@ -84,7 +84,7 @@ class AsyncQueue final : public IoGate::Member {
   void Finish(uint64_t id);
   absl::Status Drain();
 
-  File* file_;
+  std::shared_ptr<File> file_;  // kept open until the queue goes
   std::unique_ptr<IoQueue> queue_;
   uint64_t next_request_ = 1;
   uint64_t next_op_ = 1;

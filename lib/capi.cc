@@ -31,9 +31,9 @@ struct ext4dio_map {
 struct ext4dio_file {
   std::shared_ptr<ext4dio::File> file;
   bool writable = false;
-  // Snapshots handed out by ext4dio_file_map, valid until close.
+  // The snapshot handed out by ext4dio_file_map, valid until the next call.
   mutable std::mutex mu;
-  mutable std::deque<ext4dio_map> map_views;
+  mutable std::unique_ptr<ext4dio_map> map_view;
   mutable std::string warning;
 };
 
@@ -325,16 +325,30 @@ EXT4DIO_EXPORT const ext4dio_map* ext4dio_file_map(const ext4dio_file* f) {
   try {
     std::shared_ptr<const ext4dio::MapState> now = f->file->snapshot();
     std::lock_guard<std::mutex> lock(f->mu);
-    if (f->map_views.empty() || f->map_views.back().keep != now) {
-      f->map_views.emplace_back();
-      ext4dio_map& v = f->map_views.back();
-      v.keep = now;
-      v.m = &now->loaded;
+    // Only the latest view is kept (valid until the next call or close): a
+    // caller polling the map must not grow the file's memory without bound.
+    if (f->map_view == nullptr || f->map_view->keep != now) {
+      auto v = std::make_unique<ext4dio_map>();
+      v->keep = now;
+      v->m = &now->loaded;
+      f->map_view = std::move(v);
     }
-    return &f->map_views.back();
+    return f->map_view.get();
   } catch (const std::exception&) {
     return nullptr;
   }
+}
+
+EXT4DIO_EXPORT int ext4dio_file_map_snapshot(const ext4dio_file* f, ext4dio_map** out) {
+  if (f == nullptr || out == nullptr) return Fail(-EINVAL, "NULL argument");
+  *out = nullptr;
+  return Guard([&]() -> int {
+    auto v = std::make_unique<ext4dio_map>();
+    v->keep = f->file->snapshot();
+    v->m = &v->keep->loaded;
+    *out = v.release();
+    return 0;
+  });
 }
 
 EXT4DIO_EXPORT void ext4dio_stats_init(ext4dio_stats* s) {

@@ -39,6 +39,7 @@ MountedFile& MountedFile::operator=(MountedFile&& o) noexcept {
     block_size = o.block_size;
     fsid = o.fsid;
     device = std::move(o.device);
+    device_error = std::move(o.device_error);
     mount_point = std::move(o.mount_point);
     mount_options = std::move(o.mount_options);
     super_options = std::move(o.super_options);
@@ -78,15 +79,64 @@ absl::StatusOr<std::string> DeviceNode(dev_t dev) {
   return node;
 }
 
-absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path) {
+absl::Status RefreshMountedFile(int fd, MountedFile& m) {
+  int flags = 0;
+  if (::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0) {
+    m.flags = static_cast<uint32_t>(flags);
+  } else if (errno != ENOTTY && errno != EOPNOTSUPP) {
+    return ErrnoError(errno, "reading the file flags of " + m.path);
+  }
+  struct statvfs vfs;
+  if (::fstatvfs(fd, &vfs) != 0) return ErrnoError(errno, "statvfs " + m.path);
+  m.read_only = (vfs.f_flag & ST_RDONLY) != 0;
+  struct statx sx;
+  if (::statx(fd, "", AT_EMPTY_PATH, 0, &sx) == 0)
+    m.dax = (sx.stx_attributes_mask & STATX_ATTR_DAX) && (sx.stx_attributes & STATX_ATTR_DAX);
+  return absl::OkStatus();
+}
+
+std::string FilesystemStopped(int fd) {
+  struct statvfs vfs;
+  if (::fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0)
+    return "the filesystem is now read-only (remounted, or errors=remount-ro after an error)";
+  // ext4 checks for a forced shutdown before anything else in read_iter,
+  // even for an empty read: EIO then, 0 otherwise, and no atime update.
+  char byte;
+  if (::pread(fd, &byte, 0, 0) < 0 && errno == EIO)
+    return "the filesystem was shut down (EXT4_IOC_SHUTDOWN, or an I/O error forced it)";
+  return "";
+}
+
+absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path, int path_fd) {
   MountedFile m;
   m.path = path;
-  m.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (m.fd < 0 && errno == ELOOP)
-    m.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // a symlink: follow it
-  if (m.fd < 0) return ErrnoError(errno, "open " + path);
+  // Never open a FIFO or device node for reading: that may block forever
+  // (a FIFO without writer) or have side effects. O_PATH opens nothing.
+  int pfd = path_fd;
+  if (pfd < 0) {
+    pfd = ::open(path.c_str(), O_PATH | O_CLOEXEC);
+    if (pfd < 0) return ErrnoError(errno, "open " + path);
+  }
   struct stat st;
-  if (::fstat(m.fd, &st) != 0) return ErrnoError(errno, "stat " + path);
+  const int stat_rc = ::fstat(pfd, &st);
+  const int stat_err = errno;
+  if (stat_rc == 0 && S_ISREG(st.st_mode)) {
+    // The same inode, opened for reading through the O_PATH descriptor.
+    const std::string self = absl::StrFormat("/proc/self/fd/%d", pfd);
+    m.fd = ::open(self.c_str(), O_RDONLY | O_CLOEXEC);
+  }
+  const int open_err = errno;
+  if (pfd != path_fd) ::close(pfd);
+  if (stat_rc != 0) return ErrnoError(stat_err, "stat " + path);
+  if (!S_ISREG(st.st_mode)) {
+    return LibError(EXT4DIO_E_UNSUPPORTED_FILE,
+                    absl::StrFormat("%s is not a regular file", path));
+  }
+  if (m.fd < 0) return ErrnoError(open_err, "open " + path);
+  struct stat fst;
+  if (::fstat(m.fd, &fst) != 0) return ErrnoError(errno, "stat " + path);
+  if (fst.st_dev != st.st_dev || fst.st_ino != st.st_ino)
+    return ErrnoError(ESTALE, path + " changed while it was being opened");
   struct statfs sfs;
   if (::fstatfs(m.fd, &sfs) != 0) return ErrnoError(errno, "statfs " + path);
   if (sfs.f_type != EXT4_SUPER_MAGIC) {
@@ -95,19 +145,9 @@ absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path) {
                                     "(filesystem magic 0x%x)",
                                     path, static_cast<unsigned long>(sfs.f_type)));
   }
-  if (!S_ISREG(st.st_mode)) {
-    return LibError(EXT4DIO_E_UNSUPPORTED_FILE,
-                    absl::StrFormat("%s is not a regular file", path));
-  }
   m.dev = st.st_dev;
   m.inode = st.st_ino;
-  int flags = 0;
-  if (::ioctl(m.fd, FS_IOC_GETFLAGS, &flags) == 0) m.flags = static_cast<uint32_t>(flags);
-  struct statvfs vfs;
-  if (::fstatvfs(m.fd, &vfs) == 0) m.read_only = (vfs.f_flag & ST_RDONLY) != 0;
-  struct statx sx;
-  if (::statx(m.fd, "", AT_EMPTY_PATH, 0, &sx) == 0)
-    m.dax = (sx.stx_attributes_mask & STATX_ATTR_DAX) && (sx.stx_attributes & STATX_ATTR_DAX);
+  if (absl::Status s = RefreshMountedFile(m.fd, m); !s.ok()) return s;
   m.size = static_cast<uint64_t>(st.st_size);
   m.block_size = static_cast<uint32_t>(sfs.f_bsize);
   uint32_t v[2];
@@ -115,8 +155,11 @@ absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path) {
   m.fsid = uint64_t{v[0]} | (uint64_t{v[1]} << 32);
 
   auto node = DeviceNode(st.st_dev);
-  if (!node.ok()) return node.status();
-  m.device = *node;
+  if (node.ok()) {
+    m.device = *node;
+  } else {
+    m.device_error = std::string(node.status().message());
+  }
 
   // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPEROPTS
   std::ifstream mi("/proc/self/mountinfo");

@@ -21,7 +21,8 @@ struct MountedFile {
   uint64_t size = 0;           // st_size
   uint32_t block_size = 0;     // statfs f_bsize
   uint64_t fsid = 0;           // statfs f_fsid, as one 64-bit value
-  std::string device;          // /dev/NAME with st_rdev == dev
+  std::string device;          // /dev/NAME with st_rdev == dev ("" if none)
+  std::string device_error;    // why `device` is empty
   std::string mount_point;
   std::string mount_options;   // per-mount options (mountinfo field 6)
   std::string super_options;   // filesystem options (after " - ")
@@ -36,9 +37,23 @@ struct MountedFile {
 };
 
 // Opens `path` read-only and finds out where it lives. EXT4DIO_E_NOT_EXT4
-// when it is not on ext4 (statfs magic); ENODEV when the device node of
-// st_dev cannot be found.
-absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path);
+// when it is not on ext4 (statfs magic); EXT4DIO_E_UNSUPPORTED_FILE when it
+// is not a regular file (checked before any open that could block, e.g. on
+// a FIFO). When the device node of st_dev cannot be found (a bind mount in
+// a container with its own /dev), `device` is empty and `device_error` says
+// why. With `path_fd` >= 0 (an O_PATH descriptor of `path`), that very
+// inode is inspected, whatever the path names by now.
+absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path, int path_fd = -1);
+
+// Re-reads what may change while a file is open (per-file flags, read-only
+// mount, DAX) into `m`, from the open descriptor `fd`.
+absl::Status RefreshMountedFile(int fd, MountedFile& m);
+
+// Why the fast path must stop now even though the lease is held: the
+// filesystem was remounted read-only (also errors=remount-ro) or shut down
+// (EXT4_IOC_SHUTDOWN: every file operation fails with EIO). "" when neither.
+// Two cheap system calls on the open descriptor `fd`.
+std::string FilesystemStopped(int fd);
 
 // Why I/O through ext4dio on this mounted file would be unsafe (or OK):
 // EXT4DIO_E_UNSUPPORTED_FILE for encrypted, verity, DAX, inline-data and

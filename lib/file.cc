@@ -75,6 +75,7 @@ void File::SetMap(LoadedMap loaded) {
   auto state = std::make_shared<MapState>();
   state->written = WrittenSet(loaded.map);
   state->loaded = std::move(loaded);
+  state->kernel_only = kernel_only_next_;
   std::lock_guard<std::mutex> lock(state_mu_);
   state_ = std::move(state);
   current_.store(state_.get(), std::memory_order_release);
@@ -170,8 +171,20 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   const Target& t = options.target;
   if (t.path.empty()) return ErrnoError(EINVAL, "no file given");
   if (t.inode != 0) return ErrnoError(EINVAL, "an inode number needs an image (--image)");
+  // Key the registry by what is opened, not by what the path named a moment
+  // earlier (a symlink swapped meanwhile would file B's handle under A's
+  // key). O_PATH opens nothing: it breaks no lease (ours included) and
+  // cannot block on a FIFO.
+  const int path_fd = ::open(t.path.c_str(), O_PATH | O_CLOEXEC);
+  if (path_fd < 0) return ErrnoError(errno, "open " + t.path);
+  struct PathFd {
+    int fd;
+    ~PathFd() { ::close(fd); }
+  } path_fd_guard{path_fd};
   struct stat st;
-  if (::stat(t.path.c_str(), &st) != 0) return ErrnoError(errno, "stat " + t.path);
+  if (::fstat(path_fd, &st) != 0) return ErrnoError(errno, "stat " + t.path);
+  if (!S_ISREG(st.st_mode))
+    return LibError(EXT4DIO_E_UNSUPPORTED_FILE, t.path + " is not a regular file");
 
   std::lock_guard<std::mutex> registry_lock(RegistryMu());
   const auto key = std::make_pair(st.st_dev, st.st_ino);
@@ -196,9 +209,11 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   f->os_ = options.os ? options.os : RealOs();
   f->mounted_ = true;
   f->name_ = t.path;
-  auto inspected = InspectMountedFile(t.path);
+  auto inspected = InspectMountedFile(t.path, path_fd);
   if (!inspected.ok()) return inspected.status();
   MountedFile& mf = *inspected;
+  if (mf.dev != st.st_dev || mf.inode != st.st_ino)
+    return ErrnoError(ESTALE, t.path + " changed while it was being opened");
   if (absl::Status s = MountedRefusal(mf, options.write); !s.ok()) return s;
   f->append_only_ = (mf.flags & FS_APPEND_FL) != 0;
 
@@ -231,8 +246,15 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   // a device that accepts writes while mounted.
   std::string why_not;
   const std::string& dev = f->info_.device;
-  f->fd_direct_ = f->os_->Open(dev.c_str(), (options.write ? O_RDWR : O_RDONLY) | O_DIRECT, 0);
-  if (f->fd_direct_ < 0) {
+  if (dev.empty()) {
+    // E.g. a bind mount inside a container with its own /dev.
+    why_not = absl::StrCat("no device node for the filesystem (", f->info_.device_error,
+                           "): fast path off, all I/O through the kernel, map from FIEMAP");
+  } else {
+    f->fd_direct_ = f->os_->Open(dev.c_str(), (options.write ? O_RDWR : O_RDONLY) | O_DIRECT, 0);
+  }
+  if (dev.empty()) {
+  } else if (f->fd_direct_ < 0) {
     why_not = absl::StrFormat(
         "cannot open %s for %s (%s%s): fast path off, all I/O through the kernel", dev,
         options.write ? "writing" : "reading", strerror(-f->fd_direct_),
@@ -255,6 +277,14 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
                                         dev, t.path));
       }
       if (absl::Status s = f->SetUpBackend(dev); !s.ok()) return s;
+      // Device writes in whole filesystem blocks (read-modify-write below
+      // that): where the kernel cannot invalidate a cached device page under
+      // an O_DIRECT write, it writes through that page instead, and a
+      // partial buffer of it may hold stale bytes (e.g. a 1 KiB data block
+      // sharing a 4 KiB page with a journaled extent leaf, read buffered by
+      // anyone). A whole-block write overwrites the whole buffer.
+      f->align_.offset = std::max<uint32_t>(f->align_.offset, f->info_.block_size);
+      f->plan_.alignment = f->align_;
       f->can_fast_ = true;
     }
   }
@@ -267,8 +297,19 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
     IoGate::Exclusive exclusive(f->gate_);
     if (f->can_fast_) {
       absl::Status s = f->StartFastPathLocked();
-      if (!s.ok() && CodeOf(s) != -EAGAIN) return s;
-      if (!s.ok()) {
+      const int code = CodeOf(s);
+      if (!s.ok() && (code == -EACCES || code == -EPERM)) {
+        // Not the file's owner and no CAP_LEASE: no lease, ever.
+        f->can_fast_ = false;
+        why_not = absl::StrCat("no write lease (", s.message(),
+                               ": only the file's owner or CAP_LEASE may take one): fast "
+                               "path off, all I/O through the kernel");
+      } else if (!s.ok() && (code == -EXT4DIO_E_WRITE_REFUSED ||
+                             code == -EXT4DIO_E_UNSUPPORTED_FILE)) {
+        return s;
+      } else if (!s.ok() && code != -EAGAIN) {
+        return s;
+      } else if (!s.ok()) {
         why_not = absl::StrCat("no lease (", s.message(),
                                "): the file is open elsewhere; I/O goes through the kernel "
                                "until it is not");
@@ -376,8 +417,9 @@ void File::ReleaseSlot(std::unique_ptr<Slot> slot) {
   pool_.push_back(std::move(slot));
 }
 
-PlanOptions File::MountedPlan() const {
+PlanOptions File::MountedPlan(const MapState& m) const {
   PlanOptions options = plan_;
+  options.kernel_only = &m.kernel_only;
   options.kernel_path = !options_.no_fallback;
   options.refusal = "only the kernel path can do, and no_fallback forbids it (nothing written)";
   return options;
@@ -399,7 +441,7 @@ absl::StatusOr<std::vector<Piece>> File::PlanWrite(uint64_t offset, uint64_t n,
     }
     return all;
   }
-  PlanOptions options = mounted_ ? MountedPlan() : plan_;
+  PlanOptions options = mounted_ ? MountedPlan(*state) : plan_;
   options.show_refused = show_refused;
   return ext4dio::PlanWrite(state->loaded.map, state->written, offset, n, options);
 }
@@ -702,6 +744,7 @@ absl::StatusOr<size_t> File::PreadMapped(char* buf, size_t n, uint64_t offset) {
 absl::Status File::Sync() {
   if (mounted_) {
     TouchTimes();
+    touch_needed_ = true;  // the next fast write bumps them first again
     if (kernel_dirty_.exchange(false) || fd_direct_ < 0) {
       if (int rc = os_->Flush(fd_file_); rc < 0) {
         kernel_dirty_ = true;
@@ -721,19 +764,28 @@ absl::Status File::Sync() {
 absl::Status File::StartFastPathLocked() {
   if (absl::Status s = lease_.Take(fd_file_, options_.write ? F_WRLCK : F_RDLCK); !s.ok())
     return s;
+  // Nobody can open the file now to change its flags: check what may have
+  // changed while we were away (chattr +i/+a/+j, a read-only remount, a
+  // shutdown) before the device is written again.
+  if (absl::Status s = RecheckFileLocked(); !s.ok()) {
+    lease_.Release();
+    return s;
+  }
   // Nothing else has the file open now. Write back (and, for writers, drop)
   // its cached pages: delayed allocations become real blocks the map shows,
-  // and no stale page can shadow what we write to the device.
-  if (int rc = options_.write ? os_->WritebackAndDrop(fd_file_, 0, 0)
-                              : (::sync_file_range(fd_file_, 0, 0,
-                                                   SYNC_FILE_RANGE_WAIT_BEFORE |
-                                                       SYNC_FILE_RANGE_WRITE |
-                                                       SYNC_FILE_RANGE_WAIT_AFTER) == 0
-                                     ? 0
-                                     : -errno);
-      rc < 0) {
+  // and no stale page can shadow what we write to the device. What cannot
+  // be dropped (pinned pages) stays on the kernel path.
+  absl::Status dropped = options_.write
+                             ? DropCacheLocked()
+                             : (::sync_file_range(fd_file_, 0, 0,
+                                                  SYNC_FILE_RANGE_WAIT_BEFORE |
+                                                      SYNC_FILE_RANGE_WRITE |
+                                                      SYNC_FILE_RANGE_WAIT_AFTER) == 0
+                                    ? absl::OkStatus()
+                                    : ErrnoError(errno, name_ + ": writing back cached pages"));
+  if (!dropped.ok()) {
     lease_.Release();
-    return ErrnoError(-rc, name_ + ": writing back cached pages");
+    return dropped;
   }
   if (absl::Status s = ReloadLocked(); !s.ok()) {
     lease_.Release();
@@ -744,6 +796,7 @@ absl::Status File::StartFastPathLocked() {
     return ErrnoError(EAGAIN, "the lease was broken while the map was read");
   }
   privileges_done_ = false;  // mode bits may have changed while we were away
+  touch_needed_ = true;      // others may have set the times meanwhile
   fast_.store(true, std::memory_order_release);
   std::lock_guard<std::mutex> lock(warning_mu_);
   warning_ = cur().loaded.warning;
@@ -834,12 +887,87 @@ absl::Status File::RemapLocked(uint64_t offset, uint64_t length) {
   return absl::OkStatus();
 }
 
-void File::TouchTimes() {
-  // What the kernel's own write does at once; we do it at sync/close (and
-  // before giving up the lease): mtime and ctime to now.
-  if (!times_dirty_.exchange(false)) return;
+void File::TouchNow() {
+  // mtime to now (ctime follows). Setting only mtime needs ownership; a
+  // writer who is not the owner may still set both to now.
   const timespec times[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
-  (void)::futimens(fd_file_, times);
+  if (::futimens(fd_file_, times) != 0 && (errno == EPERM || errno == EACCES))
+    (void)::futimens(fd_file_, nullptr);
+  last_touch_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now().time_since_epoch())
+                           .count(),
+                       std::memory_order_relaxed);
+}
+
+void File::TouchTimes() {
+  // After fast-path writes, at sync/close/lease release and at least once a
+  // second while writing (the monitor): mtime and ctime to now.
+  if (!times_dirty_.exchange(false)) return;
+  TouchNow();
+}
+
+absl::Status File::PrepareFastWrite() {
+  // The kernel updates the times before the data lands (file_modified()):
+  // so do we, once after open or sync, so a writer killed mid-write still
+  // leaves a changed mtime; the monitor refreshes them while writing.
+  if (touch_needed_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(touch_mu_);
+    if (touch_needed_.load()) {
+      TouchNow();
+      touch_needed_.store(false, std::memory_order_release);
+    }
+  }
+  return DropPrivilegesOnce();
+}
+
+absl::Status File::DropCacheLocked() {
+  const uint64_t granule = std::max<uint64_t>({4096, static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)),
+                                               info_.block_size, align_.offset});
+  auto kept = DropFileCache(*os_, fd_file_, granule);
+  if (!kept.ok()) return Prefixed(name_ + ": ", kept.status());
+  kernel_only_next_ = std::move(*kept);
+  return absl::OkStatus();
+}
+
+absl::Status File::RecheckFileLocked() {
+  if (absl::Status s = RefreshMountedFile(fd_file_, info_); !s.ok()) return s;
+  if (absl::Status s = MountedRefusal(info_, options_.write); !s.ok()) return s;
+  if (options_.write) {
+    if (std::string why = FilesystemStopped(fd_file_); !why.empty())
+      return LibError(EXT4DIO_E_WRITE_REFUSED, absl::StrCat(name_, ": ", why));
+  }
+  append_only_ = (info_.flags & FS_APPEND_FL) != 0;
+  if (append_only_ && options_.write) {
+    return LibError(EXT4DIO_E_WRITE_REFUSED,
+                    name_ + " is append-only (chattr +a): only writes at EOF, through the kernel");
+  }
+  return absl::OkStatus();
+}
+
+void File::PollWhileFast() {
+  if (!options_.write) return;
+  if (std::string why = FilesystemStopped(fd_file_); !why.empty()) {
+    IoGate::Exclusive exclusive(gate_);
+    StopFastPathLocked(absl::StrCat(why, ": fast path off; writes fail as the kernel's do"),
+                       false);
+    return;
+  }
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  if (times_dirty_.load() && now - last_touch_ns_.load() >= 1'000'000'000) TouchTimes();
+  // Set-ID bits set meanwhile (chmod needs no open, so no lease break): the
+  // kernel clears them on every write. Written since the last poll: clear
+  // them now; else before the next write.
+  struct stat st;
+  if ((::fstat(fd_file_, &st) == 0 &&
+       ((st.st_mode & S_ISUID) || ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP)))) ||
+      ::fgetxattr(fd_file_, "security.capability", nullptr, 0) >= 0) {
+    privileges_done_ = false;
+    if (wrote_since_poll_.exchange(false)) (void)DropPrivilegesOnce();
+  } else {
+    wrote_since_poll_ = false;
+  }
 }
 
 absl::Status File::DropPrivilegesOnce() {
@@ -868,7 +996,7 @@ absl::Status File::DropPrivilegesOnce() {
 
 absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t offset) {
   IoGate::Exclusive exclusive(gate_);
-  if (append_only_) {
+  if (append_only_.load()) {
     struct stat st;
     if (::fstat(fd_file_, &st) != 0) return ErrnoError(errno, "stat " + name_);
     if (offset != static_cast<uint64_t>(st.st_size)) {
@@ -896,9 +1024,15 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
     }
     done += static_cast<size_t>(r);
   }
-  if (direct) {
-    (void)::fcntl(fd_file_, F_SETFL, fl);
-  } else if (done > 0) {
+  if (direct) (void)::fcntl(fd_file_, F_SETFL, fl);
+  absl::Status coherent;
+  if (fast_.load() && (done > 0 || err != 0)) {
+    // The kernel may have cached (and zeroed past the old EOF) pages outside
+    // [offset, offset + done), e.g. the page holding the old EOF, and on
+    // large folios a ranged drop drops nothing: drop the whole file, and
+    // keep on the kernel path what the cache would not give up.
+    coherent = DropCacheLocked();
+  } else if (!direct && done > 0) {
     // Written through the page cache: write it back and drop it, so the
     // blocks are allocated and mapped, and direct I/O and the cache agree.
     const uint64_t start = AlignDown(offset, 4096);
@@ -911,12 +1045,16 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
     kernel_dirty_ = true;
     stats_[kKernelBytes] += done;
     ++stats_[kKernelReq];
-    if (fast_.load()) {
-      if (absl::Status s = RemapLocked(offset, done); !s.ok()) {
-        StopFastPathLocked(absl::StrCat("re-mapping after a kernel-path write failed (",
-                                        s.message(), "): fast path off"),
-                           false);
-      }
+  }
+  if (!coherent.ok()) {
+    StopFastPathLocked(absl::StrCat("dropping the page cache after a kernel-path write failed (",
+                                    coherent.message(), "): fast path off"),
+                       false);
+  } else if (done > 0 && fast_.load()) {
+    if (absl::Status s = RemapLocked(offset, done); !s.ok()) {
+      StopFastPathLocked(absl::StrCat("re-mapping after a kernel-path write failed (",
+                                      s.message(), "): fast path off"),
+                         false);
     }
   }
   if (err != 0 && done == 0) {
@@ -937,7 +1075,7 @@ absl::StatusOr<size_t> File::PwriteMounted(const char* buf, size_t n, uint64_t o
                                     "(nothing written)",
                                     name_, why));
   };
-  if (append_only_) {
+  if (append_only_.load(std::memory_order_relaxed)) {
     if (no_fallback) return refuse_kernel("the file is append-only");
     return KernelWrite(buf, n, offset);
   }
@@ -961,8 +1099,8 @@ absl::StatusOr<size_t> File::PwriteMounted(const char* buf, size_t n, uint64_t o
       if (pos < end) return static_cast<size_t>(pos - offset);
       break;
     }
-    auto pieces = ext4dio::PlanWrite(cur().loaded.map, cur().written, pos, end - pos,
-                                     MountedPlan());
+    const MapState& m = cur();
+    auto pieces = ext4dio::PlanWrite(m.loaded.map, m.written, pos, end - pos, MountedPlan(m));
     if (!pieces.ok()) {
       gate_.Exit();
       return partial(Prefixed(name_ + ": ", pieces.status()));
@@ -971,9 +1109,9 @@ absl::StatusOr<size_t> File::PwriteMounted(const char* buf, size_t n, uint64_t o
     while (k < pieces->size() && (*pieces)[k].kind != Piece::kKernel) ++k;
     absl::Status s;
     if (k > 0) {
-      s = DropPrivilegesOnce();
+      s = PrepareFastWrite();
       if (s.ok()) s = RunFastWrite(absl::MakeConstSpan(pieces->data(), k), buf + (pos - offset), pos);
-      if (s.ok()) times_dirty_ = true;
+      NoteFastWrite();  // also after a failure: some bytes may have landed
     }
     gate_.Exit();
     if (!s.ok()) return partial(s);
@@ -1019,6 +1157,7 @@ absl::StatusOr<size_t> File::PreadMounted(char* buf, size_t n, uint64_t offset) 
 absl::Status File::Fsync() {
   if (!mounted_) return Sync();
   TouchTimes();
+  touch_needed_ = true;
   int rc;
   do {
     rc = ::fsync(fd_file_);
@@ -1051,10 +1190,19 @@ absl::Status File::AfterMetadataChangeLocked(const char* what) {
   // a punched or zeroed range) in the page cache, not on the device: write
   // them back and drop them, or a later fast-path write of such a block
   // would be shadowed (and overwritten when ext4 writes the page back).
-  if (int rc = os_->WritebackAndDrop(fd_file_, 0, 0); rc < 0)
-    return ErrnoError(-rc, absl::StrFormat("%s: writing back after %s", name_, what));
   ++stats_[kKernelReq];
-  if (fast_.load()) {
+  if (!fast_.load()) {
+    if (int rc = os_->WritebackAndDrop(fd_file_, 0, 0); rc < 0)
+      return ErrnoError(-rc, absl::StrFormat("%s: writing back after %s", name_, what));
+    return absl::OkStatus();
+  }
+  if (absl::Status s = DropCacheLocked(); !s.ok()) {
+    StopFastPathLocked(absl::StrCat("dropping the page cache after ", what, " failed (",
+                                    s.message(), "): fast path off"),
+                       false);
+    return Prefixed(absl::StrFormat("%s: writing back after %s: ", name_, what), s);
+  }
+  {
     if (absl::Status s = ReloadLocked(); !s.ok()) {
       StopFastPathLocked(absl::StrCat("re-reading the map after ", what, " failed (",
                                       s.message(), "): fast path off"),
@@ -1096,6 +1244,9 @@ void File::Monitor() {
     lock.unlock();
     // lease_ is only changed on this thread (and before/after it runs).
     if (fast_.load()) {
+      PollWhileFast();
+    }
+    if (fast_.load()) {
       if (!lease_.Held()) {
         IoGate::Exclusive exclusive(gate_);
         StopFastPathLocked(
@@ -1120,7 +1271,7 @@ void File::Monitor() {
 absl::StatusOr<std::unique_ptr<AsyncQueue>> File::NewAsyncQueue(uint32_t depth) {
   auto q = NewIoQueue(depth, /*for_async=*/true);
   if (!q.ok()) return q.status();
-  std::unique_ptr<AsyncQueue> aq(new AsyncQueue(this, std::move(*q)));
+  std::unique_ptr<AsyncQueue> aq(new AsyncQueue(shared_from_this(), std::move(*q)));
   if (mounted_) gate_.AddMember(aq.get());
   return aq;
 }

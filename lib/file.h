@@ -44,6 +44,7 @@
 #include "lease.h"
 #include "map_loader.h"
 #include "os.h"
+#include "page_cache.h"
 #include "planner.h"
 #include "write_ranges.h"
 
@@ -81,13 +82,17 @@ struct FileStats {
 struct MapState {
   LoadedMap loaded;
   WrittenSet written;
+  // Mounted mode: file ranges whose pages the page cache kept after a drop
+  // (pinned by a pipe, an mmap...): written through the kernel only, so the
+  // cached copy and the device agree (page_cache.h).
+  RangeList kernel_only;
 };
 
 class Ext4Reader;
 
 class AsyncQueue;
 
-class File {
+class File : public std::enable_shared_from_this<File> {
  public:
   // Mounted mode: when this process already has the file open, returns the
   // same File if the options agree (write, dsync, no_fallback, backend),
@@ -152,7 +157,7 @@ class File {
   const OpenOptions& options() const { return options_; }
 
   // A queue for asynchronous requests, owned by the caller; one thread at a
-  // time. REQUIRES: this File outlives it.
+  // time. The queue keeps this File alive until it is destroyed.
   [[nodiscard]] absl::StatusOr<std::unique_ptr<AsyncQueue>> NewAsyncQueue(uint32_t depth);
 
  private:
@@ -171,7 +176,7 @@ class File {
   absl::Status SetUpBackend(const std::string& device_path);
   const MapState& cur() const { return *current_.load(std::memory_order_acquire); }
   void SetMap(LoadedMap loaded);
-  PlanOptions MountedPlan() const;
+  PlanOptions MountedPlan(const MapState& m) const;
 
   // Mounted mode. REQUIRES for the *Locked ones: inside an IoGate::Exclusive.
   absl::StatusOr<size_t> PwriteMounted(const char* buf, size_t n, uint64_t offset);
@@ -184,8 +189,25 @@ class File {
   // re-read the map (fast path off if that fails).
   absl::Status AfterMetadataChangeLocked(const char* what);
   absl::Status StartFastPathLocked();
+  // Writes back and drops all of the file's cached pages and records what
+  // could not be dropped for the next SetMap (kernel_only_next_).
+  absl::Status DropCacheLocked();
+  // Re-reads flags, read-only state and shutdown: the fast path (re)starts
+  // only on a file it may write. Updates append_only_.
+  absl::Status RecheckFileLocked();
+  // Before a fast-path write: mtime/ctime bumped once after open/sync, and
+  // set-ID bits and capabilities removed as the kernel's write would.
+  absl::Status PrepareFastWrite();
+  void NoteFastWrite() {
+    if (!times_dirty_.load(std::memory_order_relaxed)) times_dirty_.store(true);
+    if (!wrote_since_poll_.load(std::memory_order_relaxed)) wrote_since_poll_.store(true);
+  }
+  // Monitor, while the fast path is on: timestamps at least once a second
+  // while writing, set-ID bits that appeared meanwhile, read-only/shutdown.
+  void PollWhileFast();
   void StopFastPathLocked(const std::string& why, bool lease_break);
   void TouchTimes();
+  void TouchNow();
   absl::Status DropPrivilegesOnce();
   void Monitor();
   // Runs the fast pieces [0, count) of a plan for `buf` at `offset`.
@@ -224,7 +246,8 @@ class File {
   MountedFile info_;              // where it lives (its fd is closed)
   std::unique_ptr<Ext4Reader> reader_;  // live reader of the device
   bool can_fast_ = false;         // device and metadata readable and writable
-  bool append_only_ = false;
+  std::atomic<bool> append_only_{false};
+  RangeList kernel_only_next_;    // inside the gate's Exclusive only
   Alignment kernel_align_{512, 512};  // O_DIRECT on the file itself
   IoGate gate_;
   Lease lease_;                   // touched only inside the gate's Exclusive
@@ -232,6 +255,10 @@ class File {
   std::atomic<bool> times_dirty_{false};    // fast writes since the last touch
   std::atomic<bool> kernel_dirty_{false};   // kernel writes since the last Sync
   std::atomic<bool> privileges_done_{false};
+  std::atomic<bool> touch_needed_{true};     // no touch since open/sync yet
+  std::atomic<bool> wrote_since_poll_{false};
+  std::atomic<int64_t> last_touch_ns_{0};    // steady clock
+  std::mutex touch_mu_;
   std::mutex privileges_mu_;
   mutable std::mutex warning_mu_;
   std::string warning_;

@@ -70,6 +70,12 @@ absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
   auto file = InspectMountedFile(t.path);
   if (!file.ok()) return file.status();
   MountedFile& mf = *file;
+  if (mf.device.empty()) {
+    return LoadFiemapOnly(mf.fd, mf, absl::StrCat("no device node for the filesystem (",
+                                                  mf.device_error,
+                                                  "): map from FIEMAP alone, not validated "
+                                                  "against on-disk metadata"));
+  }
 
   ReaderOptions options;
   options.live = true;

@@ -2,12 +2,17 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <deque>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "errors.h"
@@ -240,6 +245,58 @@ int Os::WritebackAndDrop(int fd, uint64_t offset, uint64_t n) {
   (void)::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(n),
                         POSIX_FADV_DONTNEED);
   return 0;
+}
+
+namespace {
+
+struct CachestatRange {
+  uint64_t off, len;
+};
+struct Cachestat {
+  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+#ifndef __NR_cachestat
+#define __NR_cachestat 451  // the same number on every architecture
+#endif
+
+// mincore(2) over shared read-only mappings of the range, 1 GiB at a time.
+int64_t MincoreCachedBytes(int fd, uint64_t offset, uint64_t n) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return -errno;
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  uint64_t end = n == 0 ? size : std::min(size, offset + n);
+  uint64_t pos = offset / page * page;
+  int64_t cached = 0;
+  std::vector<unsigned char> vec;
+  while (pos < end) {
+    const uint64_t len = std::min<uint64_t>(end - pos, uint64_t{1} << 30);
+    void* m = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(pos));
+    if (m == MAP_FAILED) return -errno;
+    vec.assign((len + page - 1) / page, 0);
+    const int rc = ::mincore(m, len, vec.data());
+    const int err = errno;
+    ::munmap(m, len);
+    if (rc != 0) return -err;
+    for (unsigned char v : vec) cached += (v & 1) ? static_cast<int64_t>(page) : 0;
+    pos += len;
+  }
+  return cached;
+}
+
+}  // namespace
+
+int64_t Os::CachedBytes(int fd, uint64_t offset, uint64_t n) {
+  static std::atomic<bool> no_cachestat{false};
+  if (!no_cachestat.load(std::memory_order_relaxed)) {
+    CachestatRange range{offset, n};
+    Cachestat cs{};
+    if (::syscall(__NR_cachestat, fd, &range, &cs, 0) == 0)
+      return static_cast<int64_t>(cs.nr_cache) * ::sysconf(_SC_PAGESIZE);
+    if (errno != ENOSYS) return -errno;
+    no_cachestat = true;
+  }
+  return MincoreCachedBytes(fd, offset, n);
 }
 
 absl::StatusOr<std::unique_ptr<IoQueue>> Os::NewQueue(int fd, const QueueOptions& options) {

@@ -92,6 +92,11 @@ class Os {
   // Writes back and drops the page cache of [offset, offset+n) (after a
   // buffered write, so direct I/O and the page cache agree). 0 or -errno.
   virtual int WritebackAndDrop(int fd, uint64_t offset, uint64_t n);
+  // Bytes of [offset, offset+n) (n == 0: to the end) that the page cache
+  // holds for `fd`'s file: cachestat(2), or mincore(2) over a mapping where
+  // cachestat is missing (Linux < 6.5). Never assume a drop worked: ask
+  // this. -errno when neither can tell.
+  virtual int64_t CachedBytes(int fd, uint64_t offset, uint64_t n);
   // A queue of kind kUring or kSync on `fd`.
   virtual absl::StatusOr<std::unique_ptr<IoQueue>> NewQueue(
       int fd, const QueueOptions& options);

@@ -129,7 +129,34 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
       pos += s.length;
       continue;
     }
-    const uint64_t d = s.device_offset, n = s.length, f = s.offset;
+    uint64_t n = s.length;
+    if (options.kernel_only != nullptr && !options.kernel_only->empty()) {
+      // Pinned ranges inside this segment go through the kernel: split it.
+      const auto& ko = *options.kernel_only;
+      auto it = std::upper_bound(ko.begin(), ko.end(), s.offset,
+                                 [](uint64_t v, const std::pair<uint64_t, uint64_t>& r) {
+                                   return v < r.second;
+                                 });
+      if (it != ko.end() && it->first <= s.offset) {
+        const uint64_t k = std::min(it->second, s.offset + n) - s.offset;
+        if (!options.kernel_path) {
+          if (!options.show_refused) {
+            return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
+                            absl::StrFormat("bytes %d..%d are held in the page cache by "
+                                            "someone (pinned pages): only the kernel path "
+                                            "can write them coherently, which %s",
+                                            s.offset, s.offset + k - 1, options.refusal));
+          }
+          pieces.push_back(Piece{Piece::kRefused, s.offset, k, 0});
+        } else {
+          kernel(s.offset, k);
+        }
+        pos += k;
+        continue;
+      }
+      if (it != ko.end() && it->first < s.offset + n) n = it->first - s.offset;
+    }
+    const uint64_t d = s.device_offset, f = s.offset;
     const uint64_t head_end = std::min(AlignUp(d, a), d + n);
     if (d % a != 0) unaligned(f, d, head_end - d);
     const uint64_t body_start = AlignUp(d, a), body_end = AlignDown(d + n, a);
@@ -140,7 +167,7 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
     }
     const uint64_t tail_start = std::max(body_end, head_end);
     if (tail_start < d + n) unaligned(f + (tail_start - d), tail_start, d + n - tail_start);
-    pos += s.length;
+    pos += n;
   }
   return pieces;
 }

@@ -64,6 +64,11 @@ struct PlanOptions {
   // Mounted mode: what needs allocation, and unaligned bytes whose unit
   // reaches outside the file, become kKernel pieces (adjacent ones merged).
   bool kernel_path = false;
+  // Mounted mode: sorted, disjoint [start, end) file byte ranges that must
+  // go through the kernel even where mapped (pages the page cache could not
+  // drop: see page_cache.h). Their pieces are kKernel (refused without
+  // kernel_path). Rounded to whole write units by whoever makes them.
+  const std::vector<std::pair<uint64_t, uint64_t>>* kernel_only = nullptr;
   // Completes "writing them needs block allocation, which ..." when a
   // write is refused.
   const char* refusal = "image mode cannot do";

@@ -250,9 +250,13 @@ struct ext4dio_file_info {
 };
 void ext4dio_file_info_init(struct ext4dio_file_info *info);
 int ext4dio_file_get_info(const struct ext4dio_file *file, struct ext4dio_file_info *info);
-/* The file's current map (a snapshot owned by the file, valid until
- * ext4dio_close; mounted mode: call again after writes for a fresh one). */
+/* The file's current map, owned by the file: valid until the next
+ * ext4dio_file_map call on this file (from any thread) or ext4dio_close.
+ * Mounted mode: call again after writes for a fresh one. */
 const struct ext4dio_map *ext4dio_file_map(const struct ext4dio_file *file);
+/* A snapshot of the file's current map with a lifetime of its own: the
+ * caller frees it with ext4dio_map_free (also after ext4dio_close). */
+int ext4dio_file_map_snapshot(const struct ext4dio_file *file, struct ext4dio_map **out);
 
 struct ext4dio_stats {
   size_t struct_size;
@@ -318,6 +322,9 @@ struct ext4dio_completion {
   uint64_t error_length;
 };
 
+/* A queue keeps its file open: ext4dio_close may come before
+ * ext4dio_queue_close (the file is released with its last queue), and a
+ * queue stays usable after its file's handle was closed. */
 int ext4dio_queue_open(struct ext4dio_file *file, uint32_t depth, struct ext4dio_queue **out);
 void ext4dio_queue_close(struct ext4dio_queue *queue);
 /* Registers [base, base+bytes) with the queue's ring as a fixed buffer
