@@ -99,11 +99,17 @@ std::string FilesystemStopped(int fd) {
   struct statvfs vfs;
   if (::fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0)
     return "the filesystem is now read-only (remounted, or errors=remount-ro after an error)";
-  // ext4 checks for a forced shutdown before anything else in read_iter,
-  // even for an empty read: EIO then, 0 otherwise, and no atime update.
+  // ext4 checks its emergency state before anything else in read_iter,
+  // even for an empty read (0 otherwise, and no atime update): EIO after a
+  // shutdown, EROFS once errors=remount-ro struck (since 6.x that no longer
+  // sets SB_RDONLY, so statvfs does not show it).
   char byte;
-  if (::pread(fd, &byte, 0, 0) < 0 && errno == EIO)
-    return "the filesystem was shut down (EXT4_IOC_SHUTDOWN, or an I/O error forced it)";
+  if (::pread(fd, &byte, 0, 0) < 0) {
+    if (errno == EIO)
+      return "the filesystem was shut down (EXT4_IOC_SHUTDOWN, or an I/O error forced it)";
+    if (errno == EROFS)
+      return "the filesystem is now read-only (errors=remount-ro after an error)";
+  }
   return "";
 }
 

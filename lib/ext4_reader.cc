@@ -182,6 +182,21 @@ Ext4Reader::~Ext4Reader() {
 
 absl::StatusOr<std::unique_ptr<Ext4Reader>> Ext4Reader::Open(
     const std::string& source, const ReaderOptions& options) {
+  absl::StatusOr<std::unique_ptr<Ext4Reader>> r = OpenOnce(source, options);
+  // A mounted filesystem rewrites descriptors (free counts, checksums) with
+  // every allocation: a torn read of one is not corruption until it stays.
+  for (int attempt = 2; options.live && !r.ok() && attempt <= kChecksumRetries; ++attempt) {
+    if (CodeOf(r.status()) != -EXT4DIO_E_CORRUPT_FS && !IsChecksumError(r.status())) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(attempt));
+    r = OpenOnce(source, options);
+    if (!r.ok() && attempt == kChecksumRetries)
+      return Prefixed(absl::StrFormat("after %d attempts: ", attempt), r.status());
+  }
+  return r;
+}
+
+absl::StatusOr<std::unique_ptr<Ext4Reader>> Ext4Reader::OpenOnce(
+    const std::string& source, const ReaderOptions& options) {
   auto size = SourceSize(source);
   if (!size.ok()) return size.status();
   if (*size < options.offset || *size - options.offset < 2048) {

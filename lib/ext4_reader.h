@@ -61,10 +61,18 @@ class Ext4Reader {
   static constexpr int kMaxDepth = 5;
   static constexpr int kChecksumRetries = 5;
 
+ private:
+  static absl::StatusOr<std::unique_ptr<Ext4Reader>> OpenOnce(
+      const std::string& source, const ReaderOptions& options);
+
+ public:
+
   // Opens `source` (an image file or a block device) read-only. Errors:
   // EXT4DIO_E_NOT_EXT4 (no ext2/3/4 superblock), EXT4DIO_E_CORRUPT_FS (bad
   // superblock or group descriptors), EXT4DIO_E_TRUNCATED (the filesystem is
   // larger than what holds it), EXT4DIO_E_UNSUPPORTED_FS, errno errors.
+  // Live: a superblock or descriptor caught mid-update fails its checksum;
+  // the open is retried kChecksumRetries times before that is reported.
   static absl::StatusOr<std::unique_ptr<Ext4Reader>> Open(
       const std::string& source, const ReaderOptions& options);
   ~Ext4Reader();

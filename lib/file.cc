@@ -284,6 +284,12 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
       // sharing a 4 KiB page with a journaled extent leaf, read buffered by
       // anyone). A whole-block write overwrites the whole buffer.
       f->align_.offset = std::max<uint32_t>(f->align_.offset, f->info_.block_size);
+      {
+        const std::string errors = absl::StrCat(
+            "/sys/fs/ext4/", dev.substr(dev.rfind('/') + 1), "/errors_count");
+        f->errors_count_fd_ = ::open(errors.c_str(), O_RDONLY | O_CLOEXEC);
+        f->errors_baseline_ = f->ErrorsCount();
+      }
       f->plan_.alignment = f->align_;
       f->can_fast_ = true;
     }
@@ -356,6 +362,7 @@ File::~File() {
   if (fd_direct_ >= 0) os_->Close(fd_direct_);
   if (fd_buffered_ >= 0) os_->Close(fd_buffered_);
   if (fd_file_ >= 0) os_->Close(fd_file_);
+  if (errors_count_fd_ >= 0) ::close(errors_count_fd_);
 }
 
 const char* File::backend_name() const {
@@ -929,8 +936,27 @@ absl::Status File::DropCacheLocked() {
   return absl::OkStatus();
 }
 
+int64_t File::ErrorsCount() const {
+  if (errors_count_fd_ < 0) return -1;
+  char buf[32];
+  const ssize_t n = ::pread(errors_count_fd_, buf, sizeof buf - 1, 0);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  return std::strtoll(buf, nullptr, 10);
+}
+
 absl::Status File::RecheckFileLocked() {
   if (absl::Status s = RefreshMountedFile(fd_file_, info_); !s.ok()) return s;
+  if (options_.write) {
+    const int64_t errors = ErrorsCount();
+    if (errors_baseline_ >= 0 && errors > errors_baseline_) {
+      return LibError(EXT4DIO_E_WRITE_REFUSED,
+                      absl::StrFormat("%s: the filesystem recorded %d error(s) since it was "
+                                      "opened (errors=remount-ro makes it read-only): fast "
+                                      "path off",
+                                      name_, errors - errors_baseline_));
+    }
+  }
   if (absl::Status s = MountedRefusal(info_, options_.write); !s.ok()) return s;
   if (options_.write) {
     if (std::string why = FilesystemStopped(fd_file_); !why.empty())
@@ -946,7 +972,12 @@ absl::Status File::RecheckFileLocked() {
 
 void File::PollWhileFast() {
   if (!options_.write) return;
-  if (std::string why = FilesystemStopped(fd_file_); !why.empty()) {
+  std::string why = FilesystemStopped(fd_file_);
+  if (why.empty() && errors_baseline_ >= 0 && ErrorsCount() > errors_baseline_) {
+    why = "the filesystem recorded an error (errors=remount-ro makes it read-only; see "
+          "dmesg)";
+  }
+  if (!why.empty()) {
     IoGate::Exclusive exclusive(gate_);
     StopFastPathLocked(absl::StrCat(why, ": fast path off; writes fail as the kernel's do"),
                        false);

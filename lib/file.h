@@ -248,6 +248,12 @@ class File : public std::enable_shared_from_this<File> {
   bool can_fast_ = false;         // device and metadata readable and writable
   std::atomic<bool> append_only_{false};
   RangeList kernel_only_next_;    // inside the gate's Exclusive only
+  // /sys/fs/ext4/DEV/errors_count, read at fast-path start and polled: since
+  // Linux 6.x errors=remount-ro marks the filesystem "emergency_ro" without
+  // SB_RDONLY, so only the error count shows it cheaply.
+  int errors_count_fd_ = -1;
+  int64_t errors_baseline_ = -1;
+  int64_t ErrorsCount() const;
   Alignment kernel_align_{512, 512};  // O_DIRECT on the file itself
   IoGate gate_;
   Lease lease_;                   // touched only inside the gate's Exclusive
