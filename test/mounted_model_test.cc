@@ -23,6 +23,9 @@
 //                            the time budget is spent)
 //   EXT4DIO_MODEL_STEPS=N    steps per seed (default 40)
 //   EXT4DIO_MODEL_SECONDS=S  budget per filesystem (default 20)
+//   EXT4DIO_MODEL_REFERENCE=1  the same steps with a plain kernel descriptor
+//                            in place of the library (checks the model and
+//                            the test: every seed must pass so)
 //
 // Then issue 9's reproductions, each as a short deterministic test:
 // items 1 (the page at the old EOF), 2 (a device page shared with journaled
@@ -435,7 +438,7 @@ class ModelRun {
                          "\n  last steps:\n";
     for (const std::string& s : log_) report += "    " + s + "\n";
     return report + "  rerun: EXT4DIO_MODEL_SEED=" + std::to_string(seed_) +
-           " --gtest_filter='*Model*'";
+           " mounted_model_test --gtest_filter='*Model" + (bs_ == 1024 ? "1" : "4") + "KiBBlocks'";
   }
 
  private:
@@ -471,6 +474,38 @@ class ModelRun {
     }
     if (off + len > kMaxSize) off = kMaxSize > len ? Uniform(0, kMaxSize - len) : 0;
     return off;
+  }
+
+  // The writer's operations: the library, or in reference mode the same
+  // through an ordinary descriptor of the kernel.
+  std::string DoWrite(ext4dio_file* f, uint64_t off, const std::string& data) {
+    if (!reference_) return LibWrite(f, off, data);
+    ssize_t w = pwrite(ref_fd_, data.data(), data.size(), static_cast<off_t>(off));
+    return w == static_cast<ssize_t>(data.size()) ? "" : Errno("reference pwrite");
+  }
+  std::string DoRead(ext4dio_file* f, size_t expect) {
+    if (!reference_) return LibReadAll(f, expect);
+    std::string out(expect + 8192, '\0');
+    ssize_t r = pread(ref_fd_, out.data(), out.size(), 0);
+    if (r < 0) return Errno("reference pread");
+    out.resize(static_cast<size_t>(r));
+    return out;
+  }
+  std::string DoTruncate(ext4dio_file* f, uint64_t size) {
+    if (reference_) return ftruncate(ref_fd_, static_cast<off_t>(size)) == 0 ? "" : Errno("ftruncate");
+    int rc = ext4dio_truncate(f, size);
+    return rc < 0 ? LibError("ext4dio_truncate", rc) : "";
+  }
+  std::string DoFallocate(ext4dio_file* f, uint32_t mode, uint64_t off, uint64_t len) {
+    if (reference_) {
+      int m = ((mode & EXT4DIO_FALLOC_KEEP_SIZE) ? FALLOC_FL_KEEP_SIZE : 0) |
+              ((mode & EXT4DIO_FALLOC_PUNCH_HOLE) ? FALLOC_FL_PUNCH_HOLE : 0) |
+              ((mode & EXT4DIO_FALLOC_ZERO_RANGE) ? FALLOC_FL_ZERO_RANGE : 0);
+      return fallocate(ref_fd_, m, static_cast<off_t>(off), static_cast<off_t>(len)) == 0
+                 ? "" : Errno("reference fallocate");
+    }
+    int rc = ext4dio_fallocate(f, mode, off, len);
+    return rc < 0 ? LibError("ext4dio_fallocate", rc) : "";
   }
 
   std::string CheckAll(bool session) {
@@ -608,7 +643,7 @@ class ModelRun {
     for (int t = 0; t < threads; ++t) {
       ts.emplace_back([&, t] {
         for (const W& w : plan[t])
-          if (errs[t].empty()) errs[t] = LibWrite(f, w.off, w.data);
+          if (errs[t].empty()) errs[t] = DoWrite(f, w.off, w.data);
       });
     }
     for (auto& t : ts) t.join();
@@ -621,9 +656,6 @@ class ModelRun {
 
   // Writes to disjoint ranges through an async queue.
   std::string Queue(ext4dio_file* f) {
-    ext4dio_queue* q = nullptr;
-    int rc = ext4dio_queue_open(f, 8, &q);
-    if (rc < 0) return LibError("ext4dio_queue_open", rc);
     const int n = static_cast<int>(Uniform(1, 8));
     const uint64_t slice = Uniform(1, 64) * 4 * kKiB;
     const uint64_t base = std::min(Offset(slice * n), kMaxSize - slice * n);
@@ -637,6 +669,17 @@ class ModelRun {
       what += " " + std::to_string(offs.back()) + "+" + std::to_string(len);
     }
     Log(what);
+    if (reference_) {
+      std::string e;
+      for (int i = 0; i < n && e.empty(); ++i) {
+        e = DoWrite(f, offs[i], bufs[i]);
+        model_.Write(offs[i], bufs[i]);
+      }
+      return e;
+    }
+    ext4dio_queue* q = nullptr;
+    int rc = ext4dio_queue_open(f, 8, &q);
+    if (rc < 0) return LibError("ext4dio_queue_open", rc);
     std::string e;
     int submitted = 0;
     for (int i = 0; i < n && e.empty(); ++i) {
@@ -662,10 +705,16 @@ class ModelRun {
   }
 
   std::string Session() {
-    Log("lib: open");
+    Log(reference_ ? "reference: open (a kernel descriptor, not the library)" : "lib: open");
     std::string e;
-    Handle f = OpenLib(path_, &e);
-    if (!f) return e;
+    Handle f;
+    if (reference_) {
+      ref_fd_ = open(path_.c_str(), O_RDWR);
+      if (ref_fd_ < 0) return Errno("reference open");
+    } else {
+      f = OpenLib(path_, &e);
+      if (!f) return e;
+    }
     const int ops = static_cast<int>(Uniform(1, 10));
     for (int i = 0; i < ops && e.empty(); ++i) {
       const uint64_t size = model_.bytes.size();
@@ -675,7 +724,7 @@ class ModelRun {
           const uint64_t off = Offset(len);
           Log("lib: pwrite off=" + std::to_string(off) + " len=" + std::to_string(len));
           const std::string data = RandomBytes(len, rng_);
-          e = LibWrite(f.get(), off, data);
+          e = DoWrite(f.get(), off, data);
           model_.Write(off, data);
           break;
         }
@@ -684,8 +733,7 @@ class ModelRun {
         case 6: {
           const uint64_t to = Chance(0.6) ? Uniform(0, size) : std::min(kMaxSize, size + Uniform(1, 128 * kKiB));
           Log("lib: truncate to " + std::to_string(to));
-          int rc = ext4dio_truncate(f.get(), to);
-          if (rc < 0) e = LibError("ext4dio_truncate", rc);
+          e = DoTruncate(f.get(), to);
           model_.Truncate(to);
           break;
         }
@@ -693,8 +741,7 @@ class ModelRun {
           const uint64_t len = Length(128 * kKiB);
           const uint64_t off = size > 0 ? Uniform(0, size - 1) : 0;
           Log("lib: punch off=" + std::to_string(off) + " len=" + std::to_string(len));
-          int rc = ext4dio_fallocate(f.get(), EXT4DIO_FALLOC_PUNCH_HOLE | EXT4DIO_FALLOC_KEEP_SIZE, off, len);
-          if (rc < 0) e = LibError("ext4dio_fallocate(punch)", rc);
+          e = DoFallocate(f.get(), EXT4DIO_FALLOC_PUNCH_HOLE | EXT4DIO_FALLOC_KEEP_SIZE, off, len);
           model_.Zero(off, len);
           break;
         }
@@ -704,8 +751,7 @@ class ModelRun {
           const bool keep = Chance(0.5);
           Log("lib: zero range off=" + std::to_string(off) + " len=" + std::to_string(len) +
               (keep ? " KEEP_SIZE" : ""));
-          int rc = ext4dio_fallocate(f.get(), EXT4DIO_FALLOC_ZERO_RANGE | (keep ? EXT4DIO_FALLOC_KEEP_SIZE : 0), off, len);
-          if (rc < 0) e = LibError("ext4dio_fallocate(zero range)", rc);
+          e = DoFallocate(f.get(), EXT4DIO_FALLOC_ZERO_RANGE | (keep ? EXT4DIO_FALLOC_KEEP_SIZE : 0), off, len);
           model_.Zero(off, len);
           if (!keep) model_.Extend(off + len);
           break;
@@ -714,8 +760,7 @@ class ModelRun {
           const uint64_t len = Length(256 * kKiB);
           const uint64_t off = std::min(Offset(len), kMaxSize - len);
           Log("lib: fallocate KEEP_SIZE off=" + std::to_string(off) + " len=" + std::to_string(len));
-          int rc = ext4dio_fallocate(f.get(), EXT4DIO_FALLOC_KEEP_SIZE, off, len);
-          if (rc < 0) e = LibError("ext4dio_fallocate(keep size)", rc);
+          e = DoFallocate(f.get(), EXT4DIO_FALLOC_KEEP_SIZE, off, len);
           break;
         }
         case 10: e = External(/*in_child=*/true); break;  // during the session
@@ -725,15 +770,20 @@ class ModelRun {
           break;
         }
       }
-      if (e.empty()) e = Describe(model_.bytes, LibReadAll(f.get(), model_.bytes.size()), "ext4dio_pread");
+      if (e.empty()) e = Describe(model_.bytes, DoRead(f.get(), model_.bytes.size()), reference_ ? "reference pread" : "ext4dio_pread");
     }
     if (e.empty() && Chance(0.5)) {
       Log("lib: sync");
-      int rc = ext4dio_sync(f.get());
-      if (rc < 0) e = LibError("ext4dio_sync", rc);
+      if (reference_) {
+        if (fsync(ref_fd_) != 0) e = Errno("reference fsync");
+      } else if (int rc = ext4dio_sync(f.get()); rc < 0) {
+        e = LibError("ext4dio_sync", rc);
+      }
     }
     Log("lib: close");
     f.reset();
+    if (ref_fd_ >= 0) close(ref_fd_);
+    ref_fd_ = -1;
     return e;
   }
 
@@ -743,6 +793,8 @@ class ModelRun {
   }
 
   static constexpr uint64_t kMaxSize = 6 * kMiB;
+  const bool reference_ = EnvU64("EXT4DIO_MODEL_REFERENCE", 0) != 0;
+  int ref_fd_ = -1;
   const LoopMount& m_;
   const uint64_t seed_;
   const uint32_t bs_;
