@@ -18,13 +18,15 @@ quick=${2:-}
 reps=3; secs=3; qds="1 8 32 128"; sizes="256 1024"
 if [ "$quick" = "--quick" ]; then reps=1; secs=1; qds="1 32"; sizes="64"; fi
 [ -x "$build/bench/qd_bench" ] || { echo "build $build first (ninja -C $build)" >&2; exit 1; }
-work=$(mktemp -d /dev/shm/ext4dio-bench-XXXXXX)
+# Everything made here is recorded as it is made and torn down by the trap
+# (scripts/run-record.sh): only what this run created is ever touched.
+. "$(dirname "$0")/../scripts/run-record.sh"
+rr_begin
+trap rr_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+work=$(rr_mkdtemp /dev/shm/ext4dio-bench-XXXXXX)
 loop=""
-cleanup() {
-  if [ -n "$loop" ]; then losetup -d "$loop" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])$1)"; }
@@ -70,7 +72,7 @@ qd_table() {  # qd_table LABEL TARGET
 }
 qd_table "image file on tmpfs" "$work/img"
 if [ "$(id -u)" -eq 0 ] && losetup -f >/dev/null 2>&1; then
-  loop=$(losetup --find --show "$work/img")
+  loop=$(rr_losetup "$work/img")
   qd_table "loop device ($loop) over the image" "$loop"
   losetup -d "$loop"; loop=""
 else

@@ -74,20 +74,15 @@ prog=seed_case1.sh
 # shellcheck source=bench/scratch.sh
 . "$(dirname "$0")/scratch.sh"  # cleanup trap for work/mnt/loop
 
-work=$(mktemp -d /dev/shm/ext4dio-seed1-XXXXXX)
-mnt=$(mktemp -d /tmp/ext4dio-seed1-mnt-XXXXXX)
+work=$(rr_mkdtemp /dev/shm/ext4dio-seed1-XXXXXX) || exit 1
+mnt=$(rr_mkdtemp /tmp/ext4dio-seed1-mnt-XXXXXX) || exit 1
 img=$work/ext4.img
 truncate -s "${image_mib}M" "$img"
 # No lazy init: ext4lazyinit would zero inode tables under the benchmark.
 mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0 "$img"
-# Record the device as soon as it exists, so the trap can detach it.
-if loop=$(losetup --find --show --direct-io=on "$img" 2>/dev/null); then :; else
-  # Older losetup without --direct-io: detach whatever it may have attached to
-  # our image (only ours: the image path is unique), then attach plainly.
-  loop=""
-  for l in $(losetup -j "$img" -O NAME -n 2>/dev/null); do losetup -d "$l" 2>/dev/null || true; done
-  loop=$(losetup --find --show "$img")
-fi
+# Recorded before and after it is attached, so the trap detaches it (and a
+# device an older losetup attached without --direct-io) by backing inode.
+loop=$(rr_losetup "$img") || exit 1
 [ -b "$loop" ] || { echo "seed_case1.sh: losetup gave no block device ($loop)" >&2; exit 1; }
 dio=$(cat "/sys/block/$(basename "$loop")/loop/dio" 2>/dev/null || echo "?")
 mount -t ext4 "$loop" "$mnt"

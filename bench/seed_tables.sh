@@ -384,8 +384,8 @@ outdir=$(cd "$outdir" && pwd)
 # shellcheck source=bench/scratch.sh
 . "$(dirname "$0")/scratch.sh"  # cleanup trap for work/mnt/loop
 
-work=$(mktemp -d /dev/shm/ext4dio-seedtab-XXXXXX)
-mnt=$(mktemp -d /tmp/ext4dio-seedtab-mnt-XXXXXX)
+work=$(rr_mkdtemp /dev/shm/ext4dio-seedtab-XXXXXX) || exit 1
+mnt=$(rr_mkdtemp /tmp/ext4dio-seedtab-mnt-XXXXXX) || exit 1
 # No lazy init: ext4lazyinit would zero inode tables under the benchmark.
 # shellcheck disable=SC2086  # mkfs_opts is a list of options
 if [ -n "$dev" ]; then
@@ -398,13 +398,9 @@ else
   truncate -s "${image_mib}M" "$img"
   mkfs.ext4 -q -F -b 4096 $mkfs_opts -E lazy_itable_init=0,lazy_journal_init=0 "$img" \
     || die "mkfs.ext4 failed"
-  # Record the device as soon as it exists, so the trap can detach it. The
-  # image path is unique, so `losetup -j` finds only what we attached.
-  out=$(losetup --find --show --direct-io=on "$img" 2>"$work/losetup.err") || out=""
-  loop=$(losetup -j "$img" -nO NAME 2>/dev/null | head -1 || true)
-  if [ -z "$loop" ]; then
-    loop=$(losetup --find --show "$img") || { loop=""; die "losetup failed: $(cat "$work/losetup.err")"; }
-  fi
+  # Recorded before and after it is attached, so the trap detaches it (by
+  # backing inode, never by name).
+  loop=$(rr_losetup "$img" 2>"$work/losetup.err") || die "losetup failed: $(cat "$work/losetup.err")"
   dev=$loop
   dio=$(cat "/sys/block/$(basename "$loop")/loop/dio" 2>/dev/null || echo "?")
   backing="$loop (loop, direct-io=$([ "$dio" = 1 ] && echo on || echo off)) over a ${image_mib} MiB file on /dev/shm (tmpfs)"

@@ -14,16 +14,15 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh build --buildtype=debugoptimized
 
-work=$(mktemp -d /dev/shm/ext4dio-demo-XXXXXX 2>/dev/null || mktemp -d /tmp/ext4dio-demo-XXXXXX)
+# Everything made here is recorded as it is made and torn down by the trap
+# (scripts/run-record.sh): only what this demo created is ever touched.
+. scripts/run-record.sh
+rr_begin
+trap rr_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+work=$(rr_mkdtemp /dev/shm/ext4dio-demo-XXXXXX 2>/dev/null || rr_mkdtemp /tmp/ext4dio-demo-XXXXXX)
 loop=""
-cleanup() {
-  if [ -n "$loop" ]; then
-    mountpoint -q "$work/mnt" && umount "$work/mnt"
-    losetup -d "$loop" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 mkdir -p "$work/src"
 # 64 islands of 64 KiB, 256 KiB apart: a sparse, fragmented file.
 for i in $(seq 0 63); do
@@ -91,10 +90,9 @@ if [ "$(id -u)" != 0 ] || ! losetup -f >/dev/null 2>&1; then
 fi
 echo
 echo "== mounted mode: the same image on a loop device, mounted"
-loop=$(losetup --find --show --direct-io=on "$work/demo.img" 2>/dev/null ||
-       losetup --find --show "$work/demo.img")
+loop=$(rr_losetup "$work/demo.img")
 mkdir -p "$work/mnt"
-mount "$loop" "$work/mnt"
+rr_mount "$loop" "$work/mnt"
 # 1 MiB from 15.5 MiB: half in the hole before the written 4 MiB (kernel
 # path, allocates), half over written data (fast path, straight to $loop).
 head -c 1048576 "$work/lines" > "$work/mib"

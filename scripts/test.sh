@@ -5,7 +5,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
-trap 'bash scripts/cleanup-test-devices.sh' EXIT INT TERM
+# This run's record (scripts/run-record.sh): every loop device, mount and
+# scratch directory the tests make is noted in $EXT4DIO_TEST_RUN_DIR as it is
+# made, and the trap tears down exactly those, also after a test crashed
+# (abort, sanitizer report). Other runs on the machine are never touched.
+. scripts/run-record.sh
+rr_begin || { echo "cannot make a run directory"; echo "0 passed, 1 failed"; exit 1; }
+trap rr_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 bash scripts/build.sh build --buildtype=debugoptimized || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
 CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-asan --buildtype=debug \

@@ -11,14 +11,15 @@ if [ "$(id -u)" != 0 ]; then echo "SKIP: needs root (loop devices, mount)"; exit
 if ! losetup -f >/dev/null 2>&1; then echo "SKIP: no free loop device"; exit 77; fi
 command -v fio >/dev/null || { echo "SKIP: fio is not installed"; exit 77; }
 
-dir=$(mktemp -d /dev/shm/ext4dio-test-fio-XXXXXX)
+# Everything made here is recorded as it is made and torn down by the trap
+# (scripts/run-record.sh): only what this run created is ever touched.
+. "$(dirname "$0")/../scripts/run-record.sh"
+rr_begin || exit 1
+trap rr_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+dir=$(rr_mkdtemp /dev/shm/ext4dio-test-fio-XXXXXX) || exit 1
 loop=""; mnt="$dir/mnt"
-cleanup() {
-  mountpoint -q "$mnt" && umount "$mnt"
-  [ -n "$loop" ] && losetup -d "$loop"
-  rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
 fails=0
 check() {  # check NAME CMD...: runs, prints the outcome
   local name=$1; shift
@@ -40,8 +41,8 @@ PY
 
 truncate -s 256M "$dir/fs.img"
 mkfs.ext4 -q -b 4096 "$dir/fs.img"
-loop=$(losetup --find --show --direct-io=on "$dir/fs.img" 2>/dev/null || losetup --find --show "$dir/fs.img")
-mkdir "$mnt" && mount "$loop" "$mnt"
+loop=$(rr_losetup "$dir/fs.img") || exit 1
+mkdir "$mnt" && rr_mount "$loop" "$mnt" || exit 1
 dd if=/dev/zero of="$mnt/written" bs=1M count=64 oflag=direct status=none   # fast path
 truncate -s 64M "$mnt/sparse"                                                # kernel path
 # half written, half hole

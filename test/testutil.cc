@@ -3,11 +3,13 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <regex>
@@ -32,10 +34,41 @@ void WriteFile(const std::string& path, const std::string& data) {
   ASSERT_TRUE(out.good()) << "writing " << path;
 }
 
+void RecordForCleanup(const std::vector<std::string>& fields) {
+  const char* run_dir = std::getenv("EXT4DIO_TEST_RUN_DIR");
+  if (run_dir == nullptr || *run_dir == '\0') return;
+  std::string line;
+  for (const std::string& f : fields) line += (line.empty() ? "" : "\t") + f;
+  line += '\n';
+  const std::string path = std::string(run_dir) + "/record";
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    ADD_FAILURE() << "cannot record for cleanup in " << path << ": " << strerror(errno);
+    return;
+  }
+  // One write with O_APPEND: lines of concurrent recorders never interleave.
+  if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size()))
+    ADD_FAILURE() << "short write to " << path;
+  close(fd);
+}
+
+std::string FileIdentity(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return "";
+  return std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev)) + "\t" +
+         std::to_string(st.st_ino);
+}
+
 RunResult Run(const std::vector<std::string>& argv, const std::string& input) {
   RunResult r;
-  char dir_template[] = "/tmp/ext4dio-run-XXXXXX";
-  const char* dir = mkdtemp(dir_template);
+  // Inside the run directory when there is one: removed with it even when
+  // this process is killed while the command runs.
+  const char* run_dir = std::getenv("EXT4DIO_TEST_RUN_DIR");
+  std::string tmpl = (run_dir != nullptr && *run_dir != '\0' ? std::string(run_dir) : "/tmp") +
+                     "/ext4dio-run-XXXXXX";
+  std::vector<char> dir_template(tmpl.begin(), tmpl.end());
+  dir_template.push_back('\0');
+  const char* dir = mkdtemp(dir_template.data());
   if (dir == nullptr) return r;
   const std::string in_path = std::string(dir) + "/in";
   const std::string out_path = std::string(dir) + "/out";
@@ -95,11 +128,14 @@ TempDir::TempDir() {
     return;
   }
   path_ = buf.data();
+  RecordForCleanup({"dir", FileIdentity(path_), path_});
 }
 
 TempDir::~TempDir() {
-  if (path_.rfind("/dev/shm/ext4dio-test-", 0) == 0 || path_.find("/ext4dio-test-") != std::string::npos)
-    Sh("rm -rf " + Quote(path_));
+  // --one-file-system: a mount left inside (an unmount that failed) is
+  // never emptied.
+  if (path_.find("/ext4dio-test-") != std::string::npos)
+    Sh("rm -rf --one-file-system " + Quote(path_));
 }
 
 std::string ToolPath(const std::string& name) {
@@ -224,14 +260,20 @@ LoopMount::LoopMount(const std::vector<std::string>& mkfs_args, const std::strin
   argv.push_back(image_);
   r = Run(argv);
   if (r.exit_code != 0) { error_ = "mkfs: " + r.err; return; }
+  // Recorded before it is attached: a crash right after losetup still
+  // leaves the run's cleanup a way to find the device (by backing inode).
+  const std::string identity = FileIdentity(image_);
+  RecordForCleanup({"image", identity, image_});
   r = Run({"losetup", "--find", "--show", "--direct-io=on", image_});
   if (r.exit_code != 0) r = Run({"losetup", "--find", "--show", image_});
   if (r.exit_code != 0) { error_ = "losetup: " + r.err; return; }
   device_ = r.out.substr(0, r.out.find('\n'));
+  RecordForCleanup({"loop", device_, identity});
   std::vector<std::string> mount = {"mount", "-t", "ext4"};
   if (!mount_options.empty()) { mount.push_back("-o"); mount.push_back(mount_options); }
   mount.push_back(device_);
   mount.push_back(mount_point_);
+  RecordForCleanup({"mount", device_, mount_point_});
   r = Run(mount);
   if (r.exit_code != 0) { error_ = "mount: " + r.err; return; }
   mounted_ = true;

@@ -25,8 +25,18 @@ RunResult Sh(const std::string& command);
 // Shell-quotes one word.
 std::string Quote(const std::string& word);
 
+// Cleanup by record (scripts/cleanup-run.sh): when $EXT4DIO_TEST_RUN_DIR
+// names a directory (scripts/test.sh makes one per run), appends one
+// tab-separated line to its `record` file in a single write, so that the
+// run's trap can tear the object down even after this process crashed.
+// A no-op without the variable.
+void RecordForCleanup(const std::vector<std::string>& fields);
+// "MAJ:MIN<TAB>INO" of the file or directory itself (lstat), "" on error.
+std::string FileIdentity(const std::string& path);
+
 // A fresh directory (on /dev/shm when it exists, for speed), removed with
-// everything in it when the object goes away.
+// everything in it when the object goes away (never across a mount).
+// Recorded for cleanup (RecordForCleanup) as soon as it exists.
 class TempDir {
  public:
   TempDir();
@@ -71,7 +81,9 @@ uint64_t DebugfsSize(const std::string& image, const std::string& path,
 
 // A loop-mounted ext4 made for one test: image on tmpfs, mkfs, losetup,
 // mount; torn down (umount, detach, remove) when the object goes away. Only
-// devices this object attached are ever touched.
+// devices this object attached are ever touched. The image's identity is
+// recorded before losetup, the device after it and the mount before it, so
+// the run's cleanup finds them if this process dies.
 class LoopMount {
  public:
   // REQUIRES: CanUseLoopDevices(). ok() tells whether set-up worked.
