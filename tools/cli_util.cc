@@ -174,7 +174,13 @@ int g_stop_pipe[2] = {-1, -1};
 
 void OnStopSignal(int sig) {
   int expected = 0;
-  g_stop_signal.compare_exchange_strong(expected, sig);
+  if (!g_stop_signal.compare_exchange_strong(expected, sig)) {
+    // A second signal: the user insists (the first may be stuck behind a
+    // blocking open or a stalled device). Die of it, as without a handler.
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+    return;
+  }
   const int saved = errno;
   const char c = 0;
   // Non-blocking: a full pipe already wakes every waiter.

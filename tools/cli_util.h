@@ -88,7 +88,7 @@ inline bool SameTarget(const ProtectedFiles& p, uint64_t opened_inode) {
 // SIGINT and SIGTERM stop a tool cleanly: the handler only records the
 // signal (and wakes WaitReady); the I/O loops check StopSignal(), finish
 // what is in flight, close the file through the library and exit with
-// 128 + the signal (130, 143).
+// 128 + the signal (130, 143). A second signal kills the tool at once.
 void InstallStopHandlers();
 // 0, or the first stop signal received.
 int StopSignal();
