@@ -6,6 +6,7 @@
 // Needs root and loop devices: exits 77 (skip) saying why when missing.
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@
 #include "gtest/gtest.h"
 #include "os.h"
 #include <nlohmann/json.hpp>
+#include "child_process.h"
 #include "testutil.h"
 
 namespace ext4dio {
@@ -535,6 +537,167 @@ TEST_F(MountedIoTest, ClisReportWhichPathTheBytesTook) {
   std::stringstream ss;
   ss << back.rdbuf();
   EXPECT_TRUE(ss.str() == payload);
+}
+
+// ext4dio-read's --output and ext4dio-write's --input must not be the file
+// itself (by name, hard link, symlink, standard input/output), the block
+// device under the mounted filesystem, or the image file behind that loop
+// device; nor, in image mode, the image through a loop device over it.
+// Each is refused (exit 1, "same file" or "loop device over"), the file and
+// the filesystem unchanged. Before, --output F F emptied F and exit 0.
+TEST_F(MountedIoTest, ClisRefuseTheTargetItsDeviceAndItsImageAsTheOtherFile) {
+  const std::string f = *mount_ / "f", hard = *mount_ / "hard", sym = *mount_ / "sym";
+  const std::string content = RandomBytes(256 << 10, 41);
+  WriteFileBuffered(f, content, 0);
+  ASSERT_EQ(link(f.c_str(), hard.c_str()), 0);
+  ASSERT_EQ(symlink(f.c_str(), sym.c_str()), 0);
+  Sh("sync");
+  const std::string read = testing::ToolPath("ext4dio-read"),
+                    write = testing::ToolPath("ext4dio-write");
+  auto check = [&](const RunResult& r, const std::string& what) {
+    EXPECT_EQ(r.exit_code, 1) << what << ": " << r.err;
+    EXPECT_TRUE(r.err.find("are the same file") != std::string::npos ||
+                r.err.find("is a loop device over") != std::string::npos)
+        << what << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("nothing written")) << what;
+    EXPECT_TRUE(ReadFileDirect(f) == content) << what << " changed the file";
+  };
+  for (const std::string& other : {f, hard, sym, mount_->device(), mount_->image()}) {
+    check(testing::Run({read, "--output", other, f}), "ext4dio-read --output " + other);
+    check(testing::Run({write, "--input", other, "--length", "4096", f}),
+          "ext4dio-write --input " + other);
+  }
+  check(Sh(Quote(read) + " " + Quote(f) + " >> " + Quote(hard)), "ext4dio-read F >> F");
+  check(Sh(Quote(write) + " --length 4096 " + Quote(f) + " < " + Quote(sym)),
+        "ext4dio-write F < F");
+
+  // Image mode through a loop device over an unmounted image, both ways.
+  testing::TempDir tmp;
+  ASSERT_EQ(Sh("mkdir -p " + Quote(tmp / "src")).exit_code, 0);
+  testing::WriteFile(tmp / "src/g", content);
+  const std::string img = tmp / "g.img";
+  testing::MakeFs("ext4", {"-b", "4096"}, tmp / "src", img, "16M");
+  RunResult r = testing::Run({"losetup", "--find", "--show", img});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string loop = r.out.substr(0, r.out.find('\n'));
+  struct Detach {
+    std::string dev;
+    ~Detach() { testing::Run({"losetup", "-d", dev}); }
+  } detach{loop};
+  const std::string img_before = testing::ReadFile(img);
+  for (const auto& [image, other] : std::vector<std::pair<std::string, std::string>>{
+           {loop, img}, {img, loop}, {loop, loop}}) {
+    const std::string what = "--image " + image + " with " + other;
+    r = testing::Run({read, "--image", image, "--output", other, "/g"});
+    EXPECT_EQ(r.exit_code, 1) << what << ": " << r.err;
+    r = testing::Run({write, "--image", image, "--input", other, "--length", "4096", "/g"});
+    EXPECT_EQ(r.exit_code, 1) << what << ": " << r.err;
+    EXPECT_TRUE(testing::ReadFile(img) == img_before) << what << " changed the image";
+  }
+  FsckAndRemount();
+  EXPECT_TRUE(ReadFileDirect(f) == content);
+}
+
+// ENOSPC on the kernel path with four threads and eight requests each in
+// flight: exit 1, and the count reported (text and --json) is a prefix:
+// the file holds exactly the input's first N bytes and nothing after them
+// (its size is N). Before, chunks after the failed one were written (and
+// counted), leaving a hole inside the "written" range.
+TEST_F(MountedIoTest, EnospcReportsAPrefixAndWritesNothingAfterIt) {
+  mount_ = std::make_unique<LoopMount>(std::vector<std::string>{"-b", "4096", "-m", "0"}, "16M");
+  ASSERT_TRUE(mount_->ok()) << mount_->error();
+  testing::TempDir tmp;
+  const std::string in = tmp / "in";
+  const std::string data = RandomBytes(6 << 20, 42);
+  testing::WriteFile(in, data);
+  for (int round = 0; round < 4; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    const std::string t = *mount_ / ("t" + std::to_string(round));
+    // Leave about 2 MiB free: filler takes the rest.
+    const std::string filler = *mount_ / "filler";
+    unlink(filler.c_str());
+    Sh("sync");
+    struct statvfs vfs;
+    ASSERT_EQ(statvfs(mount_->mount_point().c_str(), &vfs), 0);
+    const uint64_t free_bytes = vfs.f_bavail * vfs.f_frsize;
+    ASSERT_GT(free_bytes, 3u << 20);
+    const uint64_t fill = (free_bytes - (2 << 20) - round * 12288) / 4096;
+    ASSERT_EQ(Sh("dd if=/dev/zero of=" + Quote(filler) + " bs=4096 count=" +
+                 std::to_string(fill) + " status=none && : > " + Quote(t) + " && sync")
+                  .exit_code,
+              0);
+    RunResult r = testing::Run({testing::ToolPath("ext4dio-write"), "--threads", "4", "--io-size",
+                                "64K", "--queue-depth", "8", "--json", "--input", in, t});
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("bytes written"));
+    nlohmann::json j = nlohmann::json::parse(r.out);
+    const uint64_t n = j["bytes"].get<uint64_t>();
+    EXPECT_THAT(r.err, HasSubstr(std::to_string(n) + " bytes written"));
+    EXPECT_GT(n, 0u);
+    EXPECT_LT(n, data.size());
+    const std::string now = ReadFileDirect(t);
+    EXPECT_EQ(now.size(), n) << "bytes after the reported prefix were written";
+    EXPECT_TRUE(now.substr(0, std::min<size_t>(n, now.size())) ==
+                data.substr(0, std::min<size_t>(n, now.size())))
+        << "the reported prefix is not the input's first " << n << " bytes";
+    unlink(t.c_str());
+    unlink(filler.c_str());
+  }
+  FsckAndRemount();
+}
+
+// SIGINT/SIGTERM in the middle of a (fast-path) write on a mounted file:
+// in-flight I/O finishes, the file is closed through the library (mtime
+// and ctime move), the count is reported (text and --json), exit 130/143,
+// and the file holds the input's first N bytes followed by its old bytes.
+// Before, the signal killed the tool: no count, the old mtime.
+TEST_F(MountedIoTest, InterruptedWriteFinishesReportsAndSetsMtime) {
+  const std::string f = *mount_ / "f";
+  const uint64_t size = 4 << 20;
+  for (int sig : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(sig == SIGINT ? "SIGINT" : "SIGTERM");
+    WriteFileBuffered(f, std::string(size, 'o'), 0);
+    const struct timespec old_times[2] = {{978307200, 0}, {978307200, 0}};  // 2001-01-01
+    ASSERT_EQ(utimensat(AT_FDCWD, f.c_str(), old_times, 0), 0);
+    const std::string data = RandomBytes(256 << 10, static_cast<uint32_t>(50 + sig));
+    testing::Child child({testing::ToolPath("ext4dio-write"), "--json", "--io-size", "4K",
+                          "--queue-depth", "1", f});
+    ASSERT_TRUE(child.ok());
+    ASSERT_TRUE(child.Feed(data));
+    ASSERT_TRUE(testing::Child::WaitFor([&] { return testing::Child::Queued(child.in_fd()) == 0; }));
+    ASSERT_TRUE(child.Signal(sig));
+    ASSERT_EQ(child.Wait(), 128 + sig) << child.err();
+    const std::string err = child.err();
+    EXPECT_THAT(err, HasSubstr(sig == SIGINT ? "interrupted by SIGINT" : "interrupted by SIGTERM"));
+    nlohmann::json j = nlohmann::json::parse(child.out());
+    const uint64_t n = j["bytes"].get<uint64_t>();
+    EXPECT_GT(n, 0u);
+    EXPECT_LE(n, data.size());
+    EXPECT_EQ(j["fast_path"], true) << child.out();
+    EXPECT_THAT(err, HasSubstr(std::to_string(n) + " bytes written"));
+    std::string expected(size, 'o');
+    expected.replace(0, n, data.substr(0, n));
+    EXPECT_TRUE(ReadFileDirect(f) == expected) << "not the input's first " << n << " bytes";
+    EXPECT_TRUE(ReadFileBuffered(f) == expected) << "buffered read differs";
+    struct stat st;
+    ASSERT_EQ(stat(f.c_str(), &st), 0);
+    EXPECT_GT(st.st_mtim.tv_sec, old_times[1].tv_sec) << "mtime did not move";
+    EXPECT_GT(st.st_ctim.tv_sec, old_times[1].tv_sec);
+  }
+}
+
+// A FIFO as TARGET on the mounted filesystem: every tool refuses it
+// quickly ("not a regular file", exit 1) instead of blocking in open(2)
+// for ever. Run under timeout(1) so a hang fails here (124/137) rather than
+// blocking the suite. (--input/--output may be FIFOs: they are streams.)
+TEST_F(MountedIoTest, FifoTargetIsRefusedWithoutHanging) {
+  const std::string fifo = *mount_ / "fifo";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0644), 0);
+  for (const std::string tool : {"ext4dio-write", "ext4dio-read", "ext4dio-map"}) {
+    RunResult r = testing::Run({"timeout", "-k", "2", "10", testing::ToolPath(tool), fifo});
+    EXPECT_EQ(r.exit_code, 1) << tool << " (124/137: hung): " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("not a regular file")) << tool;
+  }
 }
 
 }  // namespace

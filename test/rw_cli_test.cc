@@ -3,6 +3,7 @@
 // image checked with e2fsck after every test, refusals checked to leave the
 // image byte-identical, and the CLI contract (exit codes, one-line errors,
 // --json, --dry-run, progress) checked as documented.
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "child_process.h"
 #include "testutil.h"
 
 namespace ext4dio {
@@ -677,6 +679,110 @@ TEST_P(RwCliTest, ProgressLineOnATerminal) {
   r = testing::Run({"script", "-qec", rd, "/dev/null"});
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("\rext4dio-read: ["));
+}
+
+// --output that is the image (by name, hard link or symlink; also standard
+// output appending to it) is refused as cp refuses ("'X' and 'X' are the
+// same file"), exit 1, the image byte-identical: before, the image was
+// truncated to nothing.
+TEST_P(RwCliTest, ReadRefusesAnOutputThatIsTheImage) {
+  ASSERT_EQ(link(image_.c_str(), (dir_ / "hard.img").c_str()), 0);
+  ASSERT_EQ(symlink(image_.c_str(), (dir_ / "sym.img").c_str()), 0);
+  const std::string before = testing::ReadFile(image_);
+  for (const std::string& out : {image_, dir_ / "hard.img", dir_ / "sym.img"}) {
+    RunResult r = Read({"--image", image_, "--output", out, "--json", "/f"});
+    EXPECT_EQ(r.exit_code, 1) << out << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("are the same file")) << out;
+    EXPECT_THAT(r.err, HasSubstr("nothing written")) << out;
+    EXPECT_EQ(Lines(r.err), 1u) << r.err;
+    EXPECT_EQ(Json::parse(r.out)["bytes"], 0) << r.out;
+    EXPECT_TRUE(testing::ReadFile(image_) == before) << "--output " << out << " changed the image";
+  }
+  // Standard output appended to the image.
+  RunResult r = testing::Sh(Cmd({testing::ToolPath("ext4dio-read"), "--image", image_, "/f"}) +
+                            " >> " + Quote(dir_ / "hard.img"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("'standard output' and '" + image_ + "' are the same file"));
+  EXPECT_TRUE(testing::ReadFile(image_) == before) << "stdout >> image changed the image";
+  // Another file is fine, and an existing one is truncated first.
+  testing::WriteFile(dir_ / "o", std::string(kFSize * 2, 'x'));
+  r = Read({"--image", image_, "--output", dir_ / "o", "/f"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(testing::ReadFile(dir_ / "o") == f_);
+}
+
+// --input (or standard input) that is the image being written is refused,
+// nothing written: before, the image's first bytes went into /f.
+TEST_P(RwCliTest, WriteRefusesAnInputThatIsTheImage) {
+  ASSERT_EQ(link(image_.c_str(), (dir_ / "hard.img").c_str()), 0);
+  ASSERT_EQ(symlink(image_.c_str(), (dir_ / "sym.img").c_str()), 0);
+  const std::string before = testing::ReadFile(image_);
+  for (const std::string& in : {image_, dir_ / "hard.img", dir_ / "sym.img"}) {
+    RunResult r =
+        Write({"--image", image_, "--input", in, "--length", "1000", "--json", "/f"});
+    EXPECT_EQ(r.exit_code, 1) << in << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("are the same file")) << in;
+    EXPECT_EQ(Json::parse(r.out)["bytes"], 0) << r.out;
+    EXPECT_TRUE(testing::ReadFile(image_) == before) << "--input " << in << " changed the image";
+  }
+  RunResult r = testing::Sh(
+      Cmd({testing::ToolPath("ext4dio-write"), "--image", image_, "--length", "1000", "/f"}) +
+      " < " + Quote(dir_ / "sym.img"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("'standard input' and '" + image_ + "' are the same file"));
+  EXPECT_TRUE(testing::ReadFile(image_) == before) << "stdin < image changed the image";
+  EXPECT_TRUE(Dump("/f") == f_);
+}
+
+// SIGINT in the middle of a stream into an image: in-flight I/O finishes,
+// the count written is reported (text and --json), exit 130; the file holds
+// exactly the input's first N bytes and its old bytes after them. Before,
+// the signal's default action killed the tool without a word.
+TEST_P(RwCliTest, InterruptedWriteReportsWhatItWrote) {
+  for (int sig : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(sig == SIGINT ? "SIGINT" : "SIGTERM");
+    const std::string before = Dump("/f");
+    const std::string data = RandomBytes(96 * 1024, static_cast<uint32_t>(30 + sig));
+    testing::Child child({testing::ToolPath("ext4dio-write"), "--image", image_, "--json",
+                          "--io-size", "4K", "--queue-depth", "1", "/f"});
+    ASSERT_TRUE(child.ok());
+    ASSERT_TRUE(child.Feed(data));
+    // Progress: the tool has read (and so written all but the last chunk
+    // of) what it was fed; it now waits for more input.
+    ASSERT_TRUE(testing::Child::WaitFor([&] { return testing::Child::Queued(child.in_fd()) == 0; }));
+    ASSERT_TRUE(child.Signal(sig));
+    const int rc = child.Wait();
+    ASSERT_EQ(rc, 128 + sig) << child.err();
+    EXPECT_THAT(child.err(), HasSubstr(sig == SIGINT ? "interrupted by SIGINT" : "interrupted by SIGTERM"));
+    Json j = Json::parse(child.out());
+    const uint64_t n = j["bytes"].get<uint64_t>();
+    EXPECT_GT(n, 0u);
+    EXPECT_LE(n, data.size());
+    EXPECT_EQ(n % 4096, 0u) << "whole chunks";
+    EXPECT_THAT(child.err(), HasSubstr(std::to_string(n) + " bytes written"));
+    EXPECT_TRUE(Dump("/f") == Splice(before, 0, data.substr(0, n)))
+        << "the file is not the input's first " << n << " bytes followed by its old bytes";
+  }
+}
+
+// SIGTERM while ext4dio-read waits for a stalled reader of its standard
+// output: it stops, reports the bytes it output (--json on stderr), exit
+// 143; those bytes are the file's first bytes.
+TEST_P(RwCliTest, InterruptedReadReportsWhatItOutput) {
+  testing::Child child({testing::ToolPath("ext4dio-read"), "--image", image_, "--json", "/f"},
+                       "/dev/null", /*stdout_pipe=*/true);
+  ASSERT_TRUE(child.ok());
+  // The pipe fills (the file is bigger than a pipe's buffer) and stays full.
+  ASSERT_TRUE(testing::Child::WaitFor([&] { return testing::Child::Queued(child.out_fd()) > 0; }));
+  ASSERT_TRUE(child.Signal(SIGTERM));
+  const std::string got = child.ReadAllOutput();
+  ASSERT_EQ(child.Wait(), 143) << child.err();
+  const std::string err = child.err();
+  EXPECT_THAT(err, HasSubstr("interrupted by SIGTERM"));
+  Json j = Json::parse(err.substr(err.find('{')));
+  EXPECT_EQ(j["bytes"].get<uint64_t>(), got.size());
+  EXPECT_LT(got.size(), f_.size());
+  EXPECT_TRUE(got == f_.substr(0, got.size()));
 }
 
 // A fully written file in many extents (1 KiB blocks, 256-block groups

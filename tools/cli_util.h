@@ -3,12 +3,17 @@
 #ifndef EXT4DIO_TOOLS_CLI_UTIL_H_
 #define EXT4DIO_TOOLS_CLI_UTIL_H_
 
+#include <sys/stat.h>
+#include <sys/types.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -40,6 +45,58 @@ Buffer AllocBuffer(uint64_t size, uint32_t align);
 // --help/--version, kExitUsage for parser errors; CLI11's own codes 105-114
 // are never leaked).
 int Parse(CLI::App& app, int argc, char** argv);
+
+// What a path or descriptor refers to, for "same file" checks that must
+// not be fooled by hard links, symlinks or a second device node: a file by
+// st_dev+st_ino, a block device by its number (st_rdev), and a loop device
+// also by the file behind it. Never compared by name.
+struct FileId {
+  bool block = false;  // a block device: `dev` is its number
+  dev_t dev = 0;
+  ino_t ino = 0;
+  std::optional<std::pair<dev_t, ino_t>> backing;  // a loop device's backing file
+};
+FileId IdOf(const struct stat& st);
+// The block device with number `rdev` (e.g. the one holding a mounted file:
+// its st_dev).
+FileId BlockDeviceId(dev_t rdev);
+// Why data written to `a` could land in `b` (or `a` is `b`): a cp-like
+// sentence naming both, or "" when they are unrelated.
+std::string SameData(const FileId& a, const std::string& a_name, const FileId& b,
+                     const std::string& b_name);
+
+// What a tool's TARGET stands for, which its other file (ext4dio-read's
+// output, ext4dio-write's input) must not be: in mounted mode the target
+// file and the block device holding it; in image mode the image. Taken by
+// stat(2) before the library opens the target (so a refusal writes
+// nothing); ConfirmTarget then checks that the library opened the same
+// inode.
+struct ProtectedFiles {
+  std::vector<std::pair<FileId, std::string>> files;  // identity, name
+  std::optional<ino_t> target_ino;                     // mounted mode
+};
+ProtectedFiles ProtectFiles(const std::string& image, const std::string& target);
+// "" or why `other` (named `name`) must not be used with the target, e.g.
+// "'out' and 'f' are the same file".
+std::string Conflict(const ProtectedFiles& p, const struct stat& other, const std::string& name);
+// False when, in mounted mode, the library opened another inode than the
+// one ProtectFiles saw (the path was switched in between).
+inline bool SameTarget(const ProtectedFiles& p, uint64_t opened_inode) {
+  return !p.target_ino || static_cast<uint64_t>(*p.target_ino) == opened_inode;
+}
+
+// SIGINT and SIGTERM stop a tool cleanly: the handler only records the
+// signal (and wakes WaitReady); the I/O loops check StopSignal(), finish
+// what is in flight, close the file through the library and exit with
+// 128 + the signal (130, 143). A second signal kills the tool at once.
+void InstallStopHandlers();
+// 0, or the first stop signal received.
+int StopSignal();
+// Waits until `fd` is ready for `events` (poll(2) flags) or a stop signal
+// arrives: true when ready, false when stopped.
+bool WaitReady(int fd, short events);
+// "SIGINT" / "SIGTERM".
+const char* SignalName(int sig);
 
 }  // namespace ext4dio::cli
 

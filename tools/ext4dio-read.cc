@@ -9,6 +9,8 @@
 // Holes and unwritten extents read as zeros without I/O; a read reaching end
 // of file is short (the JSON "bytes" says how many).
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,18 +42,32 @@ constexpr uint32_t kDepth = 32;
 using cli::AllocBuffer;
 using cli::Buffer;
 
-// 0 or errno.
-int WriteAll(int fd, const char* p, uint64_t n) {
+// 0 or errno; EINTR when a stop signal came first. `*done` counts the
+// bytes written, also on failure.
+int WriteAll(int fd, const char* p, uint64_t n, uint64_t* done) {
   while (n > 0) {
+    // A pipe whose reader stalls would block for ever: wait for room or a
+    // stop signal.
+    if (!cli::WaitReady(fd, POLLOUT)) return EINTR;
     const ssize_t r = ::write(fd, p, n);
     if (r < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || errno == EAGAIN) continue;
       return errno;
     }
     p += r;
     n -= static_cast<uint64_t>(r);
+    *done += static_cast<uint64_t>(r);
   }
   return 0;
+}
+
+// The inode number the library opened (0 when it cannot say).
+uint64_t OpenedInode(const ext4dio::DirectFile& file) {
+  const ext4dio_map* map = ext4dio_file_map(file.get());
+  ext4dio_map_info mi;
+  ext4dio_map_info_init(&mi);
+  if (map == nullptr || ext4dio_map_get_info(map, &mi) != 0) return 0;
+  return mi.inode;
 }
 
 // Bytes of [offset, offset+length) that are holes or unwritten (read as
@@ -175,6 +191,19 @@ int main(int argc, char** argv) {
     return finish(cli::kExitFailure, line);
   };
 
+  cli::InstallStopHandlers();
+  // Writing into the file (or image, or device) being read: refused as cp
+  // refuses, by identity, before anything is truncated or written.
+  const cli::ProtectedFiles protect = cli::ProtectFiles(image, target);
+  auto conflict = [&](int fd, const std::string& path) -> std::string {
+    struct stat st;
+    const int rc = fd >= 0 ? ::fstat(fd, &st) : ::stat(path.c_str(), &st);
+    if (rc != 0) return "";  // does not exist (yet): cannot be the target
+    return cli::Conflict(protect, st, output_name);
+  };
+  if (std::string why = conflict(to_stdout ? 1 : -1, output); !why.empty())
+    return fail(output_name, why + "; nothing written");
+
   ext4dio::Location where;
   where.image = image;
   where.image_offset = image_offset;
@@ -185,6 +214,8 @@ int main(int argc, char** argv) {
   auto file = ext4dio::DirectFile::Open(where, opts);
   if (!file.ok()) return fail(name, std::string(file.status().message()));
   opened = &*file;
+  if (!cli::SameTarget(protect, OpenedInode(*file)))
+    return fail(name, "changed while being opened (another file was opened); nothing written");
   const ext4dio_file_info info = file->Info();
   j["fast_path"] = info.fast_path != 0;
   j["warning"] = info.warning ? Json(info.warning) : Json();
@@ -199,8 +230,20 @@ int main(int argc, char** argv) {
 
   int out_fd = 1;
   if (!to_stdout) {
-    out_fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    // Not O_TRUNC: what was opened is checked first (the name may have
+    // changed since the check above), then truncated.
+    out_fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (out_fd < 0) return fail(output, std::strerror(errno));
+    if (std::string why = conflict(out_fd, output); !why.empty()) {
+      ::close(out_fd);
+      return fail(output_name, why + "; nothing written");
+    }
+    struct stat st;
+    if (::fstat(out_fd, &st) == 0 && S_ISREG(st.st_mode) && ::ftruncate(out_fd, 0) != 0) {
+      const int err = errno;
+      ::close(out_fd);
+      return fail(output, std::string("truncating: ") + std::strerror(err));
+    }
   }
 
   struct Slot {
@@ -220,7 +263,9 @@ int main(int argc, char** argv) {
   const uint64_t chunks = (total + kChunk - 1) / kChunk;
   uint32_t in_flight = 0;
   bool eof = false;  // a read came back short: nothing after it
+  int stop_signal = 0;
   while (next_write < chunks) {
+    if ((stop_signal = cli::StopSignal()) != 0) break;  // the queue drains as it closes
     while (!eof && next_submit < chunks && slots[next_submit % kDepth].state == Slot::kFree) {
       Slot& s = slots[next_submit % kDepth];
       if (!s.buf) {
@@ -251,10 +296,15 @@ int main(int argc, char** argv) {
                               std::to_string(bytes) + " bytes read");
       }
       const uint64_t n = static_cast<uint64_t>(head.result);
-      if (int err = WriteAll(out_fd, head.buf.get(), n); err != 0)
-        return fail(output_name, std::string("write failed: ") + std::strerror(err));
-      bytes += n;
-      progress.Add(n);
+      uint64_t out = 0;
+      const int err = WriteAll(out_fd, head.buf.get(), n, &out);
+      bytes += out;
+      progress.Add(out);
+      if (err == EINTR) {
+        stop_signal = cli::StopSignal();
+        break;
+      }
+      if (err != 0) return fail(output_name, std::string("write failed: ") + std::strerror(err));
       head.state = Slot::kFree;
       ++next_write;
       if (n < head.length) {
@@ -281,6 +331,12 @@ int main(int argc, char** argv) {
   if (!to_stdout) {
     if (::close(out_fd) != 0)
       return fail(output, std::string("close failed: ") + std::strerror(errno));
+  }
+  if (stop_signal != 0) {
+    // Returning closes the queue (waiting for reads in flight) and the file.
+    fail(name, std::string("interrupted by ") + cli::SignalName(stop_signal) + "; " +
+                   std::to_string(bytes) + " bytes read to " + output_name);
+    return 128 + stop_signal;
   }
   return finish(cli::kExitOk, "");
 }

@@ -16,13 +16,16 @@
 // out consecutive --io-size chunks of the input with their file offsets, so
 // files and pipes work alike. Buffers are aligned and reused.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -31,6 +34,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -108,14 +112,26 @@ std::string AllocationCause(const ext4dio::DirectFile& file, uint64_t offset) {
   return "not written data";
 }
 
+// The inode number the library opened (0 when it cannot say).
+uint64_t OpenedInode(const ext4dio::DirectFile& file) {
+  const ext4dio_map* map = ext4dio_file_map(file.get());
+  ext4dio_map_info mi;
+  ext4dio_map_info_init(&mi);
+  if (map == nullptr || ext4dio_map_get_info(map, &mi) != 0) return 0;
+  return mi.inode;
+}
+
 std::string Range(uint64_t offset, uint64_t length) {
   return std::to_string(offset) + ".." + std::to_string(offset + length - 1);
 }
 
-// Reads up to n bytes (fewer only at end of input). -errno on error.
+// Reads up to n bytes (fewer only at end of input). -errno on error;
+// -EINTR when a stop signal (SIGINT, SIGTERM) came first.
 int64_t ReadFull(int fd, char* buf, uint64_t n) {
   uint64_t done = 0;
   while (done < n) {
+    // A pipe may stay silent for ever: wait for it or for a stop signal.
+    if (!cli::WaitReady(fd, POLLIN)) return -EINTR;
     const ssize_t r = ::read(fd, buf + done, n - done);
     if (r < 0) {
       if (errno == EINTR) continue;
@@ -127,19 +143,146 @@ int64_t ReadFull(int fd, char* buf, uint64_t n) {
   return static_cast<int64_t>(done);
 }
 
-// Hands out consecutive chunks of the input with their file offsets. One
-// reader under a mutex: works for files and pipes alike.
+// Decides when each chunk may be submitted, so that the count reported
+// written is a prefix of the range: every byte of [offset, offset+N)
+// written, and nothing after a failed chunk started.
+//
+// Chunks are numbered in file order. A chunk the plan sends to the kernel
+// path (allocation: holes, unwritten extents, past EOF; the only path that
+// can fail with ENOSPC) is a barrier: it starts only when every earlier
+// chunk has completed, and no later chunk starts until it has. After a
+// failure in chunk f, chunks before f still start (they fill the prefix up
+// to the failure), none after it. After a stop (a signal, or a failure that
+// belongs to no chunk) only chunks before one already started still start.
+//
+// A thread must not wait here while requests of its own are in flight
+// (their completions may be what the wait is for): WriterThread drains its
+// queue first.
+class Gate {
+ public:
+  enum class Turn { kGo, kWait, kNever };
+
+  // Called in chunk order (ChunkSource::Next, under its lock).
+  void Register(uint64_t index, uint64_t length, bool barrier) {
+    std::lock_guard<std::mutex> lock(mu_);
+    chunks_.push_back(Chunk{length, barrier});
+    if (barrier) open_barriers_.insert(index);
+  }
+
+  Turn Check(uint64_t index, bool barrier) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return CheckLocked(index, barrier);
+  }
+
+  // Blocks while the answer is kWait.
+  Turn Wait(uint64_t index, bool barrier) {
+    std::unique_lock<std::mutex> lock(mu_);
+    Turn t;
+    // The timeout only lets a stop signal end the wait when no other
+    // thread is left to notice it.
+    while ((t = CheckLocked(index, barrier)) == Turn::kWait) {
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+    }
+    return t;
+  }
+
+  void Started(uint64_t index) {
+    std::lock_guard<std::mutex> lock(mu_);
+    started_end_ = std::max(started_end_, index + 1);
+  }
+
+  // A request of chunk `index` failed: no later chunk may start.
+  void FailAt(uint64_t index) {
+    std::lock_guard<std::mutex> lock(mu_);
+    limit_ = std::min(limit_, index + 1);
+    cv_.notify_all();
+  }
+
+  // Nothing new starts except chunks before one already started.
+  void Stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    StopLocked();
+  }
+
+  // Chunk `index` is done: its first `good` bytes are written (all of them
+  // on success; 0 when it never started).
+  void Complete(uint64_t index, uint64_t good) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Chunk& c = chunks_[index];
+    c.done = true;
+    c.good = std::min(good, c.length);
+    if (c.good < c.length) limit_ = std::min(limit_, index + 1);
+    if (c.barrier) open_barriers_.erase(index);
+    for (; done_end_ < chunks_.size() && chunks_[done_end_].done; ++done_end_) {
+      if (sealed_) continue;
+      prefix_ += chunks_[done_end_].good;
+      if (chunks_[done_end_].good < chunks_[done_end_].length) sealed_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  // After every writer is done: bytes from the start of the range that
+  // are all written.
+  uint64_t PrefixBytes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return prefix_;
+  }
+
+ private:
+  struct Chunk {
+    uint64_t length;
+    bool barrier;
+    bool done = false;
+    uint64_t good = 0;
+  };
+
+  void StopLocked() {
+    limit_ = std::min(limit_, started_end_);
+    cv_.notify_all();
+  }
+
+  Turn CheckLocked(uint64_t index, bool barrier) {
+    if (cli::StopSignal() != 0) StopLocked();
+    if (index >= limit_) return Turn::kNever;
+    if (barrier) return done_end_ == index ? Turn::kGo : Turn::kWait;
+    if (!open_barriers_.empty() && *open_barriers_.begin() < index) return Turn::kWait;
+    return Turn::kGo;
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Chunk> chunks_;        // by index
+  std::set<uint64_t> open_barriers_;  // barrier chunks not yet done
+  uint64_t limit_ = UINT64_MAX;      // chunks at or past this never start
+  uint64_t started_end_ = 0;         // 1 + the highest index started
+  uint64_t done_end_ = 0;            // every chunk before it is done
+  uint64_t prefix_ = 0;
+  bool sealed_ = false;              // the prefix ended at a short chunk
+};
+
+// Hands out consecutive chunks of the input with their file offsets and
+// write plans. One reader under a mutex: works for files and pipes alike.
+// Chunks are planned and registered with the gate here, in order, so the
+// gate knows every earlier chunk's kind before a later one asks to start.
 class ChunkSource {
  public:
   struct Chunk {
     uint64_t index, offset, length;
+    absl::StatusOr<std::vector<ext4dio_piece>> plan;
+    bool barrier;  // the plan has kernel-path pieces
   };
 
   // `length`: bytes to write, or nullopt for a stream to its end (then each
   // chunk is cut at the first byte `file` cannot write without allocation).
-  ChunkSource(int fd, const ext4dio::DirectFile& file, uint64_t offset,
+  ChunkSource(int fd, const ext4dio::DirectFile& file, Gate& gate, uint64_t offset,
               std::optional<uint64_t> length, uint64_t io_size, uint64_t align)
-      : fd_(fd), file_(file), start_(offset), pos_(offset), length_(length), io_size_(io_size) {
+      : fd_(fd),
+        file_(file),
+        gate_(gate),
+        start_(offset),
+        pos_(offset),
+        length_(length),
+        io_size_(io_size) {
     // Cut the first chunk so the rest start aligned: unaligned chunk edges
     // cost a read-modify-write each.
     first_ = io_size;
@@ -159,6 +302,11 @@ class ChunkSource {
       return std::nullopt;
     }
     const int64_t r = ReadFull(fd_, buf, want);
+    if (r == -EINTR) {
+      // Stopped by a signal: what was read of this chunk is not written.
+      done_ = true;
+      return std::nullopt;
+    }
     if (r < 0) {
       read_errno_ = static_cast<int>(-r);
       done_ = true;
@@ -179,7 +327,12 @@ class ChunkSource {
       }
     }
     if (got == 0) return std::nullopt;
-    Chunk c{index_++, pos_, got};
+    Chunk c{index_++, pos_, got, file_.PlanWrite(pos_, got), false};
+    if (c.plan.ok()) {
+      c.barrier = std::any_of(c.plan->begin(), c.plan->end(),
+                              [](const ext4dio_piece& p) { return p.kind == EXT4DIO_PIECE_KERNEL; });
+    }
+    gate_.Register(c.index, c.length, c.barrier);
     pos_ += got;
     return c;
   }
@@ -199,6 +352,7 @@ class ChunkSource {
   std::mutex mu_;
   const int fd_;
   const ext4dio::DirectFile& file_;
+  Gate& gate_;
   const uint64_t start_;
   uint64_t pos_;
   const std::optional<uint64_t> length_;
@@ -221,8 +375,8 @@ struct WriteState {
   std::mutex mu;
   std::string error;  // the first failure
   std::atomic<bool> failed{false};
-  std::atomic<uint64_t> written{0};
   std::vector<ChunkSum> sums;  // with --verify
+  Gate gate;
 
   void Fail(const std::string& message) {
     std::lock_guard<std::mutex> lock(mu);
@@ -240,8 +394,8 @@ struct WriterConfig {
 
 // One writer thread: its own queue, up to `depth` chunks in flight.
 //
-// Each chunk is planned here too, so that the device operations of the
-// requests in flight never exceed the ring's depth (a chunk whose pieces
+// Each chunk's plan (made by the source) also keeps the device operations
+// of the requests in flight within the ring's depth (a chunk whose pieces
 // would not fit is sent as several requests, and a request waits until its
 // pieces fit). A request whose pieces wait inside the library's queue for a
 // ring slot keeps its region locks without making progress, and another
@@ -251,7 +405,8 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
                   const WriterConfig& config, cli::Progress& progress) {
   struct Slot {
     Buffer buf;
-    uint64_t offset = 0, length = 0;
+    uint64_t index = 0, offset = 0, length = 0;
+    uint64_t fail_at = 0;  // file offset where this chunk's written prefix ends
     uint32_t pending = 0;  // requests of this chunk in flight
   };
   struct Request {
@@ -259,6 +414,7 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
     uint64_t offset, length;
     uint32_t ops;  // device operations it occupies in the ring
   };
+  Gate& gate = state.gate;
   // Slots (and their buffers) outlive the queue, which drains on close.
   std::vector<Slot> slots(config.depth);
   std::vector<uint32_t> free_slots;
@@ -266,6 +422,7 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
   auto queue = ext4dio::RequestQueue::Open(file, config.depth);
   if (!queue.ok()) {
     state.Fail(std::string(queue.status().message()));
+    gate.Stop();
     source.Stop();
     return;
   }
@@ -275,9 +432,26 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
   uint32_t ops_in_flight = 0;
   size_t requests_out = 0;
 
+  // A failure that belongs to no chunk: stop everything not yet started.
   auto fail = [&](const std::string& message) {
     state.Fail(message);
+    gate.Stop();
     source.Stop();
+  };
+  // Chunk `s` failed at file offset `at`: its prefix ends there, and no
+  // later chunk starts.
+  auto fail_chunk = [&](uint32_t s, uint64_t at, const std::string& message) {
+    Slot& slot = slots[s];
+    slot.fail_at = std::min(slot.fail_at, at);
+    state.Fail(message);
+    gate.FailAt(slot.index);
+    source.Stop();
+  };
+  auto release = [&](uint32_t s) {
+    Slot& slot = slots[s];
+    if (--slot.pending > 0) return;
+    gate.Complete(slot.index, slot.fail_at - slot.offset);
+    free_slots.push_back(s);
   };
   // Reaps at least `min` completions; false when the queue itself failed.
   auto reap = [&](size_t min) -> bool {
@@ -292,20 +466,33 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
       free_cookies.push_back(c.cookie);
       ops_in_flight -= r.ops;
       --requests_out;
-      Slot& slot = slots[r.slot];
       if (c.result < 0) {
         const uint64_t off = c.error_length ? c.error_offset : r.offset;
         const uint64_t len = c.error_length ? c.error_length : r.length;
-        fail("write of " + std::to_string(len) + " bytes at file offset " + std::to_string(off) +
-             " failed: " + ext4dio_strerror(static_cast<int>(c.result)));
+        // Which bytes of a failed request were written is not known: none
+        // of it counts.
+        fail_chunk(r.slot, r.offset,
+                   "write of " + std::to_string(len) + " bytes at file offset " +
+                       std::to_string(off) +
+                       " failed: " + ext4dio_strerror(static_cast<int>(c.result)));
       } else if (static_cast<uint64_t>(c.result) != r.length) {
-        fail("write of " + std::to_string(r.length) + " bytes at file offset " +
-             std::to_string(r.offset) + " was short (" + std::to_string(c.result) + " bytes)");
+        // Short, as pwrite(2): the bytes before the shortfall are written.
+        progress.Add(static_cast<uint64_t>(c.result));
+        fail_chunk(r.slot, r.offset + static_cast<uint64_t>(c.result),
+                   "write of " + std::to_string(r.length) + " bytes at file offset " +
+                       std::to_string(r.offset) + " was short (" + std::to_string(c.result) +
+                       " bytes)");
       } else {
-        state.written += r.length;
         progress.Add(r.length);
       }
-      if (--slot.pending == 0) free_slots.push_back(r.slot);
+      release(r.slot);
+    }
+    return true;
+  };
+  // Reaps everything this thread has in flight.
+  auto drain = [&]() -> bool {
+    while (requests_out > 0) {
+      if (!reap(1)) return false;
     }
     return true;
   };
@@ -331,7 +518,7 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
     r.cookie = cookie;
     if (absl::Status st = queue->Submit(r); !st.ok()) {
       free_cookies.push_back(cookie);
-      fail(std::string(st.message()));
+      fail_chunk(s, offset, std::string(st.message()));  // not started: nothing written
       return false;
     }
     ++slots[s].pending;
@@ -342,7 +529,13 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
 
   bool more = true;
   for (;;) {
-    while (more && !free_slots.empty() && !state.failed) {
+    while (more && !free_slots.empty()) {
+      if (cli::StopSignal() != 0) {
+        gate.Stop();
+        source.Stop();
+        more = false;
+        break;
+      }
       const uint32_t s = free_slots.back();
       Slot& slot = slots[s];
       if (!slot.buf) {
@@ -359,17 +552,34 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
         break;
       }
       free_slots.pop_back();
+      slot.index = chunk->index;
+      slot.offset = chunk->offset;
+      slot.length = chunk->length;
+      slot.fail_at = chunk->offset + chunk->length;
+      slot.pending = 1;  // held until every request of the chunk is submitted
+      Gate::Turn turn = gate.Check(chunk->index, chunk->barrier);
+      if (turn == Gate::Turn::kWait) {
+        // What we wait for may be our own requests' completions.
+        if (!drain()) {
+          gate.Complete(chunk->index, 0);
+          return;
+        }
+        turn = gate.Wait(chunk->index, chunk->barrier);
+      }
+      if (turn == Gate::Turn::kNever) {
+        slot.fail_at = slot.offset;  // never started: nothing of it written
+        release(s);
+        continue;
+      }
+      gate.Started(chunk->index);
       if (config.verify) {
         const uint64_t sum = Checksum(slot.buf.get(), chunk->length);
         std::lock_guard<std::mutex> lock(state.mu);
         state.sums.push_back(ChunkSum{chunk->offset, chunk->length, sum});
       }
-      slot.offset = chunk->offset;
-      slot.length = chunk->length;
-      slot.pending = 1;  // held until every request of the chunk is submitted
-      auto plan = file.PlanWrite(chunk->offset, chunk->length);
+      const auto& plan = chunk->plan;
       if (!plan.ok()) {
-        fail(std::string(plan.status().message()));
+        fail_chunk(s, slot.offset, std::string(plan.status().message()));
       } else if (std::any_of(plan->begin(), plan->end(),
                              [](const ext4dio_piece& p) { return p.kind != EXT4DIO_PIECE_FAST; })) {
         // Unaligned pieces: the library runs the whole request inside
@@ -378,7 +588,7 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
       } else {
         // Aligned: one device operation per piece; at most `depth` pieces
         // per request.
-        for (size_t i = 0; i < plan->size() && !state.failed;) {
+        for (size_t i = 0; i < plan->size() && slot.fail_at == slot.offset + slot.length;) {
           const size_t n = std::min<size_t>(config.depth, plan->size() - i);
           const ext4dio_piece& first = (*plan)[i];
           const ext4dio_piece& last = (*plan)[i + n - 1];
@@ -388,7 +598,10 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
           i += n;
         }
       }
-      if (--slot.pending == 0) free_slots.push_back(s);
+      release(s);
+      // A barrier holds every later chunk back until it completes: reap it
+      // now rather than after reading more input.
+      if (chunk->barrier && !drain()) return;
     }
     if (requests_out == 0) break;
     if (!reap(1)) return;  // the queue drains what is in flight as it closes
@@ -558,6 +771,8 @@ int main(int argc, char** argv) {
 
   const std::string name = a.inode ? "inode " + std::to_string(a.inode) : a.target;
   Report report(a, name, start);
+  cli::InstallStopHandlers();
+  const cli::ProtectedFiles protect = cli::ProtectFiles(a.image, a.target);
 
   // The input, and its length when it has one.
   const bool from_stdin = a.input.empty() || a.input == "-";
@@ -572,6 +787,10 @@ int main(int argc, char** argv) {
     struct stat st;
     if (::fstat(in_fd, &st) != 0) return report.Fail(input_name, std::strerror(errno));
     if (S_ISDIR(st.st_mode)) return report.Fail(input_name, "is a directory");
+    // Reading the file (or image, or device) being written: refused as cp
+    // refuses, by identity, before anything is opened for writing.
+    if (std::string why = cli::Conflict(protect, st, input_name); !why.empty())
+      return report.Fail(input_name, why + "; nothing written");
     if (S_ISREG(st.st_mode)) {
       const off_t pos = ::lseek(in_fd, 0, SEEK_CUR);
       if (pos >= 0) {
@@ -607,6 +826,8 @@ int main(int argc, char** argv) {
   if (!file.ok()) return report.Fail(std::string(file.status().message()));
   report.SetFile(*file);
   const ext4dio_file_info info = file->Info();
+  if (!cli::SameTarget(protect, OpenedInode(*file)))
+    return report.Fail("changed while being opened (another file was opened); nothing written");
   if (info.warning)
     std::fprintf(stderr, "%s: warning: %s: %s\n", kTool, name.c_str(), info.warning);
 
@@ -659,8 +880,8 @@ int main(int argc, char** argv) {
   // The data path.
   cli::Progress progress(kTool, cli::Progress::WantedFor(a.progress, a.no_progress));
   const uint64_t align = std::max<uint32_t>(info.offset_align, 1);
-  ChunkSource source(in_fd, *file, a.offset, length, a.io_size, align);
   WriteState state;
+  ChunkSource source(in_fd, *file, state.gate, a.offset, length, a.io_size, align);
   // Buffers no bigger than the whole write needs.
   const uint64_t buffer_size =
       length ? std::max<uint64_t>(std::min(a.io_size, *length), 1) : a.io_size;
@@ -681,10 +902,20 @@ int main(int argc, char** argv) {
     for (std::thread& t : threads) t.join();
   }
   progress.Finish();
-  const uint64_t written = state.written;
+  // A prefix of the range (Gate): what the user may rely on.
+  const uint64_t written = state.gate.PrefixBytes();
   report.SetBytes(written);
+  auto written_range = [&] {
+    return WrittenText(written) + (written ? " (file offsets " + Range(a.offset, written) + ")" : "");
+  };
 
-  if (state.failed) return report.Fail(state.error + "; " + WrittenText(written));
+  if (state.failed) return report.Fail(state.error + "; " + written_range());
+  if (const int sig = cli::StopSignal(); sig != 0) {
+    // In-flight I/O is done; returning closes the file through the
+    // library (mounted mode: mtime/ctime set, lease released).
+    report.Fail(std::string("interrupted by ") + cli::SignalName(sig) + "; " + written_range());
+    return 128 + sig;
+  }
   if (source.read_errno()) {
     return report.Fail(input_name, std::string("read failed: ") +
                                        std::strerror(source.read_errno()) + "; " +
@@ -696,8 +927,7 @@ int main(int argc, char** argv) {
                        ": needs allocation: " + AllocationCause(*file, at) +
                        (a.image.empty() ? " (--no-fallback forbids the kernel path); "
                                         : " (image mode cannot allocate); ") +
-                       WrittenText(written) +
-                       (written ? " (file offsets " + Range(a.offset, written) + ")" : ""));
+                       written_range());
   }
   if (source.short_input()) {
     return report.Fail("input " + input_name + " ended after " +
