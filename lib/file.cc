@@ -130,16 +130,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options
   const int flags = (options.write ? O_RDWR : O_RDONLY);
   struct stat st;
   if (::stat(t.image.c_str(), &st) != 0) return ErrnoError(errno, "stat " + t.image);
-  // Before any open: opening a FIFO for reading blocks until a writer comes.
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-    const char* what = S_ISFIFO(st.st_mode)  ? "a FIFO"
-                       : S_ISCHR(st.st_mode) ? "a character device"
-                       : S_ISSOCK(st.st_mode) ? "a socket"
-                       : S_ISDIR(st.st_mode)  ? "a directory"
-                                              : "a special file";
-    return LibError(EXT4DIO_E_UNSUPPORTED_FILE,
-                    absl::StrFormat("%s is not a regular file or block device (%s)", t.image, what));
-  }
+  if (absl::Status s = CheckImageKind(t.image); !s.ok()) return s;  // before any open
   const bool is_blk = S_ISBLK(st.st_mode);
   f->fd_direct_ = f->os_->Open(t.image.c_str(), flags | O_DIRECT | (options.write && is_blk ? O_EXCL : 0), 0);
   if (f->fd_direct_ < 0) {

@@ -106,6 +106,19 @@ std::string DescribeBusy(const LoopDevice& loop, const std::string& image) {
 
 }  // namespace
 
+absl::Status CheckImageKind(const std::string& image) {
+  struct stat st;
+  if (::stat(image.c_str(), &st) != 0) return ErrnoError(errno, "stat " + image);
+  if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) return absl::OkStatus();
+  const char* what = S_ISFIFO(st.st_mode)   ? "a FIFO"
+                     : S_ISCHR(st.st_mode)  ? "a character device"
+                     : S_ISSOCK(st.st_mode) ? "a socket"
+                     : S_ISDIR(st.st_mode)  ? "a directory"
+                                            : "a special file";
+  return LibError(EXT4DIO_E_UNSUPPORTED_FILE,
+                  absl::StrFormat("%s is not a regular file or block device (%s)", image, what));
+}
+
 std::vector<LoopDevice> ListLoopDevices() {
   std::vector<LoopDevice> loops;
   for (const std::string& name : ListDir("/sys/block")) {

@@ -30,6 +30,11 @@
 
 namespace ext4dio {
 
+// EXT4DIO_E_UNSUPPORTED_FILE unless `image` is a regular file or a block
+// device. Only stat()s it: opening a FIFO for reading blocks until a writer
+// comes, so this must come before any open of an image.
+absl::Status CheckImageKind(const std::string& image);
+
 // A bound loop device.
 struct LoopDevice {
   std::string name;          // "loop3"
