@@ -236,6 +236,22 @@ TEST_F(ImageExclusionTest, FileWriterIsRefusedWhileALoopDeviceWriterHoldsTheImag
   ExpectCliRefused(image_, "locked by another writer");
 }
 
+TEST_F(ImageExclusionTest, LoopDeviceWriterWarnsWhenItsBackingFileCannotBeLocked) {
+  const std::string alias = dir_ / "alias.img";
+  ASSERT_EQ(link(image_.c_str(), alias.c_str()), 0);
+  Loop loop(image_);
+  ASSERT_FALSE(loop.device().empty()) << loop.error();
+  ASSERT_EQ(unlink(image_.c_str()), 0);  // the kernel's backing path is gone
+  auto holder = File::Open(WriterOf(loop.device()));
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  EXPECT_THAT((*holder)->warning(),
+              HasSubstr("cannot lock the backing file " + image_ + " (deleted) of " +
+                        loop.device()));
+  // Its O_EXCL still keeps a writer through the file (the alias) out.
+  image_ = alias;
+  ExpectCliRefused(alias, "in use through " + loop.device());
+}
+
 // --- Item 7: record locks (qemu's OFD locks, POSIX locks) ----------------
 
 TEST_F(ImageExclusionTest, OfdAndPosixRecordLocksOnTheImageAreHonoured) {
