@@ -149,7 +149,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options
   }
   struct stat opened;
   if (::fstat(f->fd_direct_, &opened) != 0) return ErrnoError(errno, "stat " + t.image);
-  if (opened.st_mode != st.st_mode || opened.st_dev != st.st_dev || opened.st_ino != st.st_ino ||
+  if ((opened.st_mode & S_IFMT) != (st.st_mode & S_IFMT) || opened.st_dev != st.st_dev || opened.st_ino != st.st_ino ||
       opened.st_rdev != st.st_rdev)
     return ErrnoError(ESTALE, t.image + " changed while it was being opened");
   f->fd_buffered_ = f->os_->Open(t.image.c_str(), flags, 0);
