@@ -149,8 +149,8 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options
   }
   struct stat opened;
   if (::fstat(f->fd_direct_, &opened) != 0) return ErrnoError(errno, "stat " + t.image);
-  if ((opened.st_mode & S_IFMT) != (st.st_mode & S_IFMT) || opened.st_dev != st.st_dev || opened.st_ino != st.st_ino ||
-      opened.st_rdev != st.st_rdev)
+  if ((opened.st_mode & S_IFMT) != (st.st_mode & S_IFMT) || opened.st_dev != st.st_dev ||
+      opened.st_ino != st.st_ino || opened.st_rdev != st.st_rdev)
     return ErrnoError(ESTALE, t.image + " changed while it was being opened");
   f->fd_buffered_ = f->os_->Open(t.image.c_str(), flags, 0);
   if (f->fd_buffered_ < 0) return ErrnoError(-f->fd_buffered_, "open " + t.image);
@@ -167,8 +167,10 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options
   if (!loaded.ok()) return loaded.status();
   if (options.write && !loaded->write_status.ok()) return loaded->write_status;
   f->warning_ = loaded->warning;
-  if (!claim_warning.empty())
-    f->warning_ = f->warning_.empty() ? claim_warning : absl::StrCat(f->warning_, "; ", claim_warning);
+  if (!claim_warning.empty()) {
+    f->warning_ =
+        f->warning_.empty() ? claim_warning : absl::StrCat(f->warning_, "; ", claim_warning);
+  }
   f->SetMap(std::move(*loaded));
   if (absl::Status s = f->SetUpBackend(t.image); !s.ok()) return s;
   return f;

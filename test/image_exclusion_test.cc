@@ -88,7 +88,8 @@ class Mount {
     dir_ = dir;
   }
   ~Mount() {
-    if (mounted_ && testing::Run({"umount", dir_}).exit_code != 0) testing::Run({"umount", "-l", dir_});
+    if (mounted_ && testing::Run({"umount", dir_}).exit_code != 0)
+      testing::Run({"umount", "-l", dir_});
   }
   bool ok() const { return mounted_; }
   const std::string& error() const { return error_; }
@@ -182,7 +183,8 @@ class ImageExclusionTest : public ::testing::Test {
 
   // ext4dio-write --image IMAGE --input payload /f
   RunResult WriteWithCli(const std::string& image) const {
-    return testing::Run({testing::ToolPath("ext4dio-write"), "--image", image, "--input", payload_, "/f"});
+    return testing::Run(
+        {testing::ToolPath("ext4dio-write"), "--image", image, "--input", payload_, "/f"});
   }
 
   // The CLI is refused with `message`, and /f is as it was.
