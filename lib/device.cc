@@ -229,17 +229,6 @@ std::string ReadSmallFile(const std::string& path) {
   return s;
 }
 
-// Mount points of block device MAJ:MIN ("" when not mounted).
-std::string MountPointOf(const std::string& maj_min) {
-  std::ifstream mi("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(mi, line)) {
-    std::vector<std::string> f = absl::StrSplit(line, ' ');
-    if (f.size() > 4 && f[2] == maj_min) return f[4];
-  }
-  return "";
-}
-
 }  // namespace
 
 absl::StatusOr<DeviceGeometry> ProbeGeometry(int fd, const std::string& path) {
@@ -276,61 +265,6 @@ absl::StatusOr<DeviceGeometry> ProbeGeometry(int fd, const std::string& path) {
     return ErrnoError(EINVAL, path + ": not an image file or block device");
   }
   return g;
-}
-
-absl::Status CheckImageNotMounted(const std::string& image) {
-  struct stat img;
-  if (::stat(image.c_str(), &img) != 0) return ErrnoError(errno, "stat " + image);
-  if (!S_ISREG(img.st_mode)) return absl::OkStatus();
-  DIR* dir = ::opendir("/sys/block");
-  if (dir == nullptr) return absl::OkStatus();
-  std::vector<std::string> loops;
-  while (dirent* d = ::readdir(dir)) {
-    if (std::strncmp(d->d_name, "loop", 4) == 0) loops.push_back(d->d_name);
-  }
-  ::closedir(dir);
-  for (const std::string& loop : loops) {
-    const std::string base = "/sys/block/" + loop;
-    std::string backing = ReadSmallFile(base + "/loop/backing_file");
-    if (backing.empty()) continue;
-    struct stat b;
-    // The kernel's path may be stale (" (deleted)", renamed): compare the
-    // file itself where it still resolves, else the name.
-    const bool same = ::stat(backing.c_str(), &b) == 0
-                          ? (b.st_dev == img.st_dev && b.st_ino == img.st_ino)
-                          : false;
-    if (!same) continue;
-    // The loop device and its partitions (loopNpM).
-    std::vector<std::string> devs = {loop};
-    if (DIR* ld = ::opendir(base.c_str())) {
-      while (dirent* d = ::readdir(ld)) {
-        if (std::strncmp(d->d_name, loop.c_str(), loop.size()) == 0 && d->d_name[loop.size()] == 'p')
-          devs.push_back(d->d_name);
-      }
-      ::closedir(ld);
-    }
-    for (const std::string& dev : devs) {
-      const std::string sysdev = dev == loop ? base : base + "/" + dev;
-      const std::string maj_min = ReadSmallFile(sysdev + "/dev");
-      const std::string where = MountPointOf(maj_min);
-      if (!where.empty()) {
-        return LibError(EXT4DIO_E_IN_USE,
-                        absl::StrFormat("%s is mounted through /dev/%s on %s", image, dev, where));
-      }
-      DIR* holders = ::opendir((sysdev + "/holders").c_str());
-      if (holders != nullptr) {
-        int n = 0;
-        while (dirent* d = ::readdir(holders)) n += d->d_name[0] != '.';
-        ::closedir(holders);
-        if (n > 0) {
-          return LibError(EXT4DIO_E_IN_USE,
-                          absl::StrFormat("%s is in use through /dev/%s (held by a "
-                                          "device mapper or md device)", image, dev));
-        }
-      }
-    }
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace ext4dio

@@ -80,11 +80,6 @@ struct DeviceGeometry {
 // for block devices.
 absl::StatusOr<DeviceGeometry> ProbeGeometry(int fd, const std::string& path);
 
-// EXT4DIO_E_IN_USE when the image file is mounted through a loop device
-// (or one of its partitions), naming device and mount point. Block devices
-// are guarded by O_EXCL instead.
-absl::Status CheckImageNotMounted(const std::string& image);
-
 }  // namespace ext4dio
 
 #endif  // EXT4DIO_LIB_DEVICE_H_

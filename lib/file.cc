@@ -27,6 +27,7 @@
 #include "errors.h"
 #include "ext4_reader.h"
 #include "fiemap.h"
+#include "image_lock.h"
 
 namespace ext4dio {
 namespace {
@@ -125,22 +126,21 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options
   f->name_ = t.inode ? absl::StrFormat("%s: inode %d", t.image, t.inode)
                      : absl::StrCat(t.image, ":", t.path);
 
-  // Open and lock before reading the map, so no other writer changes what
+  // Open and claim before reading the map, so no other writer changes what
   // we read.
   const int flags = (options.write ? O_RDWR : O_RDONLY);
   struct stat st;
   if (::stat(t.image.c_str(), &st) != 0) return ErrnoError(errno, "stat " + t.image);
+  if (absl::Status s = CheckImageKind(t.image); !s.ok()) return s;  // before any open
   const bool is_blk = S_ISBLK(st.st_mode);
-  if (options.write && !is_blk) {
-    if (absl::Status s = CheckImageNotMounted(t.image); !s.ok()) return s;
-  }
   f->fd_direct_ = f->os_->Open(t.image.c_str(), flags | O_DIRECT | (options.write && is_blk ? O_EXCL : 0), 0);
   if (f->fd_direct_ < 0) {
     const int err = -f->fd_direct_;
     if (err == EBUSY) {
       return LibError(EXT4DIO_E_IN_USE,
-                      absl::StrCat(t.image, " is in use (mounted, or opened exclusively "
-                                            "by another program)"));
+                      absl::StrCat(t.image, " is in use (mounted in some mount namespace, lazily "
+                                            "unmounted with a file still open, or opened "
+                                            "exclusively by another program)"));
     }
     if (options.write && (err == EACCES || err == EROFS || err == EPERM)) {
       return LibError(EXT4DIO_E_WRITE_REFUSED,
@@ -148,20 +148,30 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options
     }
     return ErrnoError(err, "open " + t.image);
   }
+  struct stat opened;
+  if (::fstat(f->fd_direct_, &opened) != 0) return ErrnoError(errno, "stat " + t.image);
+  if ((opened.st_mode & S_IFMT) != (st.st_mode & S_IFMT) || opened.st_dev != st.st_dev ||
+      opened.st_ino != st.st_ino || opened.st_rdev != st.st_rdev)
+    return ErrnoError(ESTALE, t.image + " changed while it was being opened");
   f->fd_buffered_ = f->os_->Open(t.image.c_str(), flags, 0);
   if (f->fd_buffered_ < 0) return ErrnoError(-f->fd_buffered_, "open " + t.image);
-  if (options.write && !is_blk && ::flock(f->fd_direct_, LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) {
-      return LibError(EXT4DIO_E_IN_USE,
-                      absl::StrCat(t.image, " is locked by another writer (flock)"));
-    }
-    return ErrnoError(errno, "flock " + t.image);
+  std::string claim_warning;
+  if (options.write) {
+    // Locks on the image file and exclusive opens of the loop devices over
+    // it (image_lock.h): every other writer and every mount, seen or not.
+    auto claim = ImageClaim::Acquire(f->fd_direct_, t.image, &claim_warning);
+    if (!claim.ok()) return claim.status();
+    f->claim_ = std::move(*claim);
   }
 
   auto loaded = LoadMap(t);
   if (!loaded.ok()) return loaded.status();
   if (options.write && !loaded->write_status.ok()) return loaded->write_status;
   f->warning_ = loaded->warning;
+  if (!claim_warning.empty()) {
+    f->warning_ =
+        f->warning_.empty() ? claim_warning : absl::StrCat(f->warning_, "; ", claim_warning);
+  }
   f->SetMap(std::move(*loaded));
   if (absl::Status s = f->SetUpBackend(t.image); !s.ok()) return s;
   return f;
@@ -356,9 +366,9 @@ File::~File() {
     std::lock_guard<std::mutex> lock(pool_mu_);
     pool_.clear();  // rings go before the descriptor they registered
   }
-  // io_uring releases registered files asynchronously after its rings go,
-  // so the flock would outlive us for a moment: drop it explicitly.
-  if (!mounted_ && fd_direct_ >= 0 && options_.write) ::flock(fd_direct_, LOCK_UN);
+  // The rings unregistered the descriptor before they went (os.cc), so this
+  // close drops the last reference: an O_EXCL device claim ends here, and
+  // claim_ (the image's locks) right after this body.
   if (fd_direct_ >= 0) os_->Close(fd_direct_);
   if (fd_buffered_ >= 0) os_->Close(fd_buffered_);
   if (fd_file_ >= 0) os_->Close(fd_file_);

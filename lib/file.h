@@ -50,6 +50,8 @@
 
 namespace ext4dio {
 
+class ImageClaim;  // image_lock.h
+
 struct OpenOptions {
   Target target;
   bool write = false;
@@ -238,6 +240,7 @@ class File : public std::enable_shared_from_this<File> {
   BackendKind backend_ = BackendKind::kSync;
   int fd_direct_ = -1;    // O_DIRECT on the image/device
   int fd_buffered_ = -1;  // the same without O_DIRECT (unaligned pieces)
+  std::unique_ptr<ImageClaim> claim_;  // image-mode writers: locks, loop devices
   WriteRanges ranges_;
 
   // Mounted mode.

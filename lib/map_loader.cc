@@ -16,6 +16,7 @@
 #include "errors.h"
 #include "ext4_reader.h"
 #include "fiemap.h"
+#include "image_lock.h"
 
 namespace ext4dio {
 namespace {
@@ -37,6 +38,7 @@ LoadedMap FromLayout(FileLayout layout, MapSource source, std::string device,
 }
 
 absl::StatusOr<LoadedMap> LoadImage(const Target& t) {
+  if (absl::Status s = CheckImageKind(t.image); !s.ok()) return s;  // a FIFO would block
   ReaderOptions options;
   options.offset = t.image_offset;
   auto reader = Ext4Reader::Open(t.image, options);

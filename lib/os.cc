@@ -47,7 +47,13 @@ class UringQueue final : public IoQueue {
   }
 
   ~UringQueue() override {
-    if (initialized_) io_uring_queue_exit(&ring_);
+    if (!initialized_) return;
+    // A ring is torn down asynchronously after its fd closes (a kernel
+    // worker, even after this process exits), and the files registered
+    // with it are only released then: an O_EXCL device claim or a lock
+    // would outlive the File. Unregistering puts them now, in our context.
+    if (fixed_file_) io_uring_unregister_files(&ring_);
+    io_uring_queue_exit(&ring_);
   }
 
   uint32_t depth() const override { return depth_; }
