@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "ext4dio/ext4dio.h"
+
 #include <CLI/CLI.hpp>
 
 namespace ext4dio::cli {
@@ -97,6 +99,17 @@ int StopSignal();
 bool WaitReady(int fd, short events);
 // "SIGINT" / "SIGTERM".
 const char* SignalName(int sig);
+
+// A snapshot of the file's current map, owned by the caller (any thread).
+struct MapFree {
+  void operator()(ext4dio_map* m) const { ext4dio_map_free(m); }
+};
+using MapSnapshot = std::unique_ptr<ext4dio_map, MapFree>;
+inline MapSnapshot SnapshotMap(const ext4dio_file* file) {
+  ext4dio_map* m = nullptr;
+  if (ext4dio_file_map_snapshot(file, &m) != 0) return nullptr;
+  return MapSnapshot(m);
+}
 
 }  // namespace ext4dio::cli
 

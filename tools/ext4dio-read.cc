@@ -63,7 +63,8 @@ int WriteAll(int fd, const char* p, uint64_t n, uint64_t* done) {
 
 // The inode number the library opened (0 when it cannot say).
 uint64_t OpenedInode(const ext4dio::DirectFile& file) {
-  const ext4dio_map* map = ext4dio_file_map(file.get());
+  const cli::MapSnapshot snapshot = cli::SnapshotMap(file.get());
+  const ext4dio_map* map = snapshot.get();
   ext4dio_map_info mi;
   ext4dio_map_info_init(&mi);
   if (map == nullptr || ext4dio_map_get_info(map, &mi) != 0) return 0;
@@ -73,7 +74,8 @@ uint64_t OpenedInode(const ext4dio::DirectFile& file) {
 // Bytes of [offset, offset+length) that are holes or unwritten (read as
 // zeros without I/O).
 uint64_t ZeroBytes(const ext4dio::DirectFile& file, uint64_t offset, uint64_t length) {
-  const ext4dio_map* map = ext4dio_file_map(file.get());
+  const cli::MapSnapshot snapshot = cli::SnapshotMap(file.get());
+  const ext4dio_map* map = snapshot.get();
   if (map == nullptr) return 0;
   uint64_t zeros = 0, pos = offset;
   const uint64_t end = offset + length;

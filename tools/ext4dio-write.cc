@@ -94,7 +94,8 @@ bool HasDeviceOffset(uint32_t kind) {
 
 // Why the byte at `offset` cannot be written without allocation.
 std::string AllocationCause(const ext4dio::DirectFile& file, uint64_t offset) {
-  const ext4dio_map* map = ext4dio_file_map(file.get());
+  const cli::MapSnapshot snapshot = cli::SnapshotMap(file.get());
+  const ext4dio_map* map = snapshot.get();
   ext4dio_segment seg{};
   size_t n = 0;
   if (map != nullptr && ext4dio_map_query(map, offset, 1, &seg, 1, &n) == 0 && n == 1) {
@@ -114,7 +115,8 @@ std::string AllocationCause(const ext4dio::DirectFile& file, uint64_t offset) {
 
 // The inode number the library opened (0 when it cannot say).
 uint64_t OpenedInode(const ext4dio::DirectFile& file) {
-  const ext4dio_map* map = ext4dio_file_map(file.get());
+  const cli::MapSnapshot snapshot = cli::SnapshotMap(file.get());
+  const ext4dio_map* map = snapshot.get();
   ext4dio_map_info mi;
   ext4dio_map_info_init(&mi);
   if (map == nullptr || ext4dio_map_get_info(map, &mi) != 0) return 0;
