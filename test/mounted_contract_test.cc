@@ -62,17 +62,7 @@ std::string RandomBytes(size_t n, uint64_t seed) {
   return s;
 }
 
-// Runs `f` when the scope ends (undo chattr, remount read-write, ...).
-class Defer {
- public:
-  explicit Defer(std::function<void()> f) : f_(std::move(f)) {}
-  ~Defer() { if (f_) f_(); }
-  Defer(const Defer&) = delete;
-  Defer& operator=(const Defer&) = delete;
-
- private:
-  std::function<void()> f_;
-};
+using testing::Defer;
 
 struct AlignedFree {
   void operator()(char* p) const { std::free(p); }

@@ -55,16 +55,7 @@ std::string RandomBytes(size_t n, uint64_t seed) {
   return s;
 }
 
-class Defer {
- public:
-  explicit Defer(std::function<void()> f) : f_(std::move(f)) {}
-  ~Defer() { if (f_) f_(); }
-  Defer(const Defer&) = delete;
-  Defer& operator=(const Defer&) = delete;
-
- private:
-  std::function<void()> f_;
-};
+using testing::Defer;
 
 void WriteSynced(const std::string& path, const std::string& data, mode_t mode = 0644) {
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, mode);
@@ -361,54 +352,71 @@ TEST_F(SessionTest, SetuidSetDuringSessionIsClearedByTheNextWrite) {
                                        << (st.st_mode & 07777);
 }
 
-// Item 12: a non-owner with access to the device cannot take a lease: the
-// kernel path serves, with a warning, instead of failing the open.
-TEST_F(SessionTest, NonOwnerWithoutLeaseFallsBackToTheKernelPath) {
-  const std::string path = *mount_ / "not-mine";
-  const std::string data = RandomBytes(64 * kKiB, 9);
+// A file of 64 KiB and an input of `n` bytes; ext4dio-write run through
+// `wrap` (a command prefix, or a shell line with {} for the tool's words)
+// must take the kernel path for all of it, warn with `warning`, and leave
+// the input at offset 0.
+void ExpectKernelPathCliWrite(const LoopMount& m, const std::string& name, size_t n,
+                              const std::function<RunResult(const std::vector<std::string>&)>&
+                                  run_tool,
+                              const std::string& warning) {
+  const std::string path = m / name;
+  const std::string data = RandomBytes(64 * kKiB, n);
   WriteSynced(path, data, 0666);
-  const std::string input = *mount_ / "input";
-  const std::string payload = RandomBytes(8192, 10);
+  const std::string input = m / (name + ".input");
+  const std::string payload = RandomBytes(n, n + 1);
   testing::WriteFile(input, payload);
   chmod(input.c_str(), 0644);
-  // uid 65534 may open our own device (its node handed over for the test)
-  // and write the file, but is not its owner: no lease.
-  struct stat dev;
-  ASSERT_EQ(stat(mount_->device().c_str(), &dev), 0);
-  ASSERT_EQ(chown(mount_->device().c_str(), 65534, dev.st_gid), 0);
-  Defer give_back([&] { (void)chown(mount_->device().c_str(), dev.st_uid, dev.st_gid); });
-  RunResult r = testing::Run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                              testing::ToolPath("ext4dio-write"), "--json", "--no-progress",
-                              "--input", input, path});
+  RunResult r = run_tool({testing::ToolPath("ext4dio-write"), "--json", "--no-progress",
+                          "--input", input, path});
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
-  EXPECT_THAT(r.out, HasSubstr("\"kernel_path_bytes\":8192")) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("no write lease")) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("\"kernel_path_bytes\":" + std::to_string(n))) << r.out;
+  EXPECT_THAT(r.out, HasSubstr(warning)) << r.out;
   std::string want = data;
   want.replace(0, payload.size(), payload);
   EXPECT_TRUE(ReadODirect(path, want.size()) == want);
 }
 
+// Item 12: a non-owner with access to the device cannot take a lease: the
+// kernel path serves, with a warning, instead of failing the open.
+TEST_F(SessionTest, NonOwnerWithoutLeaseFallsBackToTheKernelPath) {
+  // uid 65534 may open our own device (its node handed over for the test)
+  // and write the file (0666), but is not its owner: no lease.
+  struct stat dev;
+  ASSERT_EQ(stat(mount_->device().c_str(), &dev), 0);
+  ASSERT_EQ(chown(mount_->device().c_str(), 65534, dev.st_gid), 0);
+  Defer give_back([&] { (void)chown(mount_->device().c_str(), dev.st_uid, dev.st_gid); });
+  ExpectKernelPathCliWrite(*mount_, "not-mine", 8192, [](const std::vector<std::string>& tool) {
+    std::vector<std::string> argv = {"setpriv", "--reuid=65534", "--regid=65534",
+                                     "--clear-groups"};
+    argv.insert(argv.end(), tool.begin(), tool.end());
+    return testing::Run(argv);
+  }, "no write lease");
+}
+
 // Item 12: no /dev node for the filesystem (a container with its own
 // /dev): FIEMAP and the kernel path, with a warning, instead of failing.
 TEST_F(SessionTest, NoDeviceNodeFallsBackToTheKernelPath) {
-  const std::string path = *mount_ / "nodev";
-  const std::string data = RandomBytes(64 * kKiB, 11);
-  WriteSynced(path, data);
-  const std::string input = *mount_ / "input2";
-  const std::string payload = RandomBytes(4096, 12);
-  testing::WriteFile(input, payload);
   // Hide the node in a private mount namespace (as a container's own /dev
   // would): whatever is at /dev/NAME is no longer that block device.
-  RunResult r = testing::Run({"unshare", "-m", "--propagation", "private", "sh", "-c",
-                     "mount --bind /dev/null " + Quote(mount_->device()) + " && exec " +
-                         Quote(testing::ToolPath("ext4dio-write")) +
-                         " --json --no-progress --input " + Quote(input) + " " + Quote(path)});
-  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
-  EXPECT_THAT(r.out, HasSubstr("\"kernel_path_bytes\":4096")) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("no device node")) << r.out;
-  std::string want = data;
-  want.replace(0, payload.size(), payload);
-  EXPECT_TRUE(ReadODirect(path, want.size()) == want);
+  const std::string device = mount_->device();
+  ExpectKernelPathCliWrite(*mount_, "nodev", 4096, [&](const std::vector<std::string>& tool) {
+    std::string line = "mount --bind /dev/null " + Quote(device) + " && exec";
+    for (const std::string& w : tool) line += " " + Quote(w);
+    return testing::Run({"unshare", "-m", "--propagation", "private", "sh", "-c", line});
+  }, "no device node");
+}
+
+// A writer through the C API (nullptr on failure: see ext4dio_last_error).
+ext4dio_file* OpenWriterC(const std::string& path) {
+  ext4dio_target t;
+  ext4dio_target_init(&t);
+  t.path = path.c_str();
+  ext4dio_open_opts o;
+  ext4dio_open_opts_init(&o);
+  o.flags = EXT4DIO_OPEN_WRITE;
+  ext4dio_file* f = nullptr;
+  return ext4dio_open(&t, &o, &f) == 0 ? f : nullptr;
 }
 
 // Item 9: closing a file before its queue: the queue keeps the file alive
@@ -417,14 +425,8 @@ TEST_F(SessionTest, QueueOutlivesItsClosedFile) {
   const std::string path = *mount_ / "queue";
   const std::string data = RandomBytes(256 * kKiB, 13);
   WriteSynced(path, data);
-  ext4dio_target t;
-  ext4dio_target_init(&t);
-  t.path = path.c_str();
-  ext4dio_open_opts o;
-  ext4dio_open_opts_init(&o);
-  o.flags = EXT4DIO_OPEN_WRITE;
-  ext4dio_file* f = nullptr;
-  ASSERT_EQ(ext4dio_open(&t, &o, &f), 0) << ext4dio_last_error();
+  ext4dio_file* f = OpenWriterC(path);
+  ASSERT_NE(f, nullptr) << ext4dio_last_error();
   ext4dio_queue* q = nullptr;
   ASSERT_EQ(ext4dio_queue_open(f, 8, &q), 0) << ext4dio_last_error();
   ext4dio_close(f);  // before the queue
@@ -456,14 +458,8 @@ TEST_F(SessionTest, QueueOutlivesItsClosedFile) {
 TEST_F(SessionTest, MapViewsDoNotAccumulateAndSnapshotsOutliveClose) {
   const std::string path = *mount_ / "maps";
   WriteSynced(path, RandomBytes(4096, 14));
-  ext4dio_target t;
-  ext4dio_target_init(&t);
-  t.path = path.c_str();
-  ext4dio_open_opts o;
-  ext4dio_open_opts_init(&o);
-  o.flags = EXT4DIO_OPEN_WRITE;
-  ext4dio_file* f = nullptr;
-  ASSERT_EQ(ext4dio_open(&t, &o, &f), 0) << ext4dio_last_error();
+  ext4dio_file* f = OpenWriterC(path);
+  ASSERT_NE(f, nullptr) << ext4dio_last_error();
   size_t heap_at_100 = 0;
   for (int i = 0; i < 600; ++i) {
     // A 1-byte append after a gap: kernel path, one more extent, a new map.

@@ -5,6 +5,7 @@
 #define EXT4DIO_TEST_TESTUTIL_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,18 @@ struct RunResult {
   int exit_code = -1;  // 128+N when killed by signal N
   std::string out;
   std::string err;
+};
+
+// Runs `f` when the scope ends (undo chattr, give a device node back, ...).
+class Defer {
+ public:
+  explicit Defer(std::function<void()> f) : f_(std::move(f)) {}
+  ~Defer() { if (f_) f_(); }
+  Defer(const Defer&) = delete;
+  Defer& operator=(const Defer&) = delete;
+
+ private:
+  std::function<void()> f_;
 };
 
 // Runs argv[0] (PATH is searched) with `input` on stdin; never throws.

@@ -111,6 +111,15 @@ inline MapSnapshot SnapshotMap(const ext4dio_file* file) {
   return MapSnapshot(m);
 }
 
+// The inode number the library opened (0 when it cannot say).
+inline uint64_t OpenedInode(const ext4dio_file* file) {
+  const MapSnapshot snapshot = SnapshotMap(file);
+  ext4dio_map_info mi;
+  ext4dio_map_info_init(&mi);
+  if (snapshot == nullptr || ext4dio_map_get_info(snapshot.get(), &mi) != 0) return 0;
+  return mi.inode;
+}
+
 }  // namespace ext4dio::cli
 
 #endif  // EXT4DIO_TOOLS_CLI_UTIL_H_

@@ -61,15 +61,6 @@ int WriteAll(int fd, const char* p, uint64_t n, uint64_t* done) {
   return 0;
 }
 
-// The inode number the library opened (0 when it cannot say).
-uint64_t OpenedInode(const ext4dio::DirectFile& file) {
-  const cli::MapSnapshot snapshot = cli::SnapshotMap(file.get());
-  const ext4dio_map* map = snapshot.get();
-  ext4dio_map_info mi;
-  ext4dio_map_info_init(&mi);
-  if (map == nullptr || ext4dio_map_get_info(map, &mi) != 0) return 0;
-  return mi.inode;
-}
 
 // Bytes of [offset, offset+length) that are holes or unwritten (read as
 // zeros without I/O).
@@ -216,7 +207,7 @@ int main(int argc, char** argv) {
   auto file = ext4dio::DirectFile::Open(where, opts);
   if (!file.ok()) return fail(name, std::string(file.status().message()));
   opened = &*file;
-  if (!cli::SameTarget(protect, OpenedInode(*file)))
+  if (!cli::SameTarget(protect, cli::OpenedInode(file->get())))
     return fail(name, "changed while being opened (another file was opened); nothing written");
   const ext4dio_file_info info = file->Info();
   j["fast_path"] = info.fast_path != 0;

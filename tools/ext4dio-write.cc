@@ -113,15 +113,6 @@ std::string AllocationCause(const ext4dio::DirectFile& file, uint64_t offset) {
   return "not written data";
 }
 
-// The inode number the library opened (0 when it cannot say).
-uint64_t OpenedInode(const ext4dio::DirectFile& file) {
-  const cli::MapSnapshot snapshot = cli::SnapshotMap(file.get());
-  const ext4dio_map* map = snapshot.get();
-  ext4dio_map_info mi;
-  ext4dio_map_info_init(&mi);
-  if (map == nullptr || ext4dio_map_get_info(map, &mi) != 0) return 0;
-  return mi.inode;
-}
 
 std::string Range(uint64_t offset, uint64_t length) {
   return std::to_string(offset) + ".." + std::to_string(offset + length - 1);
@@ -828,7 +819,7 @@ int main(int argc, char** argv) {
   if (!file.ok()) return report.Fail(std::string(file.status().message()));
   report.SetFile(*file);
   const ext4dio_file_info info = file->Info();
-  if (!cli::SameTarget(protect, OpenedInode(*file)))
+  if (!cli::SameTarget(protect, cli::OpenedInode(file->get())))
     return report.Fail("changed while being opened (another file was opened); nothing written");
   if (info.warning)
     std::fprintf(stderr, "%s: warning: %s: %s\n", kTool, name.c_str(), info.warning);
