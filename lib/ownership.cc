@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include <ext2fs/ext2fs.h>
@@ -325,6 +326,50 @@ absl::Status Scanner::Run() {
   return absl::OkStatus();
 }
 
+// bigalloc: a file's blocks are claimed a cluster at a time, so within the
+// file each block keeps its offset inside its cluster and each logical
+// cluster maps to one physical cluster and back (e2fsck: "violates cluster
+// allocation rules", reported in pass 1B as multiply-claimed). Otherwise two
+// logical blocks of the file may share a cluster that e2fsck then splits.
+absl::Status CheckClusterRules(const std::string& source, const FileLayout& target,
+                               uint32_t cluster_bits) {
+  if (cluster_bits == 0) return absl::OkStatus();
+  const uint64_t mask = (uint64_t{1} << cluster_bits) - 1;
+  auto broken = [&](uint64_t logical, uint64_t physical, absl::string_view why) {
+    return LibError(EXT4DIO_E_CORRUPT_MAP,
+                    absl::StrFormat("%s: inode %d: logical block %d (physical block %d) "
+                                    "violates bigalloc's cluster allocation rules: %s "
+                                    "(e2fsck: multiply-claimed blocks; run e2fsck -f)",
+                                    source, target.inode, logical, physical, why));
+  };
+  // Extents overlap neither logically nor physically, so two of them can
+  // only meet in their first or last cluster: those are all that is kept.
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> logical_to_physical;  // lc -> pc, block
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> physical_to_logical;  // pc -> lc, block
+  for (const Extent& e : target.extents) {
+    if ((e.logical & mask) != (e.physical & mask))
+      return broken(e.logical, e.physical, "its offset inside the cluster differs");
+    const uint64_t last = e.length - 1;
+    for (uint64_t off : {uint64_t{0}, last}) {
+      const uint64_t lc = (e.logical + off) >> cluster_bits;
+      const uint64_t pc = (e.physical + off) >> cluster_bits;
+      auto [l, new_l] = logical_to_physical.try_emplace(lc, pc, e.physical + off);
+      if (!new_l && l->second.first != pc) {
+        return broken(e.logical + off, e.physical + off,
+                      absl::StrFormat("its logical cluster is also at physical block %d, in "
+                                      "another cluster", l->second.second));
+      }
+      auto [p, new_p] = physical_to_logical.try_emplace(pc, lc, e.logical + off);
+      if (!new_p && p->second.first != lc) {
+        return broken(e.logical + off, e.physical + off,
+                      absl::StrFormat("its cluster also holds logical block %d, of another "
+                                      "logical cluster", p->second.second));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckBlockOwnership(ext2_filsys fs, const std::string& source,
@@ -333,6 +378,8 @@ absl::Status CheckBlockOwnership(ext2_filsys fs, const std::string& source,
   for (const Extent& e : target.extents) set.AddBlocks(e.physical, e.length);
   for (uint64_t b : target.map_blocks) set.AddBlocks(b, 1);
   set.Finish();
+  if (absl::Status s = CheckClusterRules(source, target, fs->cluster_ratio_bits); !s.ok())
+    return s;
   Scanner scanner(fs, source, target, set);
   return scanner.Run();
 }
