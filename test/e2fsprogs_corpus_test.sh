@@ -63,13 +63,20 @@ class Hung:
     stdout = b""
     stderr = b"timed out after 120 s"
 
+SANITIZER = re.compile(rb"runtime error:|ERROR: \w+Sanitizer|LeakSanitizer")
+
 def run(argv, **kw):
     try:
-        return subprocess.run(argv, capture_output=True, timeout=120, **kw)
+        r = subprocess.run(argv, capture_output=True, timeout=120, **kw)
     except subprocess.TimeoutExpired:
         if argv[0] in (MAP, WRITE):
             fail(os.path.basename(argv[0]), f"{' '.join(argv)} hung (120 s)")
         return Hung()
+    # In sanitizer builds a report may exit 1, like a refusal: look for it.
+    if argv[0] in (MAP, WRITE) and SANITIZER.search(r.stderr):
+        fail(os.path.basename(argv[0]), f"{' '.join(argv)}: sanitizer report: "
+                                        f"{r.stderr.decode('utf-8', 'replace')[-600:]}")
+    return r
 
 def debugfs_script(image, cmds):
     """Runs debugfs -f over `cmds`; returns {cmd: output}, or None."""
