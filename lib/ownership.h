@@ -25,8 +25,10 @@ struct struct_ext2_filsys;
 namespace ext4dio {
 
 // OK when no inode but `target.inode` claims a cluster of the target's
-// extents or index blocks (and the target's own xattr block is none of
-// them). Otherwise EXT4DIO_E_CORRUPT_MAP naming the block and the other
+// extents or index blocks, the target's own xattr block is none of them,
+// and (bigalloc) the target keeps the cluster rules: each block at its
+// offset inside its cluster, one physical cluster per logical cluster and
+// back. Otherwise EXT4DIO_E_CORRUPT_MAP naming the block and the other
 // inode, or EXT4DIO_E_CORRUPT_FS when an inode's blocks cannot be read (then
 // nobody can tell whether it claims the target's). The walk is bounded: all
 // inodes together may claim at most 2 * blocks_count + inodes_count blocks,
