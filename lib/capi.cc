@@ -214,6 +214,7 @@ EXT4DIO_EXPORT int ext4dio_open(const ext4dio_target* t, const ext4dio_open_opts
     options.max_io = opts.max_io;
     options.no_fallback = opts.flags & EXT4DIO_OPEN_NO_FALLBACK;
     options.reap_promptly = opts.flags & EXT4DIO_OPEN_REAP_PROMPTLY;
+    options.skip_ownership_check = opts.flags & EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK;
     switch (opts.backend) {
       case EXT4DIO_BACKEND_AUTO: options.backend = ext4dio::BackendKind::kAuto; break;
       case EXT4DIO_BACKEND_URING: options.backend = ext4dio::BackendKind::kUring; break;

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "errors.h"
+#include "ownership.h"
 
 namespace ext4dio {
 namespace {
@@ -665,6 +666,11 @@ absl::Status Ext4Reader::WriteRefusal() {
   return absl::OkStatus();
 }
 
+absl::Status Ext4Reader::CheckOwnership(const FileLayout& layout) {
+  absl::MutexLock lock(&mu_);
+  return CheckBlockOwnership(fs_, source_, layout);
+}
+
 absl::Status Ext4Reader::ValidateExtents(const std::vector<Extent>& extents,
                                          const std::vector<uint64_t>& map_blocks) {
   absl::MutexLock lock(&mu_);
@@ -723,6 +729,9 @@ absl::Status Ext4Reader::BuildMetadata() {
     specials.push_back({sb->s_journal_inum, "the journal"});
   if (ext2fs_has_feature_resize_inode(sb))
     specials.push_back({EXT2_RESIZE_INO, "the resize inode"});
+  // The blocks the bad-blocks inode lists are unusable, and a corrupt one
+  // may list live metadata (an inode bitmap): no file data there.
+  specials.push_back({EXT2_BAD_INO, "a block listed by the bad-blocks inode"});
   for (uint64_t q : {uint64_t{sb->s_usr_quota_inum}, uint64_t{sb->s_grp_quota_inum},
                      uint64_t{sb->s_prj_quota_inum}}) {
     if (q) specials.push_back({q, "a quota file"});

@@ -98,7 +98,7 @@ class Ext4Reader {
   // non-overlapping, inside the filesystem and the device, no two blocks of
   // the file shared, not on filesystem metadata (superblocks and backups,
   // descriptors, reserved GDT, bitmaps, inode tables, journal, resize inode,
-  // MMP) nor on the file's own index blocks, and marked in use in the block
+  // MMP, blocks the bad-blocks inode lists) nor on the file's own index blocks, and marked in use in the block
   // bitmap of its group.
   absl::StatusOr<FileLayout> ReadFile(uint64_t inode);
 
@@ -109,6 +109,11 @@ class Ext4Reader {
   // features this library does not know, shared blocks or the read-only
   // feature.
   absl::Status WriteRefusal();
+
+  // Image mode, before writing: no other in-use inode (nor the bad-blocks
+  // inode) claims a block of `layout` (see ownership.h). An inode scan of
+  // the whole filesystem, so only writers pay for it.
+  absl::Status CheckOwnership(const FileLayout& layout);
 
   // Checks extents (e.g. from FIEMAP) against the filesystem exactly as
   // ReadFile checks its own, with `map_blocks` as the file's index blocks

@@ -164,7 +164,10 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options
     f->claim_ = std::move(*claim);
   }
 
-  auto loaded = LoadMap(t);
+  LoadOptions load;
+  load.for_write = options.write;
+  load.skip_ownership_check = options.skip_ownership_check;
+  auto loaded = LoadMap(t, load);
   if (!loaded.ok()) return loaded.status();
   if (options.write && !loaded->write_status.ok()) return loaded->write_status;
   f->warning_ = loaded->warning;

@@ -37,7 +37,7 @@ LoadedMap FromLayout(FileLayout layout, MapSource source, std::string device,
   return out;
 }
 
-absl::StatusOr<LoadedMap> LoadImage(const Target& t) {
+absl::StatusOr<LoadedMap> LoadImage(const Target& t, const LoadOptions& lo) {
   if (absl::Status s = CheckImageKind(t.image); !s.ok()) return s;  // a FIFO would block
   ReaderOptions options;
   options.offset = t.image_offset;
@@ -51,9 +51,21 @@ absl::StatusOr<LoadedMap> LoadImage(const Target& t) {
   }
   auto layout = (*reader)->ReadFile(ino);
   if (!layout.ok()) return layout.status();
-  absl::StatusOr<LoadedMap> loaded = FromLayout(
-      std::move(*layout), MapSource::kImage, t.image, absl::StrJoin((*reader)->warnings(), "; "));
-  loaded->write_status = (*reader)->WriteRefusal();
+  // Filesystem state first: the ownership scan is only worth its cost when
+  // nothing else refuses the write.
+  absl::Status write_status = (*reader)->WriteRefusal();
+  std::string skipped;
+  if (lo.for_write && lo.skip_ownership_check) {
+    skipped = "block ownership not checked (asked to skip it): if another file also "
+              "claims this file's blocks, writing changes that file too";
+  } else if (lo.for_write && write_status.ok()) {
+    write_status = (*reader)->CheckOwnership(*layout);
+  }
+  std::string warning = absl::StrJoin((*reader)->warnings(), "; ");
+  if (!skipped.empty()) warning = warning.empty() ? skipped : absl::StrCat(warning, "; ", skipped);
+  absl::StatusOr<LoadedMap> loaded =
+      FromLayout(std::move(*layout), MapSource::kImage, t.image, std::move(warning));
+  loaded->write_status = std::move(write_status);
   const std::string who = absl::StrFormat("%s: inode %d", t.image, loaded->inode);
   if (loaded->write_status.ok() && (loaded->inode_flags & EXT2_IMMUTABLE_FL)) {
     loaded->write_status = LibError(EXT4DIO_E_WRITE_REFUSED,
@@ -142,12 +154,12 @@ absl::StatusOr<LoadedMap> LoadMountedMap(Ext4Reader& reader, int fd, const Mount
                                   mf.path, mf.device, difference));
 }
 
-absl::StatusOr<LoadedMap> LoadMap(const Target& target) {
+absl::StatusOr<LoadedMap> LoadMap(const Target& target, const LoadOptions& options) {
   if (!target.image.empty()) {
     if (target.inode == 0 && target.path.empty()) {
       return ErrnoError(EINVAL, "image mode needs a path inside the filesystem or an inode");
     }
-    return LoadImage(target);
+    return LoadImage(target, options);
   }
   if (target.path.empty()) return ErrnoError(EINVAL, "no file given");
   if (target.inode != 0) {

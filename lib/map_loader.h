@@ -41,7 +41,16 @@ struct LoadedMap {
 // file changing while we look) before the disagreement is reported.
 inline constexpr int kCrossCheckAttempts = 3;
 
-absl::StatusOr<LoadedMap> LoadMap(const Target& target);
+struct LoadOptions {
+  // Image mode: the map is for writing, so write_status also covers block
+  // ownership (no other inode claims the file's blocks: an inode scan).
+  bool for_write = false;
+  // ... except when the caller asked to skip that scan: then `warning`
+  // says so.
+  bool skip_ownership_check = false;
+};
+
+absl::StatusOr<LoadedMap> LoadMap(const Target& target, const LoadOptions& options = {});
 
 class Ext4Reader;
 struct MountedFile;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages ext4dio needs to build, test and benchmark,
 # then makes the installed fio's source available for the fio engine
-# (scripts/fio-source.sh: .cache/fio-<version>, fetched once).
+# (scripts/fio-source.sh: .cache/fio-<version>, fetched once) and e2fsprogs'
+# test images for the corpus test (scripts/e2fsprogs-source.sh).
 # Idempotent: when everything is present it touches no network and changes
 # nothing. Needs root (or sudo) only when something is missing.
 set -euo pipefail
@@ -24,6 +25,8 @@ done
 
 fio_source() {  # never fails: without fio's source the engine is skipped
   bash "$(dirname "$0")/fio-source.sh" || true
+  # Never fails either: without the images the corpus test skips.
+  bash "$(dirname "$0")/e2fsprogs-source.sh" || true
 }
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -4,6 +4,7 @@
 //   ext4dio-write [--image IMG [--image-offset N]] [--inode N] [--input FILE|-]
 //                 [--offset N] [--length N] [--queue-depth N] [--io-size N]
 //                 [--threads N] [--sync] [--dsync] [--verify] [--no-fallback]
+//                 [--no-ownership-check]
 //                 [--dry-run] [--json] [--progress|--no-progress] [TARGET]
 //
 // An input of known length (a regular file, or --length) is planned in full
@@ -607,6 +608,7 @@ struct Args {
   uint64_t io_size = 1 << 20;
   uint32_t queue_depth = 32, threads = 1;
   bool sync = false, dsync = false, verify = false, no_fallback = false;
+  bool no_ownership_check = false;
   bool dry_run = false, json = false, progress = false, no_progress = false;
   bool has_length = false;
 };
@@ -733,6 +735,9 @@ int main(int argc, char** argv) {
   app.add_flag("--verify", a.verify, "Read the range back through the library and compare");
   app.add_flag("--no-fallback", a.no_fallback,
                "Never use the kernel path (image mode never does: allocation is refused)");
+  app.add_flag("--no-ownership-check", a.no_ownership_check,
+               "Image mode: do not scan the inodes for other claims on the file's blocks "
+               "(a warning says so)");
   app.add_flag("--dry-run", a.dry_run,
                "Write nothing; print the plan: OFFSET LENGTH KIND DEVICE_OFFSET per piece "
                "(KIND: fast, rmw, buffered, kernel, refused)");
@@ -815,6 +820,7 @@ int main(int argc, char** argv) {
   opts.dsync = a.dsync;
   opts.queue_depth = a.queue_depth;
   opts.no_fallback = a.no_fallback;
+  opts.skip_ownership_check = a.no_ownership_check;
   auto file = ext4dio::DirectFile::Open(where, opts);
   if (!file.ok()) return report.Fail(std::string(file.status().message()));
   report.SetFile(*file);

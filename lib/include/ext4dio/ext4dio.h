@@ -150,8 +150,9 @@ int ext4dio_map_query(const struct ext4dio_map *map, uint64_t offset,
  * refused as a whole (-EXT4DIO_E_NEEDS_ALLOCATION, nothing written) when it
  * touches a hole, an unwritten extent or EOF. Writers lock the image (flock,
  * or O_EXCL for a device) and are refused on a mounted image, a journal that
- * needs recovery, the errors flag, MMP in use, unknown features, and
- * immutable or append-only files. Image mode never changes metadata: the
+ * needs recovery, the errors flag, MMP in use, unknown features,
+ * immutable or append-only files, and files whose blocks another inode also
+ * claims (see EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK). Image mode never changes metadata: the
  * inode's mtime stays as it was.
  *
  * Mounted mode (target.path of a file on a mounted ext4, no image): the
@@ -184,6 +185,10 @@ struct ext4dio_file;
    IOPS at depth), so a lease break waits until every queue holding
    unreaped completions is next reaped or its owner makes any system call.
    Without it a break never waits for an idle owner. */
+#define EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK 0x20u /* image mode, writers: skip the
+   inode scan that refuses a file whose blocks another inode (or the bad-blocks
+   inode) also claims (-EXT4DIO_E_CORRUPT_MAP naming the block and the inode);
+   the file's warning then says it was skipped. No effect in mounted mode. */
 
 enum ext4dio_backend {
   EXT4DIO_BACKEND_AUTO = 0,  /* io_uring unless unavailable or the device is

@@ -171,6 +171,7 @@ struct DirectFileOptions {
   ext4dio_backend backend = EXT4DIO_BACKEND_AUTO;
   uint64_t max_io = 0;
   bool no_fallback = false;  // mounted: refuse writes that need the kernel path
+  bool skip_ownership_check = false;  // image: EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK
 };
 
 // A file open for direct I/O at its mapped device offsets (see ext4dio.h
@@ -185,7 +186,8 @@ class DirectFile {
     ext4dio_open_opts_init(&opts);
     opts.flags = (o.write ? EXT4DIO_OPEN_WRITE : 0u) | (o.dsync ? EXT4DIO_OPEN_DSYNC : 0u) |
                  (o.sqpoll ? EXT4DIO_OPEN_SQPOLL : 0u) |
-                 (o.no_fallback ? EXT4DIO_OPEN_NO_FALLBACK : 0u);
+                 (o.no_fallback ? EXT4DIO_OPEN_NO_FALLBACK : 0u) |
+                 (o.skip_ownership_check ? EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK : 0u);
     opts.queue_depth = o.queue_depth;
     opts.backend = o.backend;
     opts.max_io = o.max_io;
