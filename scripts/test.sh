@@ -26,6 +26,7 @@ CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-tsan --buildtype=debugopt
 tsan_ok=1
 ninja -C build-tsan test/concurrency_test test/async_queue_test test/mounted_io_test \
   test/mounted_contract_test test/session_state_test tools/ext4dio-write tools/ext4dio-read \
+  tools/ext4dio-map \
   >/dev/null || tsan_ok=0
 
 passed=0; failed=0; skipped=0
