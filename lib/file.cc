@@ -259,14 +259,12 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   // a device that accepts writes while mounted.
   std::string why_not;
   const std::string& dev = f->info_.device;
+  if (!dev.empty())
+    f->fd_direct_ = f->os_->Open(dev.c_str(), (options.write ? O_RDWR : O_RDONLY) | O_DIRECT, 0);
   if (dev.empty()) {
     // E.g. a bind mount inside a container with its own /dev.
     why_not = absl::StrCat("no device node for the filesystem (", f->info_.device_error,
                            "): fast path off, all I/O through the kernel, map from FIEMAP");
-  } else {
-    f->fd_direct_ = f->os_->Open(dev.c_str(), (options.write ? O_RDWR : O_RDONLY) | O_DIRECT, 0);
-  }
-  if (dev.empty()) {
   } else if (f->fd_direct_ < 0) {
     why_not = absl::StrFormat(
         "cannot open %s for %s (%s%s): fast path off, all I/O through the kernel", dev,
