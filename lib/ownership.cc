@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "errors.h"
+#include "ranges.h"
 
 namespace ext4dio {
 namespace {
@@ -26,22 +27,10 @@ class ClusterSet {
 
   void AddBlocks(uint64_t start, uint64_t count) {
     if (count == 0) return;
-    ranges_.push_back({start >> bits_, ((start + count - 1) >> bits_) + 1});
+    ranges_.emplace_back(start >> bits_, ((start + count - 1) >> bits_) + 1);
   }
 
-  void Finish() {
-    std::sort(ranges_.begin(), ranges_.end(),
-              [](const Range& a, const Range& b) { return a.start < b.start; });
-    std::vector<Range> merged;
-    for (const Range& r : ranges_) {
-      if (!merged.empty() && r.start <= merged.back().end) {
-        merged.back().end = std::max(merged.back().end, r.end);
-      } else {
-        merged.push_back(r);
-      }
-    }
-    ranges_ = std::move(merged);
-  }
+  void Finish() { SortAndMerge(ranges_); }
 
   // The first block of [start, start + count) whose cluster is in the set,
   // or kNoHit.
@@ -51,20 +40,15 @@ class ClusterSet {
     if (count == 0) return kNoHit;
     const uint64_t cs = start >> bits_;
     const uint64_t ce = ((start + count - 1) >> bits_) + 1;
-    if (ce <= ranges_.front().start || cs >= ranges_.back().end) return kNoHit;
-    // The first range ending after cs.
-    auto it = std::upper_bound(ranges_.begin(), ranges_.end(), cs,
-                               [](uint64_t v, const Range& r) { return v < r.end; });
-    if (it == ranges_.end() || it->start >= ce) return kNoHit;
-    return std::max(start, std::max(cs, it->start) << bits_);
+    if (ce <= ranges_.front().first || cs >= ranges_.back().second) return kNoHit;
+    auto it = FirstEndingAfter(ranges_, cs);
+    if (it == ranges_.end() || it->first >= ce) return kNoHit;
+    return std::max(start, std::max(cs, it->first) << bits_);
   }
 
  private:
-  struct Range {
-    uint64_t start, end;
-  };
   const uint32_t bits_;
-  std::vector<Range> ranges_;
+  RangeList ranges_;  // [first, end) clusters
 };
 
 enum class Kind { kData, kBadBlock, kExtentBlock, kIndirect, kXattr };

@@ -75,13 +75,4 @@ absl::StatusOr<RangeList> DropFileCache(Os& os, int fd, uint64_t granule) {
   return f.out;
 }
 
-bool Overlaps(const RangeList& ranges, uint64_t offset, uint64_t n) {
-  if (ranges.empty() || n == 0) return false;
-  auto it = std::upper_bound(ranges.begin(), ranges.end(), offset,
-                             [](uint64_t v, const std::pair<uint64_t, uint64_t>& r) {
-                               return v < r.second;
-                             });
-  return it != ranges.end() && it->first < offset + n;
-}
-
 }  // namespace ext4dio

@@ -20,20 +20,15 @@
 
 #include "absl/status/statusor.h"
 #include "os.h"
+#include "ranges.h"
 
 namespace ext4dio {
-
-// Sorted, disjoint [start, end) file byte ranges.
-using RangeList = std::vector<std::pair<uint64_t, uint64_t>>;
 
 // Writes back and drops every cached page of `fd`'s file, then returns the
 // ranges the page cache still holds, rounded out to `granule` (a power of
 // two, at least the page size). An error when write-back fails or the
 // cache cannot be asked (then nothing may be assumed about it).
 absl::StatusOr<RangeList> DropFileCache(Os& os, int fd, uint64_t granule);
-
-// Whether [offset, offset + n) overlaps any of `ranges`.
-bool Overlaps(const RangeList& ranges, uint64_t offset, uint64_t n);
 
 }  // namespace ext4dio
 

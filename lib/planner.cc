@@ -42,16 +42,7 @@ WrittenSet::WrittenSet(const ExtentMap& map) {
     if (e.unwritten) continue;
     ranges_.emplace_back(base + e.physical * bs, base + (e.physical + e.length) * bs);
   }
-  std::sort(ranges_.begin(), ranges_.end());
-  std::vector<std::pair<uint64_t, uint64_t>> merged;
-  for (const auto& r : ranges_) {
-    if (!merged.empty() && r.first <= merged.back().second) {
-      merged.back().second = std::max(merged.back().second, r.second);
-    } else {
-      merged.push_back(r);
-    }
-  }
-  ranges_ = std::move(merged);
+  SortAndMerge(ranges_);
 }
 
 bool WrittenSet::Contains(uint64_t offset, uint64_t length) const {
@@ -132,11 +123,8 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
     uint64_t n = s.length;
     if (options.kernel_only != nullptr && !options.kernel_only->empty()) {
       // Pinned ranges inside this segment go through the kernel: split it.
-      const auto& ko = *options.kernel_only;
-      auto it = std::upper_bound(ko.begin(), ko.end(), s.offset,
-                                 [](uint64_t v, const std::pair<uint64_t, uint64_t>& r) {
-                                   return v < r.second;
-                                 });
+      const RangeList& ko = *options.kernel_only;
+      auto it = FirstEndingAfter(ko, s.offset);
       if (it != ko.end() && it->first <= s.offset) {
         const uint64_t k = std::min(it->second, s.offset + n) - s.offset;
         if (!options.kernel_path) {

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "extent_map.h"
+#include "ranges.h"
 
 namespace ext4dio {
 
@@ -26,7 +27,7 @@ class WrittenSet {
   bool Contains(uint64_t offset, uint64_t length) const;
 
  private:
-  std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // [start, end) bytes
+  RangeList ranges_;  // [start, end) device bytes
 };
 
 struct Alignment {
@@ -68,7 +69,7 @@ struct PlanOptions {
   // go through the kernel even where mapped (pages the page cache could not
   // drop: see page_cache.h). Their pieces are kKernel (refused without
   // kernel_path). Rounded to whole write units by whoever makes them.
-  const std::vector<std::pair<uint64_t, uint64_t>>* kernel_only = nullptr;
+  const RangeList* kernel_only = nullptr;
   // Completes "writing them needs block allocation, which ..." when a
   // write is refused.
   const char* refusal = "image mode cannot do";
