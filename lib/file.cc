@@ -196,8 +196,6 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   } path_fd_guard{path_fd};
   struct stat st;
   if (::fstat(path_fd, &st) != 0) return ErrnoError(errno, "stat " + t.path);
-  if (!S_ISREG(st.st_mode))
-    return LibError(EXT4DIO_E_UNSUPPORTED_FILE, t.path + " is not a regular file");
 
   std::lock_guard<std::mutex> registry_lock(RegistryMu());
   const auto key = std::make_pair(st.st_dev, st.st_ino);
@@ -224,9 +222,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   f->name_ = t.path;
   auto inspected = InspectMountedFile(t.path, path_fd);
   if (!inspected.ok()) return inspected.status();
-  MountedFile& mf = *inspected;
-  if (mf.dev != st.st_dev || mf.inode != st.st_ino)
-    return ErrnoError(ESTALE, t.path + " changed while it was being opened");
+  MountedFile& mf = *inspected;  // the inode of path_fd, so of `key`
   if (absl::Status s = MountedRefusal(mf, options.write); !s.ok()) return s;
   f->append_only_ = (mf.flags & FS_APPEND_FL) != 0;
 
@@ -321,9 +317,6 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
         why_not = absl::StrCat("no write lease (", s.message(),
                                ": only the file's owner or CAP_LEASE may take one): fast "
                                "path off, all I/O through the kernel");
-      } else if (!s.ok() && (code == -EXT4DIO_E_WRITE_REFUSED ||
-                             code == -EXT4DIO_E_UNSUPPORTED_FILE)) {
-        return s;
       } else if (!s.ok() && code != -EAGAIN) {
         return s;
       } else if (!s.ok()) {
@@ -958,19 +951,9 @@ int64_t File::ErrorsCount() const {
 
 absl::Status File::RecheckFileLocked() {
   if (absl::Status s = RefreshMountedFile(fd_file_, info_); !s.ok()) return s;
-  if (options_.write) {
-    const int64_t errors = ErrorsCount();
-    if (errors_baseline_ >= 0 && errors > errors_baseline_) {
-      return LibError(EXT4DIO_E_WRITE_REFUSED,
-                      absl::StrFormat("%s: the filesystem recorded %d error(s) since it was "
-                                      "opened (errors=remount-ro makes it read-only): fast "
-                                      "path off",
-                                      name_, errors - errors_baseline_));
-    }
-  }
   if (absl::Status s = MountedRefusal(info_, options_.write); !s.ok()) return s;
   if (options_.write) {
-    if (std::string why = FilesystemStopped(fd_file_); !why.empty())
+    if (std::string why = WhyStopped(); !why.empty())
       return LibError(EXT4DIO_E_WRITE_REFUSED, absl::StrCat(name_, ": ", why));
   }
   append_only_ = (info_.flags & FS_APPEND_FL) != 0;
@@ -981,14 +964,21 @@ absl::Status File::RecheckFileLocked() {
   return absl::OkStatus();
 }
 
+std::string File::WhyStopped() const {
+  std::string why = FilesystemStopped(fd_file_);
+  if (why.empty() && errors_baseline_ >= 0) {
+    if (const int64_t errors = ErrorsCount(); errors > errors_baseline_) {
+      why = absl::StrFormat("the filesystem recorded %d error(s) since it was opened "
+                            "(errors=remount-ro makes it read-only; see dmesg)",
+                            errors - errors_baseline_);
+    }
+  }
+  return why;
+}
+
 void File::PollWhileFast() {
   if (!options_.write) return;
-  std::string why = FilesystemStopped(fd_file_);
-  if (why.empty() && errors_baseline_ >= 0 && ErrorsCount() > errors_baseline_) {
-    why = "the filesystem recorded an error (errors=remount-ro makes it read-only; see "
-          "dmesg)";
-  }
-  if (!why.empty()) {
+  if (std::string why = WhyStopped(); !why.empty()) {
     IoGate::Exclusive exclusive(gate_);
     StopFastPathLocked(absl::StrCat(why, ": fast path off; writes fail as the kernel's do"),
                        false);

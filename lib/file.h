@@ -258,6 +258,9 @@ class File : public std::enable_shared_from_this<File> {
   int errors_count_fd_ = -1;
   int64_t errors_baseline_ = -1;
   int64_t ErrorsCount() const;
+  // Why a writer's fast path must stop now: read-only, shut down
+  // (FilesystemStopped), or an error recorded since open. "" if none.
+  std::string WhyStopped() const;
   Alignment kernel_align_{512, 512};  // O_DIRECT on the file itself
   IoGate gate_;
   Lease lease_;                   // touched only inside the gate's Exclusive
