@@ -220,16 +220,12 @@ absl::Status MountedRefusal(const MountedFile& m, bool write) {
   return absl::OkStatus();
 }
 
-namespace {
-
-std::string ReadSmallFile(const std::string& path) {
+std::string ReadFirstLine(const std::string& path) {
   std::ifstream in(path);
   std::string s;
   std::getline(in, s);
   return s;
 }
-
-}  // namespace
 
 absl::StatusOr<DeviceGeometry> ProbeGeometry(int fd, const std::string& path) {
   DeviceGeometry g;
@@ -247,8 +243,8 @@ absl::StatusOr<DeviceGeometry> ProbeGeometry(int fd, const std::string& path) {
     const std::string sys = absl::StrFormat("/sys/dev/block/%d:%d", major(st.st_rdev),
                                             minor(st.st_rdev));
     uint64_t kb = 0;
-    std::string v = ReadSmallFile(sys + "/queue/max_sectors_kb");
-    if (v.empty()) v = ReadSmallFile(sys + "/../queue/max_sectors_kb");  // a partition
+    std::string v = ReadFirstLine(sys + "/queue/max_sectors_kb");
+    if (v.empty()) v = ReadFirstLine(sys + "/../queue/max_sectors_kb");  // a partition
     if (absl::SimpleAtoi(v, &kb) && kb >= 4) g.max_io = std::min<uint64_t>(kb * 1024, 4 << 20);
     struct stat mq;
     g.bio_based = ::stat((sys + "/mq").c_str(), &mq) != 0 &&

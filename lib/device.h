@@ -62,6 +62,9 @@ std::string FilesystemStopped(int fd);
 // EXT4DIO_E_WRITE_REFUSED for immutable files and read-only mounts.
 absl::Status MountedRefusal(const MountedFile& m, bool write);
 
+// The first line of a small text file (sysfs attributes), "" if unreadable.
+std::string ReadFirstLine(const std::string& path);
+
 // The /dev node of block device `dev`, checked by its st_rdev.
 absl::StatusOr<std::string> DeviceNode(dev_t dev);
 

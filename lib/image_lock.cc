@@ -28,13 +28,6 @@
 namespace ext4dio {
 namespace {
 
-std::string ReadLine(const std::string& path) {
-  std::ifstream in(path);
-  std::string s;
-  std::getline(in, s);
-  return s;
-}
-
 bool ParseDev(const std::string& maj_min, dev_t* dev) {
   std::pair<std::string, std::string> p = absl::StrSplit(maj_min, ':');
   unsigned maj = 0, min = 0;
@@ -87,7 +80,7 @@ std::string DescribeBusy(const LoopDevice& loop, const std::string& image) {
   std::vector<std::pair<std::string, std::string>> devs = {{loop.name, base}};
   for (const std::string& p : Partitions(loop.name)) devs.push_back({p, base + "/" + p});
   for (const auto& [name, sys] : devs) {
-    const std::string where = MountPointOf(ReadLine(sys + "/dev"));
+    const std::string where = MountPointOf(ReadFirstLine(sys + "/dev"));
     if (!where.empty())
       return absl::StrFormat("%s is mounted through /dev/%s on %s", image, name, where);
   }
@@ -128,9 +121,9 @@ std::vector<LoopDevice> ListLoopDevices() {
     LoopDevice l;
     l.name = name;
     const std::string base = "/sys/block/" + name;
-    l.backing_file = ReadLine(base + "/loop/backing_file");
+    l.backing_file = ReadFirstLine(base + "/loop/backing_file");
     if (l.backing_file.empty()) continue;  // not bound
-    if (!ParseDev(ReadLine(base + "/dev"), &l.rdev)) continue;
+    if (!ParseDev(ReadFirstLine(base + "/dev"), &l.rdev)) continue;
     if (auto node = DeviceNode(l.rdev); node.ok()) l.node = *node;
     if (!l.node.empty()) {
       // Asking the device itself identifies the backing file even when its
