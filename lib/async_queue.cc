@@ -336,6 +336,15 @@ absl::Status AsyncQueue::Submit(const AsyncRequest& req) {
   return absl::OkStatus();
 }
 
+size_t AsyncQueue::SubmitBatch(absl::Span<const AsyncRequest> reqs, absl::Status* refused) {
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (absl::Status s = Submit(reqs[i]); !s.ok()) {
+      *refused = std::move(s);
+      return i;
+    }
+  }
+  return reqs.size();
+}
 
 absl::Status AsyncQueue::RegisterBuffers(void* base, size_t bytes) {
   if (outstanding() != 0) return ErrnoError(EBUSY, "registering buffers with requests outstanding");

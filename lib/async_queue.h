@@ -57,6 +57,10 @@ class AsyncQueue final : public IoGate::Member {
   // Plans and starts `r`. An error here means the request was not started
   // (nothing written): e.g. EXT4DIO_E_NEEDS_ALLOCATION.
   [[nodiscard]] absl::Status Submit(const AsyncRequest& r);
+  // Starts reqs in order, handing their device I/O to the ring together.
+  // Returns how many were started; when fewer than reqs.size(), *refused
+  // says why reqs[returned] was not (nothing of it written).
+  size_t SubmitBatch(absl::Span<const AsyncRequest> reqs, absl::Status* refused);
   // Waits until at least min(min_complete, outstanding()) requests are
   // finished; returns up to out.size() of them.
   [[nodiscard]] absl::StatusOr<size_t> Reap(absl::Span<AsyncCompletion> out,

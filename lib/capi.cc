@@ -434,6 +434,40 @@ EXT4DIO_EXPORT int ext4dio_queue_submit(ext4dio_queue* q, const ext4dio_request*
   });
 }
 
+EXT4DIO_EXPORT int ext4dio_queue_submit_batch(ext4dio_queue* q, const ext4dio_request* r,
+                                              size_t n) {
+  if (q == nullptr || (r == nullptr && n)) return Fail(-EINVAL, "NULL argument");
+  if (n > INT32_MAX) return Fail(-EINVAL, "batch too large");
+  for (size_t i = 0; i < n; ++i) {
+    if ((r[i].buf == nullptr && r[i].length) ||
+        (r[i].op != EXT4DIO_OP_READ && r[i].op != EXT4DIO_OP_WRITE)) {
+      if (i == 0) return Fail(-EINVAL, "request 0: NULL buffer or unknown op");
+      n = i;  // start the valid prefix; the caller sees the count
+      break;
+    }
+  }
+  return Guard([&]() -> int {
+    // Converted in chunks on the stack: nothing allocated per request.
+    ext4dio::AsyncRequest chunk[64];
+    size_t done = 0;
+    while (done < n) {
+      const size_t k = std::min<size_t>(n - done, 64);
+      for (size_t i = 0; i < k; ++i) {
+        const ext4dio_request& x = r[done + i];
+        chunk[i] = {x.op == EXT4DIO_OP_WRITE, x.buf, x.length, x.offset, x.cookie};
+      }
+      absl::Status refused;
+      const size_t started = q->queue->SubmitBatch(absl::MakeConstSpan(chunk, k), &refused);
+      done += started;
+      if (started < k) {  // requests[done] refused, nothing of it written
+        const int code = Fail(refused);
+        return done == 0 ? code : static_cast<int>(done);
+      }
+    }
+    return static_cast<int>(done);
+  });
+}
+
 EXT4DIO_EXPORT int ext4dio_queue_register_buffers(ext4dio_queue* q, void* base, size_t bytes) {
   if (q == nullptr || base == nullptr || bytes == 0) return Fail(-EINVAL, "NULL or empty region");
   absl::Status s = q->queue->RegisterBuffers(base, bytes);

@@ -339,6 +339,13 @@ int ext4dio_queue_register_buffers(struct ext4dio_queue *queue, void *base, size
 /* 0 when started; a negative code when the request was not started (nothing
  * written), e.g. -EXT4DIO_E_NEEDS_ALLOCATION. */
 int ext4dio_queue_submit(struct ext4dio_queue *queue, const struct ext4dio_request *request);
+/* Starts requests[0..n) in order and hands their device I/O to the ring
+ * together (one io_uring_enter for the batch when none blocks). Returns how
+ * many were started: n, or fewer when requests[returned] was refused
+ * (nothing of it written; ext4dio_last_error() says why) -- the ones after
+ * it were not looked at. A negative code when requests[0] was refused. */
+int ext4dio_queue_submit_batch(struct ext4dio_queue *queue,
+                               const struct ext4dio_request *requests, size_t n);
 /* Waits for at least min (bounded by what is outstanding) and stores up to
  * max completions; returns how many, or a negative code. */
 int ext4dio_queue_reap(struct ext4dio_queue *queue, struct ext4dio_completion *out,
