@@ -1,6 +1,8 @@
 // AsyncQueue: many requests in flight on one ring, for high queue depth.
-// Submit plans a request and starts its device I/O; Reap collects finished
-// requests by the caller's cookie.
+// Submit (or SubmitBatch) plans requests and starts their device I/O; Reap
+// collects finished requests by the caller's cookie. The queue is a thin
+// owner of one DeviceExecutor (executor.h) and the File it belongs to: the
+// file plans, the executor runs.
 //
 // Thread-safety: one thread at a time per queue (make one queue per
 // thread). Any number of queues and synchronous callers may use one File.
@@ -12,45 +14,27 @@
 // (reaping into the ready list) when the ring is full, so that every
 // started request's device I/O is in flight when Submit returns.
 //
-// Mounted mode: the queue is a member of the file's IoGate, which counts
-// its device requests in flight without the queue's owner.
+// Mounted mode: the queue's executor is a member of the file's IoGate,
+// which counts its device requests in flight without the queue's owner.
 #ifndef EXT4DIO_LIB_ASYNC_QUEUE_H_
 #define EXT4DIO_LIB_ASYNC_QUEUE_H_
 
-#include <atomic>
 #include <cstdint>
-#include <deque>
 #include <memory>
-#include <unordered_map>
-#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "io_gate.h"
-#include "os.h"
+#include "executor.h"
 
 namespace ext4dio {
 
 class File;
 
-struct AsyncRequest {
-  bool write = false;
-  void* buf = nullptr;
-  uint64_t length = 0;
-  uint64_t offset = 0;
-  uint64_t cookie = 0;
-};
-
-struct AsyncCompletion {
-  uint64_t cookie = 0;
-  int64_t result = 0;         // bytes, or a negative C API code
-  uint64_t error_offset = 0;  // file offset of the failed piece (result < 0)
-  uint64_t error_length = 0;
-};
-
-class AsyncQueue final : public IoGate::Member {
+class AsyncQueue {
  public:
-  ~AsyncQueue() override;  // waits for what is in flight
+  // Made by File::NewAsyncQueue.
+  AsyncQueue(std::shared_ptr<File> file, std::unique_ptr<DeviceExecutor> executor);
+  ~AsyncQueue();  // waits for what is in flight
   AsyncQueue(const AsyncQueue&) = delete;
   AsyncQueue& operator=(const AsyncQueue&) = delete;
 
@@ -64,42 +48,22 @@ class AsyncQueue final : public IoGate::Member {
   // Waits until at least min(min_complete, outstanding()) requests are
   // finished; returns up to out.size() of them.
   [[nodiscard]] absl::StatusOr<size_t> Reap(absl::Span<AsyncCompletion> out,
-                                            size_t min_complete);
+                                            size_t min_complete) {
+    return executor_->Reap(out, min_complete);
+  }
   // Registers the caller's buffer region with the ring (io_uring fixed
   // buffers): requests whose buffers lie inside it avoid per-I/O page
   // pinning. REQUIRES: nothing outstanding.
-  [[nodiscard]] absl::Status RegisterBuffers(void* base, size_t bytes);
+  [[nodiscard]] absl::Status RegisterBuffers(void* base, size_t bytes) {
+    return executor_->RegisterBuffers(base, bytes);
+  }
   // Requests submitted and not yet reaped.
-  size_t outstanding() const { return requests_.size() + ready_.size(); }
-  uint32_t depth() const { return queue_->depth(); }
-  uint64_t PendingDeviceIo() const override;
+  size_t outstanding() const { return executor_->outstanding(); }
+  uint32_t depth() const { return executor_->depth(); }
 
  private:
-  friend class File;
-  struct Request;
-  struct OpState;
-  AsyncQueue(std::shared_ptr<File> file, std::unique_ptr<IoQueue> queue);
-
-  enum class Planned { kStarted, kBlocking };
-  absl::StatusOr<Planned> StartPlanned(const AsyncRequest& r);
-  absl::Status RunBlocking(const AsyncRequest& r);
-  void Pump();
-  absl::Status ReapSome(size_t min_complete);
-  void Finish(uint64_t id);
-  absl::Status Drain();
-
   std::shared_ptr<File> file_;  // kept open until the queue goes
-  std::unique_ptr<IoQueue> queue_;
-  uint64_t next_request_ = 1;
-  uint64_t next_op_ = 1;
-  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
-  std::unordered_map<uint64_t, OpState> ops_;  // by tag
-  std::deque<uint64_t> backlog_;               // op tags not yet submitted
-  std::deque<AsyncCompletion> ready_;
-  // Device requests handed to the ring, and those reaped and fully handled
-  // (short ones resubmitted): see PendingDeviceIo.
-  std::atomic<uint64_t> issued_{0};
-  std::atomic<uint64_t> completed_{0};
+  std::unique_ptr<DeviceExecutor> executor_;
 };
 
 }  // namespace ext4dio

@@ -478,15 +478,20 @@ EXT4DIO_EXPORT int ext4dio_queue_reap(ext4dio_queue* q, ext4dio_completion* out,
                                       size_t min) {
   if (q == nullptr || (out == nullptr && max)) return Fail(-EINVAL, "NULL argument");
   return Guard([&]() -> int {
-    std::vector<ext4dio::AsyncCompletion> c(std::min<size_t>(max, 4096));
-    auto got = q->queue->Reap(absl::MakeSpan(c), std::min(min, c.size()));
+    // Straight into the caller's array: the layouts are the same.
+    static_assert(sizeof(ext4dio_completion) == sizeof(ext4dio::AsyncCompletion));
+    static_assert(offsetof(ext4dio_completion, cookie) ==
+                  offsetof(ext4dio::AsyncCompletion, cookie));
+    static_assert(offsetof(ext4dio_completion, result) ==
+                  offsetof(ext4dio::AsyncCompletion, result));
+    static_assert(offsetof(ext4dio_completion, error_offset) ==
+                  offsetof(ext4dio::AsyncCompletion, error_offset));
+    static_assert(offsetof(ext4dio_completion, error_length) ==
+                  offsetof(ext4dio::AsyncCompletion, error_length));
+    const size_t n = std::min<size_t>(max, INT32_MAX);
+    auto got = q->queue->Reap(
+        absl::MakeSpan(reinterpret_cast<ext4dio::AsyncCompletion*>(out), n), std::min(min, n));
     if (!got.ok()) return Fail(got.status());
-    for (size_t i = 0; i < *got; ++i) {
-      out[i].cookie = c[i].cookie;
-      out[i].result = c[i].result;
-      out[i].error_offset = c[i].error_offset;
-      out[i].error_length = c[i].error_length;
-    }
     return static_cast<int>(*got);
   });
 }

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -51,19 +52,6 @@ bool HasCapFsetid() {
 }
 
 }  // namespace
-
-// ---------------------------------------------------------------------------
-struct File::Slot {
-  std::unique_ptr<IoQueue> queue;
-};
-
-struct File::Op {
-  IoOp::Kind kind;
-  uint64_t device_offset;
-  uint64_t file_offset;
-  char* buf;
-  uint64_t length;
-};
 
 absl::StatusOr<std::shared_ptr<File>> File::Open(const OpenOptions& options) {
   if (options.queue_depth == 0 || options.queue_depth > 4096)
@@ -110,11 +98,9 @@ absl::Status File::SetUpBackend(const std::string& device_path) {
       break;
   }
   // One queue made now: a broken backend fails at open, not at first I/O.
+  // (Executors are made when first needed: the alignment may still change.)
   auto q = NewIoQueue(options_.queue_depth);
   if (!q.ok()) return q.status();
-  auto slot = std::make_unique<Slot>();
-  slot->queue = std::move(*q);
-  ReleaseSlot(std::move(slot));
   return absl::OkStatus();
 }
 
@@ -356,10 +342,7 @@ File::~File() {
     TouchTimes();
     lease_.Release();
   }
-  {
-    std::lock_guard<std::mutex> lock(pool_mu_);
-    pool_.clear();  // rings go before the descriptor they registered
-  }
+  pool_.Clear();  // rings go before the descriptor they registered
   // The rings unregistered the descriptor before they went (os.cc), so this
   // close drops the last reference: an O_EXCL device claim ends here, and
   // claim_ (the image's locks) right after this body.
@@ -375,6 +358,8 @@ const char* File::backend_name() const {
 
 FileStats File::stats() const {
   FileStats s;
+  // Under exec_mu_: a retiring executor moves its counts into stats_.
+  std::unique_lock<std::mutex> retiring(exec_mu_);
   s.fast_bytes = stats_[kFastBytes];
   s.fast_requests = stats_[kFastReq];
   s.rmw_bytes = stats_[kRmwBytes];
@@ -389,6 +374,17 @@ FileStats File::stats() const {
   s.kernel_read_bytes = stats_[kKernelReadBytes];
   s.lease_breaks = stats_[kLeaseBreaks];
   s.remaps = stats_[kRemaps];
+  // The executors' own counts (each written by its owner only).
+  auto add = [&s](const DeviceExecutor& e) {
+    const DeviceExecutor::Stats x = e.stats();
+    s.fast_bytes += x.write_bytes;
+    s.fast_requests += x.write_ops;
+    s.read_bytes += x.read_bytes;
+    s.read_requests += x.read_ops;
+    s.zero_bytes += x.zero_bytes;
+  };
+  pool_.ForEach(add);
+  for (const DeviceExecutor* e : async_executors_) add(*e);
   return s;
 }
 
@@ -407,25 +403,96 @@ absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth, bool f
   return os_->NewQueue(fd_direct_, qo);
 }
 
-std::unique_ptr<File::Slot> File::AcquireSlot() {
-  {
-    std::lock_guard<std::mutex> lock(pool_mu_);
-    if (!pool_.empty()) {
-      auto s = std::move(pool_.back());
-      pool_.pop_back();
-      return s;
-    }
-  }
-  auto q = NewIoQueue(options_.queue_depth);
-  if (!q.ok()) return nullptr;
-  auto s = std::make_unique<Slot>();
-  s->queue = std::move(*q);
-  return s;
+// ---------------------------------------------------------------------------
+// Device executors: a pool for synchronous callers, one per AsyncQueue.
+
+DeviceExecutor::Context File::ExecContext() const {
+  DeviceExecutor::Context c;
+  c.name = &name_;
+  c.current = &current_;
+  c.ranges = const_cast<WriteRanges*>(&ranges_);
+  c.write_flags = options_.dsync ? RWF_DSYNC : 0;
+  c.offset_alignment = align_.offset;
+  c.memory_alignment = align_.memory;
+  return c;
 }
 
-void File::ReleaseSlot(std::unique_ptr<Slot> slot) {
-  std::lock_guard<std::mutex> lock(pool_mu_);
-  pool_.push_back(std::move(slot));
+absl::StatusOr<std::unique_ptr<DeviceExecutor>> File::NewExecutor(uint32_t depth,
+                                                                  bool for_async) {
+  auto q = NewIoQueue(depth, for_async);
+  if (!q.ok()) return q.status();
+  return std::make_unique<DeviceExecutor>(ExecContext(), std::move(*q));
+}
+
+// An executor for one synchronous call: from the pool (given back after),
+// a new one added to it, or (every slot busy) a temporary one.
+class File::Borrowed {
+ public:
+  explicit Borrowed(File& f) : f_(f) {
+    lease_ = f.pool_.Take();
+    if (lease_.executor != nullptr) return;
+    auto made = f.NewExecutor(f.options_.queue_depth, /*for_async=*/false);
+    if (!made.ok()) {
+      error_ = made.status();
+      return;
+    }
+    lease_ = f.pool_.Add(*made);
+    if (lease_.executor == nullptr) temp_ = std::move(*made);
+  }
+  ~Borrowed() {
+    if (temp_ != nullptr) {
+      (void)temp_->Drain();
+      f_.RetireExecutor(std::move(temp_));
+    } else if (lease_.executor != nullptr && !lease_.executor->broken()) {
+      // A broken ring (a failed reap) keeps its slot, never used again.
+      f_.pool_.Give(lease_);
+    }
+  }
+  Borrowed(const Borrowed&) = delete;
+  Borrowed& operator=(const Borrowed&) = delete;
+  DeviceExecutor* get() const { return temp_ ? temp_.get() : lease_.executor; }
+  absl::Status error() const {
+    return error_.ok() ? ErrnoError(ENOMEM, f_.name_ + ": cannot set up an I/O queue")
+                       : Prefixed(f_.name_ + ": setting up an I/O queue: ", error_);
+  }
+
+ private:
+  File& f_;
+  ExecutorPool::Lease lease_;
+  std::unique_ptr<DeviceExecutor> temp_;
+  absl::Status error_;
+};
+
+void File::RetireExecutor(std::unique_ptr<DeviceExecutor> ex) {
+  if (mounted_) gate_.RemoveMember(ex.get());
+  const DeviceExecutor::Stats s = ex->stats();
+  {
+    std::lock_guard<std::mutex> lock(exec_mu_);
+    auto it = std::find(async_executors_.begin(), async_executors_.end(), ex.get());
+    if (it != async_executors_.end()) async_executors_.erase(it);
+    stats_[kFastBytes] += s.write_bytes;
+    stats_[kFastReq] += s.write_ops;
+    stats_[kReadBytes] += s.read_bytes;
+    stats_[kReadReq] += s.read_ops;
+    stats_[kZeroBytes] += s.zero_bytes;
+  }
+  ex.reset();  // the ring goes while the descriptor it registered is open
+}
+
+absl::Status File::FailureStatus(const DeviceExecutor::Failure& f) const {
+  if (f.code == -EXT4DIO_E_INTERNAL) {
+    // The executor's last check before the device refused it: a planner bug.
+    return LibError(EXT4DIO_E_INTERNAL,
+                    absl::StrFormat("%s: refusing a device write of %d bytes at device offset "
+                                    "%d (file offset %d): outside the file's written extents",
+                                    name_, f.length, f.device_offset, f.file_offset));
+  }
+  const std::string what = absl::StrFormat(
+      "%s: %s of %d bytes at file offset %d (device offset %d) %s", name_,
+      f.write ? "write" : "read", f.length, f.file_offset, f.device_offset,
+      f.not_submitted ? "not submitted" : "failed");
+  if (f.code <= -1000) return LibError(static_cast<ext4dio_error>(-f.code), what);
+  return ErrnoError(static_cast<int>(-f.code), what);
 }
 
 PlanOptions File::MountedPlan(const MapState& m) const {
@@ -475,130 +542,39 @@ std::string File::warning() const {
   return warning_;
 }
 
-absl::Status File::CheckInside(uint64_t device_offset, uint64_t length,
-                               uint64_t file_offset) const {
-  if (cur().written.Contains(device_offset, length)) return absl::OkStatus();
-  // Reaching here is a bug in the planner: never write.
-  return LibError(EXT4DIO_E_INTERNAL,
-                  absl::StrFormat("%s: refusing a device write of %d bytes at device offset "
-                                  "%d (file offset %d): outside the file's written extents",
-                                  name_, length, device_offset, file_offset));
-}
-
-absl::Status File::RunOps(IoQueue& q, std::vector<Op>& ops) {
-  absl::Status first_error;
-  size_t next = 0;
-  std::vector<size_t> retry;
-  std::vector<IoOp> batch;
-  IoResult results[64];
-  const int flags = options_.dsync ? RWF_DSYNC : 0;
-  while (true) {
-    batch.clear();
-    while (q.in_flight() + batch.size() < q.depth() && first_error.ok() &&
-           (!retry.empty() || next < ops.size())) {
-      size_t i;
-      if (!retry.empty()) {
-        i = retry.back();
-        retry.pop_back();
-      } else {
-        i = next++;
-      }
-      const Op& op = ops[i];
-      if (op.kind == IoOp::kWrite) {
-        if (absl::Status s = CheckInside(op.device_offset, op.length, op.file_offset); !s.ok()) {
-          first_error = s;
-          break;
-        }
-      }
-      batch.push_back(IoOp{op.kind, op.kind == IoOp::kWrite ? flags : 0,
-                           static_cast<uint32_t>(op.length), op.device_offset, op.buf, i});
-    }
-    if (!batch.empty()) {
-      if (absl::Status s = q.Submit(batch); !s.ok() && first_error.ok()) {
-        const Op& op = ops[batch.front().tag];
-        first_error = Prefixed(
-            absl::StrFormat("%s: %s of %d bytes at file offset %d (device offset %d) not "
-                            "submitted: ",
-                            name_, op.kind == IoOp::kWrite ? "write" : "read", op.length,
-                            op.file_offset, op.device_offset),
-            s);
-      }
-    }
-    if (q.in_flight() == 0) break;
-    auto got = q.Reap(absl::MakeSpan(results), 1);
-    if (!got.ok()) {
-      // Cannot learn the fate of in-flight requests: report, and do not
-      // touch their buffers again (the queue is dropped with the slot).
-      return got.status();
-    }
-    for (size_t k = 0; k < *got; ++k) {
-      Op& op = ops[results[k].tag];
-      const int64_t r = results[k].result;
-      const char* what = op.kind == IoOp::kWrite ? "write" : "read";
-      if (r < 0) {
-        if (first_error.ok()) {
-          first_error = ErrnoError(
-              static_cast<int>(-r),
-              absl::StrFormat("%s: %s of %d bytes at file offset %d (device offset %d) failed",
-                              name_, what, op.length, op.file_offset, op.device_offset));
-        }
-      } else if (r == 0) {
-        if (first_error.ok()) {
-          first_error = ErrnoError(
-              EIO, absl::StrFormat("%s: %s of %d bytes at file offset %d (device offset %d) "
-                                   "transferred nothing",
-                                   name_, what, op.length, op.file_offset, op.device_offset));
-        }
-      } else if (static_cast<uint64_t>(r) < op.length) {
-        // Short transfer: resubmit the remainder.
-        op.device_offset += r;
-        op.file_offset += r;
-        op.buf += r;
-        op.length -= r;
-        retry.push_back(results[k].tag);
-      }
-    }
-    if (!first_error.ok() && q.in_flight() == 0) break;
-  }
-  return first_error;
-}
-
-absl::Status File::WriteDirect(IoQueue& q, const std::vector<Piece>& pieces, const char* buf,
-                               uint64_t offset) {
-  std::vector<Op> ops;
-  std::vector<AlignedBuf> bounces;
-  std::vector<WriteRanges::Range> ranges;
+absl::Status File::WriteDirect(DeviceExecutor& ex, absl::Span<const Piece> pieces,
+                               const char* buf, uint64_t offset) {
+  const uint32_t r = ex.BeginRequest(0, /*write=*/true, /*sync=*/true);
   uint64_t bytes = 0;
   for (const Piece& p : pieces) {
     if (p.kind != Piece::kDirect) continue;
-    const char* src = buf + (p.file_offset - offset);
-    char* data = const_cast<char*>(src);
-    if (reinterpret_cast<uintptr_t>(src) % align_.memory != 0) {
-      bounces.push_back(AllocAligned(align_.memory, p.length));
-      if (!bounces.back()) return ErrnoError(ENOMEM, "bounce buffer");
-      std::memcpy(bounces.back().get(), src, p.length);
-      data = bounces.back().get();
+    if (absl::Status s = ex.AddWrite(r, p.device_offset, p.file_offset,
+                                     buf + (p.file_offset - offset), p.length);
+        !s.ok()) {
+      ex.Abort(r);
+      return s;
     }
-    ops.push_back(Op{IoOp::kWrite, p.device_offset, p.file_offset, data, p.length});
-    ranges.emplace_back(p.device_offset, p.device_offset + p.length);
     bytes += p.length;
   }
-  if (ops.empty()) return absl::OkStatus();
-  const uint64_t owner = WriteRanges::ThreadOwner();
-  ranges_.BeginDirect(ranges, owner);
-  absl::Status s = RunOps(q, ops);
-  ranges_.EndDirect(ranges, owner);
-  if (s.ok()) {
-    stats_[kFastBytes] += bytes;
-    stats_[kFastReq] += ops.size();
+  if (bytes == 0) {
+    ex.Abort(r);
+    return absl::OkStatus();
   }
-  return s;
+  ex.SetResult(r, bytes);
+  ex.Commit(r);
+  absl::StatusOr<AsyncCompletion> c = ex.Wait(r);
+  if (!c.ok()) return c.status();
+  if (c->result < 0) return FailureStatus(ex.last_failure());
+  return absl::OkStatus();
 }
 
-absl::Status File::WriteUnaligned(IoQueue& q, const Piece& p, const char* src) {
+absl::Status File::WriteUnaligned(DeviceExecutor& ex, const Piece& p, const char* src) {
   const uint64_t a = align_.offset;
   if (p.kind == Piece::kBuffered) {
-    if (absl::Status s = CheckInside(p.device_offset, p.length, p.file_offset); !s.ok()) return s;
+    if (!cur().written.Contains(p.device_offset, p.length)) {
+      return FailureStatus(DeviceExecutor::Failure{-EXT4DIO_E_INTERNAL, p.file_offset, p.length,
+                                                   p.device_offset, true, true});
+    }
     // Exactly these bytes through the page cache: the kernel's own
     // read-modify-write of the page covers neighbours we may not touch
     // with direct I/O. Then write back and drop, so direct I/O agrees.
@@ -625,7 +601,7 @@ absl::Status File::WriteUnaligned(IoQueue& q, const Piece& p, const char* src) {
     return absl::OkStatus();
   }
   // Read-modify-write of the unit, which lies wholly in the file's written
-  // extents (the planner checked; CheckInside checks again).
+  // extents (the planner checked; the executor checks the write again).
   const uint64_t unit = AlignDown(p.device_offset, a);
   AlignedBuf buf = AllocAligned(align_.memory, a);
   if (!buf) return ErrnoError(ENOMEM, "read-modify-write buffer");
@@ -633,13 +609,25 @@ absl::Status File::WriteUnaligned(IoQueue& q, const Piece& p, const char* src) {
   const uint64_t owner = WriteRanges::ThreadOwner();
   if (absl::Status s = ranges_.BeginRmw(unit, a, owner); !s.ok())
     return Prefixed(absl::StrFormat("%s: file offset %d: ", name_, p.file_offset), s);
-  std::vector<Op> read = {Op{IoOp::kRead, unit, unit_file, buf.get(), a}};
-  absl::Status s = CheckInside(unit, a, unit_file);
-  if (s.ok()) s = RunOps(q, read);
-  if (s.ok()) {
-    std::memcpy(buf.get() + (p.device_offset - unit), src, p.length);
-    std::vector<Op> write = {Op{IoOp::kWrite, unit, unit_file, buf.get(), a}};
-    s = RunOps(q, write);
+  absl::Status s;
+  for (const bool write : {false, true}) {
+    if (write) std::memcpy(buf.get() + (p.device_offset - unit), src, p.length);
+    const uint32_t r = ex.BeginRequest(0, write, /*sync=*/true, /*rmw_unit=*/true);
+    s = write ? ex.AddWrite(r, unit, unit_file, buf.get(), a)
+              : ex.AddRead(r, unit, unit_file, buf.get(), a);
+    if (!s.ok()) {
+      ex.Abort(r);
+      break;
+    }
+    ex.SetResult(r, a);
+    ex.Commit(r);
+    absl::StatusOr<AsyncCompletion> c = ex.Wait(r);
+    if (!c.ok()) {
+      s = c.status();
+    } else if (c->result < 0) {
+      s = FailureStatus(ex.last_failure());
+    }
+    if (!s.ok()) break;
   }
   ranges_.EndRmw(unit, a, owner);
   if (s.ok()) {
@@ -649,107 +637,221 @@ absl::Status File::WriteUnaligned(IoQueue& q, const Piece& p, const char* src) {
   return s;
 }
 
-absl::Status File::WritePieces(IoQueue& q, absl::Span<const Piece> pieces, const char* buf,
-                               uint64_t offset) {
-  // Direct pieces first (region locks shared), then the unaligned ones (a
-  // unit's region exclusive): never both held by one request.
-  std::vector<Piece> list(pieces.begin(), pieces.end());
-  absl::Status s = WriteDirect(q, list, buf, offset);
+absl::Status File::WritePieces(DeviceExecutor& ex, absl::Span<const Piece> pieces,
+                               const char* buf, uint64_t offset, const Piece** failed) {
+  // Direct pieces first (their ranges registered), then the unaligned ones
+  // (a unit claimed for read-modify-write): never both held by one request.
+  absl::Status s = WriteDirect(ex, pieces, buf, offset);
   for (const Piece& p : pieces) {
     if (!s.ok()) break;
-    if (p.kind == Piece::kRmw || p.kind == Piece::kBuffered)
-      s = WriteUnaligned(q, p, buf + (p.file_offset - offset));
+    if (p.kind != Piece::kRmw && p.kind != Piece::kBuffered) continue;
+    s = WriteUnaligned(ex, p, buf + (p.file_offset - offset));
+    if (!s.ok() && failed != nullptr) *failed = &p;
   }
-  return s;
-}
-
-absl::Status File::RunFastWrite(absl::Span<const Piece> pieces, const char* buf,
-                                uint64_t offset) {
-  std::unique_ptr<Slot> slot = AcquireSlot();
-  if (!slot) return ErrnoError(ENOMEM, name_ + ": cannot set up an I/O queue");
-  absl::Status s = WritePieces(*slot->queue, pieces, buf, offset);
-  if (slot->queue->in_flight() == 0) ReleaseSlot(std::move(slot));
   return s;
 }
 
 absl::StatusOr<size_t> File::Pwrite(const void* buf, size_t n, uint64_t offset) {
   if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
-  if (mounted_) return PwriteMounted(static_cast<const char*>(buf), n, offset);
-  auto pieces = PlanWrite(offset, n);
-  if (!pieces.ok()) return Prefixed(name_ + ": ", pieces.status());
+  if (mounted_) return PwriteMounted(nullptr, static_cast<const char*>(buf), n, offset);
+  Borrowed ex(*this);
+  if (ex.get() == nullptr) return ex.error();
+  std::vector<Piece>& pieces = ex.get()->pieces();
+  if (absl::Status s = ext4dio::PlanWriteInto(cur().loaded.map, cur().written, offset, n, plan_,
+                                              &pieces);
+      !s.ok()) {
+    return Prefixed(name_ + ": ", s);
+  }
   if (n == 0) return 0;
-  if (absl::Status s = RunFastWrite(*pieces, static_cast<const char*>(buf), offset); !s.ok())
+  if (absl::Status s = WritePieces(*ex.get(), pieces, static_cast<const char*>(buf), offset);
+      !s.ok())
     return s;
   return n;
 }
 
-absl::Status File::ReadDirect(IoQueue& q, const Piece& p, char* dst) {
-  const uint64_t a = align_.offset;
-  const uint64_t start = AlignDown(p.device_offset, a);
-  const uint64_t end = AlignUp(p.device_offset + p.length, a);
-  const bool aligned = start == p.device_offset && end == p.device_offset + p.length &&
-                       reinterpret_cast<uintptr_t>(dst) % align_.memory == 0;
-  std::vector<Op> ops;
-  AlignedBuf bounce;
-  if (aligned) {
-    ops.push_back(Op{IoOp::kRead, p.device_offset, p.file_offset, dst, p.length});
-  } else {
-    bounce = AllocAligned(align_.memory, end - start);
-    if (!bounce) return ErrnoError(ENOMEM, "bounce buffer");
-    ops.push_back(Op{IoOp::kRead, start, p.file_offset - (p.device_offset - start),
-                     bounce.get(), end - start});
-  }
-  absl::Status s = RunOps(q, ops);
-  if (!s.ok()) return s;
-  if (!aligned) std::memcpy(dst, bounce.get() + (p.device_offset - start), p.length);
-  stats_[kReadBytes] += p.length;
-  stats_[kReadReq] += 1;
-  return absl::OkStatus();
-}
-
 absl::StatusOr<size_t> File::Pread(void* buf, size_t n, uint64_t offset) {
-  if (mounted_) return PreadMounted(static_cast<char*>(buf), n, offset);
-  return PreadMapped(static_cast<char*>(buf), n, offset);
+  if (mounted_) return PreadMounted(nullptr, static_cast<char*>(buf), n, offset);
+  Borrowed ex(*this);
+  if (ex.get() == nullptr) return ex.error();
+  return PreadMapped(*ex.get(), static_cast<char*>(buf), n, offset);
 }
 
-absl::StatusOr<size_t> File::PreadMapped(char* buf, size_t n, uint64_t offset) {
-  auto pieces = PlanRead(cur().loaded.map, offset, n, plan_);
-  if (!pieces.ok()) return Prefixed(name_ + ": ", pieces.status());
-  char* dst = buf;
-  std::unique_ptr<Slot> slot;
-  size_t total = 0;
-  std::vector<Op> ops;
-  std::vector<std::pair<AlignedBuf, const Piece*>> bounces;
-  // Aligned pieces go out together; unaligned ones are bounced one by one.
-  for (const Piece& p : *pieces) {
+absl::StatusOr<size_t> File::PreadMapped(DeviceExecutor& ex, char* buf, size_t n,
+                                         uint64_t offset) {
+  std::vector<Piece>& pieces = ex.pieces();
+  if (absl::Status s = PlanReadInto(cur().loaded.map, offset, n, plan_, &pieces); !s.ok())
+    return Prefixed(name_ + ": ", s);
+  const uint32_t r = ex.BeginRequest(0, /*write=*/false, /*sync=*/true);
+  uint64_t total = 0, zero = 0;
+  for (const Piece& p : pieces) {
     if (p.kind == Piece::kEof) break;
-    char* d = dst + (p.file_offset - offset);
+    char* d = buf + (p.file_offset - offset);
     if (p.kind == Piece::kZero) {
       std::memset(d, 0, p.length);
-      stats_[kZeroBytes] += p.length;
-    } else {
-      if (!slot) {
-        slot = AcquireSlot();
-        if (!slot) return ErrnoError(ENOMEM, name_ + ": cannot set up an I/O queue");
-      }
-      const bool aligned = p.device_offset % align_.offset == 0 &&
-                           p.length % align_.offset == 0 &&
-                           reinterpret_cast<uintptr_t>(d) % align_.memory == 0;
-      if (aligned) {
-        ops.push_back(Op{IoOp::kRead, p.device_offset, p.file_offset, d, p.length});
-        stats_[kReadBytes] += p.length;
-        stats_[kReadReq] += 1;
-      } else if (absl::Status s = ReadDirect(*slot->queue, p, d); !s.ok()) {
-        return s;
-      }
+      zero += p.length;
+    } else if (absl::Status s = ex.AddRead(r, p.device_offset, p.file_offset, d, p.length);
+               !s.ok()) {
+      ex.Abort(r);
+      return s;
     }
     total = p.file_offset + p.length - offset;
   }
-  if (!ops.empty()) {
-    if (absl::Status s = RunOps(*slot->queue, ops); !s.ok()) return s;
-  }
-  if (slot && slot->queue->in_flight() == 0) ReleaseSlot(std::move(slot));
+  ex.SetResult(r, total, zero);
+  ex.Commit(r);
+  absl::StatusOr<AsyncCompletion> c = ex.Wait(r);
+  if (!c.ok()) return c.status();
+  if (c->result < 0) return FailureStatus(ex.last_failure());
   return total;
+}
+
+// ---------------------------------------------------------------------------
+// Asynchronous requests (AsyncQueue).
+
+absl::StatusOr<File::Started> File::StartAsync(DeviceExecutor& ex, const AsyncRequest& req) {
+  char* base = static_cast<char*>(req.buf);
+  std::vector<Piece>& pieces = ex.pieces();
+  if (req.write) {
+    const MapState& m = cur();
+    if (absl::Status s = ext4dio::PlanWriteInto(m.loaded.map, m.written, req.offset, req.length,
+                                                mounted_ ? MountedPlan(m) : plan_, &pieces);
+        !s.ok()) {
+      return Prefixed(name_ + ": ", s);
+    }
+    bool unaligned = false;
+    for (const Piece& p : pieces) unaligned |= p.kind != Piece::kDirect;
+    if (unaligned && mounted_) return Started::kBlocking;
+    if (unaligned) {
+      // Blocking: finish what is in flight, then run the whole request
+      // here on this queue's ring, exactly as a synchronous write.
+      if (absl::Status s = ex.Drain(); !s.ok()) return s;
+      AsyncCompletion c;
+      c.cookie = req.cookie;
+      const Piece* failed = nullptr;
+      absl::Status s = WritePieces(ex, pieces, base, req.offset, &failed);
+      if (s.ok()) {
+        c.result = static_cast<int64_t>(req.length);
+      } else {
+        c.result = CodeOf(s);
+        // The unaligned piece that failed, or the direct pieces as a group.
+        c.error_offset = failed ? failed->file_offset : req.offset;
+        c.error_length = failed ? failed->length : req.length;
+      }
+      ex.Complete(c);
+      return Started::kStarted;
+    }
+    if (mounted_ && !pieces.empty()) {
+      if (absl::Status s = PrepareFastWrite(); !s.ok()) return s;
+      NoteFastWrite();
+    }
+    const uint32_t r = ex.BeginRequest(req.cookie, /*write=*/true, /*sync=*/false);
+    for (const Piece& p : pieces) {
+      if (absl::Status s = ex.AddWrite(r, p.device_offset, p.file_offset,
+                                       base + (p.file_offset - req.offset), p.length);
+          !s.ok()) {
+        ex.Abort(r);
+        return s;
+      }
+    }
+    ex.SetResult(r, req.length);
+    ex.Commit(r);
+    return Started::kStarted;
+  }
+  if (absl::Status s = PlanReadInto(cur().loaded.map, req.offset, req.length, plan_, &pieces);
+      !s.ok())
+    return Prefixed(name_ + ": ", s);
+  const uint32_t r = ex.BeginRequest(req.cookie, /*write=*/false, /*sync=*/false);
+  uint64_t total = 0, zero = 0;
+  for (const Piece& p : pieces) {
+    if (p.kind == Piece::kEof) break;
+    char* dst = base + (p.file_offset - req.offset);
+    if (p.kind == Piece::kZero) {
+      std::memset(dst, 0, p.length);
+      zero += p.length;
+    } else if (absl::Status s = ex.AddRead(r, p.device_offset, p.file_offset, dst, p.length);
+               !s.ok()) {
+      ex.Abort(r);
+      return s;
+    }
+    total = p.file_offset + p.length - req.offset;
+  }
+  ex.SetResult(r, total, zero);
+  ex.Commit(r);
+  return Started::kStarted;
+}
+
+absl::Status File::RunBlocking(DeviceExecutor& ex, const AsyncRequest& req) {
+  if (absl::Status s = ex.Drain(); !s.ok()) return s;
+  absl::StatusOr<size_t> r =
+      req.write ? PwriteMounted(&ex, static_cast<const char*>(req.buf), req.length, req.offset)
+                : PreadMounted(&ex, static_cast<char*>(req.buf), req.length, req.offset);
+  if (!r.ok() && req.write && CodeOf(r.status()) == -EXT4DIO_E_NEEDS_ALLOCATION) {
+    return r.status();  // refused before anything was written: not started
+  }
+  AsyncCompletion c;
+  c.cookie = req.cookie;
+  if (r.ok()) {
+    c.result = static_cast<int64_t>(*r);
+  } else {
+    c.result = CodeOf(r.status());
+    c.error_offset = req.offset;
+    c.error_length = req.length;
+  }
+  ex.Complete(c);
+  return absl::OkStatus();
+}
+
+size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs,
+                         absl::Status* refused) {
+  size_t i = 0;
+  if (!mounted_) {
+    for (; i < reqs.size(); ++i) {
+      if (reqs[i].write && !options_.write) {
+        *refused = ErrnoError(EBADF, name_ + ": opened read-only");
+        break;
+      }
+      absl::StatusOr<Started> st = StartAsync(ex, reqs[i]);
+      if (!st.ok()) {
+        *refused = st.status();
+        break;
+      }
+    }
+    // One submission for the batch. A failure here is a broken ring, which
+    // the next Reap reports.
+    (void)ex.Flush();
+    return i;
+  }
+  // Mounted: plan and start inside the gate, so no map change or lease
+  // release can come between the plan and the device (Flush included).
+  gate_.Enter();
+  for (; i < reqs.size(); ++i) {
+    const AsyncRequest& rq = reqs[i];
+    if (rq.write && !options_.write) {
+      *refused = ErrnoError(EBADF, name_ + ": opened read-only");
+      break;
+    }
+    bool blocking = !fast_.load(std::memory_order_acquire);
+    if (!blocking) {
+      absl::StatusOr<Started> st = StartAsync(ex, rq);
+      if (!st.ok()) {
+        *refused = st.status();
+        break;
+      }
+      blocking = *st == Started::kBlocking;
+    }
+    if (blocking) {
+      (void)ex.Flush();
+      gate_.Exit();
+      absl::Status s = RunBlocking(ex, rq);
+      gate_.Enter();
+      if (!s.ok()) {
+        *refused = std::move(s);
+        break;
+      }
+    }
+  }
+  (void)ex.Flush();
+  gate_.Exit();
+  return i;
 }
 
 absl::Status File::Sync() {
@@ -1097,7 +1199,8 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
   return done;
 }
 
-absl::StatusOr<size_t> File::PwriteMounted(const char* buf, size_t n, uint64_t offset) {
+absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* buf, size_t n,
+                                           uint64_t offset) {
   if (n == 0) return 0;
   if (n > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
   const bool no_fallback = options_.no_fallback;
@@ -1131,24 +1234,37 @@ absl::StatusOr<size_t> File::PwriteMounted(const char* buf, size_t n, uint64_t o
       if (pos < end) return static_cast<size_t>(pos - offset);
       break;
     }
+    std::optional<Borrowed> borrowed;
+    DeviceExecutor* ex = given;
+    if (ex == nullptr) {
+      borrowed.emplace(*this);
+      ex = borrowed->get();
+      if (ex == nullptr) {
+        gate_.Exit();
+        return partial(borrowed->error());
+      }
+    }
     const MapState& m = cur();
-    auto pieces = ext4dio::PlanWrite(m.loaded.map, m.written, pos, end - pos, MountedPlan(m));
-    if (!pieces.ok()) {
+    std::vector<Piece>& pieces = ex->pieces();
+    if (absl::Status s = ext4dio::PlanWriteInto(m.loaded.map, m.written, pos, end - pos,
+                                                MountedPlan(m), &pieces);
+        !s.ok()) {
       gate_.Exit();
-      return partial(Prefixed(name_ + ": ", pieces.status()));
+      return partial(Prefixed(name_ + ": ", s));
     }
     size_t k = 0;
-    while (k < pieces->size() && (*pieces)[k].kind != Piece::kKernel) ++k;
+    while (k < pieces.size() && pieces[k].kind != Piece::kKernel) ++k;
     absl::Status s;
     if (k > 0) {
       s = PrepareFastWrite();
-      if (s.ok()) s = RunFastWrite(absl::MakeConstSpan(pieces->data(), k), buf + (pos - offset), pos);
+      if (s.ok()) s = WritePieces(*ex, absl::MakeConstSpan(pieces.data(), k), buf + (pos - offset), pos);
       NoteFastWrite();  // also after a failure: some bytes may have landed
     }
     gate_.Exit();
     if (!s.ok()) return partial(s);
-    if (k == pieces->size()) break;
-    const Piece kp = (*pieces)[k];
+    if (k == pieces.size()) break;
+    const Piece kp = pieces[k];
+    borrowed.reset();
     pos = kp.file_offset;
     auto r = KernelWrite(buf + (pos - offset), kp.length, pos);
     if (!r.ok()) return partial(r.status());
@@ -1175,13 +1291,20 @@ absl::StatusOr<size_t> File::KernelRead(char* buf, size_t n, uint64_t offset) {
   return done;
 }
 
-absl::StatusOr<size_t> File::PreadMounted(char* buf, size_t n, uint64_t offset) {
+absl::StatusOr<size_t> File::PreadMounted(DeviceExecutor* given, char* buf, size_t n,
+                                          uint64_t offset) {
   // Inside the gate either way: the kernel path's exclusive section toggles
   // O_DIRECT on the descriptor we read through.
   gate_.Enter();
-  absl::StatusOr<size_t> r = fast_.load(std::memory_order_acquire)
-                                 ? PreadMapped(buf, n, offset)
-                                 : KernelRead(buf, n, offset);
+  absl::StatusOr<size_t> r;
+  if (!fast_.load(std::memory_order_acquire)) {
+    r = KernelRead(buf, n, offset);
+  } else if (given != nullptr) {
+    r = PreadMapped(*given, buf, n, offset);
+  } else {
+    Borrowed ex(*this);
+    r = ex.get() ? PreadMapped(*ex.get(), buf, n, offset) : absl::StatusOr<size_t>(ex.error());
+  }
   gate_.Exit();
   return r;
 }
@@ -1301,11 +1424,14 @@ void File::Monitor() {
 }
 
 absl::StatusOr<std::unique_ptr<AsyncQueue>> File::NewAsyncQueue(uint32_t depth) {
-  auto q = NewIoQueue(depth, /*for_async=*/true);
-  if (!q.ok()) return q.status();
-  std::unique_ptr<AsyncQueue> aq(new AsyncQueue(shared_from_this(), std::move(*q)));
-  if (mounted_) gate_.AddMember(aq.get());
-  return aq;
+  auto ex = NewExecutor(depth, /*for_async=*/true);
+  if (!ex.ok()) return ex.status();
+  {
+    std::lock_guard<std::mutex> lock(exec_mu_);
+    async_executors_.push_back(ex->get());
+  }
+  if (mounted_) gate_.AddMember(ex->get());
+  return std::make_unique<AsyncQueue>(shared_from_this(), std::move(*ex));
 }
 
 }  // namespace ext4dio

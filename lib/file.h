@@ -39,10 +39,13 @@
 
 #include "absl/status/statusor.h"
 #include "device.h"
+#include "executor.h"
+#include "executor_pool.h"
 #include "extent_map.h"
 #include "io_gate.h"
 #include "lease.h"
 #include "map_loader.h"
+#include "map_state.h"
 #include "os.h"
 #include "page_cache.h"
 #include "planner.h"
@@ -79,16 +82,6 @@ struct FileStats {
   uint64_t kernel_read_bytes = 0;  // reads through the kernel (mounted)
   uint64_t lease_breaks = 0;   // fast path given up for another opener
   uint64_t remaps = 0;         // ranges re-mapped after kernel-path changes
-};
-
-// A map and the physical ranges it allows writing: replaced as a whole.
-struct MapState {
-  LoadedMap loaded;
-  WrittenSet written;
-  // Mounted mode: file ranges whose pages the page cache kept after a drop
-  // (pinned by a pipe, an mmap...): written through the kernel only, so the
-  // cached copy and the device agree (page_cache.h).
-  RangeList kernel_only;
 };
 
 class Ext4Reader;
@@ -163,10 +156,19 @@ class File : public std::enable_shared_from_this<File> {
   // time. The queue keeps this File alive until it is destroyed.
   [[nodiscard]] absl::StatusOr<std::unique_ptr<AsyncQueue>> NewAsyncQueue(uint32_t depth);
 
+  // For AsyncQueue: plans and starts reqs in order on `ex` (an executor
+  // NewAsyncQueue made), handing their device I/O to the ring together.
+  // Blocking requests (see async_queue.h) run here and complete like the
+  // rest. Returns how many were started; when fewer, *refused says why the
+  // next was not (nothing of it written).
+  size_t SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs,
+                     absl::Status* refused);
+  // For AsyncQueue: its executor is done (drained): no longer a member of
+  // the gate, its statistics kept.
+  void RetireExecutor(std::unique_ptr<DeviceExecutor> ex);
+
  private:
-  friend class AsyncQueue;
-  struct Slot;
-  struct Op;  // one device request of a plan, with where it came from
+  class Borrowed;  // an executor of the pool, for one synchronous call
 
   enum Stat {
     kFastBytes, kFastReq, kRmwBytes, kRmwReq, kBufBytes, kBufReq, kReadBytes, kReadReq,
@@ -182,8 +184,10 @@ class File : public std::enable_shared_from_this<File> {
   PlanOptions MountedPlan(const MapState& m) const;
 
   // Mounted mode. REQUIRES for the *Locked ones: inside an IoGate::Exclusive.
-  absl::StatusOr<size_t> PwriteMounted(const char* buf, size_t n, uint64_t offset);
-  absl::StatusOr<size_t> PreadMounted(char* buf, size_t n, uint64_t offset);
+  // `ex`: an idle executor to use, or nullptr (one from the pool).
+  absl::StatusOr<size_t> PwriteMounted(DeviceExecutor* ex, const char* buf, size_t n,
+                                       uint64_t offset);
+  absl::StatusOr<size_t> PreadMounted(DeviceExecutor* ex, char* buf, size_t n, uint64_t offset);
   absl::StatusOr<size_t> KernelWrite(const char* buf, size_t n, uint64_t offset);
   absl::StatusOr<size_t> KernelRead(char* buf, size_t n, uint64_t offset);
   absl::Status RemapLocked(uint64_t offset, uint64_t length);
@@ -213,22 +217,25 @@ class File : public std::enable_shared_from_this<File> {
   void TouchNow();
   absl::Status DropPrivilegesOnce();
   void Monitor();
-  // Runs the fast pieces [0, count) of a plan for `buf` at `offset`.
-  absl::Status WritePieces(IoQueue& q, absl::Span<const Piece> pieces, const char* buf,
-                           uint64_t offset);
-  absl::Status RunFastWrite(absl::Span<const Piece> pieces, const char* buf, uint64_t offset);
-  absl::StatusOr<size_t> PreadMapped(char* buf, size_t n, uint64_t offset);
-  std::unique_ptr<Slot> AcquireSlot();
-  void ReleaseSlot(std::unique_ptr<Slot> slot);
-  // `for_async`: the queue keeps I/O in flight between calls (AsyncQueue).
+  DeviceExecutor::Context ExecContext() const;
+  // `for_async`: the executor keeps I/O in flight between calls (AsyncQueue).
+  absl::StatusOr<std::unique_ptr<DeviceExecutor>> NewExecutor(uint32_t depth, bool for_async);
   absl::StatusOr<std::unique_ptr<IoQueue>> NewIoQueue(uint32_t depth, bool for_async = false);
-  // Submits and completes `ops` on `q`, resubmitting short transfers.
-  absl::Status RunOps(IoQueue& q, std::vector<Op>& ops);
-  absl::Status WriteDirect(IoQueue& q, const std::vector<Piece>& pieces, const char* buf,
+  // Synchronous device I/O on `ex` (idle, or drained): the direct pieces of
+  // a plan as one request; an unaligned piece; a mapped read.
+  absl::Status WriteDirect(DeviceExecutor& ex, absl::Span<const Piece> pieces, const char* buf,
                            uint64_t offset);
-  absl::Status WriteUnaligned(IoQueue& q, const Piece& piece, const char* src);
-  absl::Status CheckInside(uint64_t device_offset, uint64_t length, uint64_t file_offset) const;
-  absl::Status ReadDirect(IoQueue& q, const Piece& piece, char* dst);
+  absl::Status WriteUnaligned(DeviceExecutor& ex, const Piece& piece, const char* src);
+  // Direct pieces first, then the unaligned ones; *failed (if given) is the
+  // piece that failed.
+  absl::Status WritePieces(DeviceExecutor& ex, absl::Span<const Piece> pieces, const char* buf,
+                           uint64_t offset, const Piece** failed = nullptr);
+  absl::StatusOr<size_t> PreadMapped(DeviceExecutor& ex, char* buf, size_t n, uint64_t offset);
+  // The status of a failed synchronous request (its first failed op).
+  absl::Status FailureStatus(const DeviceExecutor::Failure& f) const;
+  enum class Started { kStarted, kBlocking };
+  absl::StatusOr<Started> StartAsync(DeviceExecutor& ex, const AsyncRequest& r);
+  absl::Status RunBlocking(DeviceExecutor& ex, const AsyncRequest& r);
 
   OpenOptions options_;
   Os* os_ = nullptr;
@@ -280,8 +287,9 @@ class File : public std::enable_shared_from_this<File> {
   bool monitor_stop_ = false;
   std::thread monitor_;
 
-  std::mutex pool_mu_;
-  std::vector<std::unique_ptr<Slot>> pool_;
+  ExecutorPool pool_;  // synchronous callers' executors
+  mutable std::mutex exec_mu_;
+  std::vector<const DeviceExecutor*> async_executors_;  // AsyncQueues' (stats)
 
   mutable std::array<std::atomic<uint64_t>, kStatCount> stats_{};
 };

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <deque>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -68,7 +67,9 @@ class UringQueue final : public IoQueue {
     return tail - head;
   }
 
-  absl::Status Submit(absl::Span<const IoOp> ops) override {
+  absl::Status Submit(absl::Span<const IoOp> ops) override { return SubmitAndWait(ops, 0); }
+
+  absl::Status SubmitAndWait(absl::Span<const IoOp> ops, size_t wait_nr) override {
     if (in_flight_ + ops.size() > depth_)
       return ErrnoError(EOVERFLOW, "io_uring queue over its depth");
     for (const IoOp& op : ops) {
@@ -95,8 +96,18 @@ class UringQueue final : public IoQueue {
     }
     size_t submitted = 0;
     while (submitted < ops.size()) {
-      int rc = io_uring_submit(&ring_);
-      if (rc == -EINTR) continue;
+      // The last (usually only) enter also waits: one system call per
+      // synchronous I/O.
+      int rc = wait_nr > 0 ? io_uring_submit_and_wait(&ring_, static_cast<unsigned>(wait_nr))
+                           : io_uring_submit(&ring_);
+      if (rc == -EINTR) {
+        if (wait_nr > 0 && io_uring_sq_ready(&ring_) == 0) {
+          // Submitted; only the wait was interrupted (Reap waits again).
+          submitted = ops.size();
+          break;
+        }
+        continue;
+      }
       if (rc < 0) {
         // Entries still in the SQ ring would go out with the next submit;
         // there is no way to take them back, so account them as in flight
@@ -168,14 +179,14 @@ class UringQueue final : public IoQueue {
 // preadv2/pwritev2 executed at submit time; Reap hands out the results.
 class SyncQueue final : public IoQueue {
  public:
-  SyncQueue(int fd, uint32_t depth) : fd_(fd), depth_(depth) {}
+  SyncQueue(int fd, uint32_t depth) : fd_(fd), depth_(depth), done_(depth) {}
   uint32_t depth() const override { return depth_; }
-  uint32_t in_flight() const override { return static_cast<uint32_t>(done_.size()); }
+  uint32_t in_flight() const override { return count_; }
   const char* name() const override { return "psync"; }
   uint64_t ReadyApprox() const override { return ready_.load(std::memory_order_acquire); }
 
   absl::Status Submit(absl::Span<const IoOp> ops) override {
-    if (done_.size() + ops.size() > depth_)
+    if (count_ + ops.size() > depth_)
       return ErrnoError(EOVERFLOW, "sync queue over its depth");
     for (const IoOp& op : ops) {
       iovec iov = {op.buf, op.length};
@@ -185,7 +196,8 @@ class SyncQueue final : public IoQueue {
                  ? ::pwritev2(fd_, &iov, 1, static_cast<off_t>(op.offset), op.rw_flags)
                  : ::preadv2(fd_, &iov, 1, static_cast<off_t>(op.offset), op.rw_flags);
       } while (rc < 0 && errno == EINTR);
-      done_.push_back({op.tag, rc < 0 ? -int64_t{errno} : int64_t{rc}});
+      done_[(head_ + count_) % depth_] = {op.tag, rc < 0 ? -int64_t{errno} : int64_t{rc}};
+      ++count_;
       ready_.fetch_add(1, std::memory_order_release);
     }
     return absl::OkStatus();
@@ -193,9 +205,10 @@ class SyncQueue final : public IoQueue {
 
   absl::StatusOr<size_t> Reap(absl::Span<IoResult> out, size_t) override {
     size_t n = 0;
-    while (n < out.size() && !done_.empty()) {
-      out[n++] = done_.front();
-      done_.pop_front();
+    while (n < out.size() && count_ > 0) {
+      out[n++] = done_[head_];
+      head_ = (head_ + 1) % depth_;
+      --count_;
       ready_.fetch_sub(1, std::memory_order_release);
     }
     return n;
@@ -204,7 +217,8 @@ class SyncQueue final : public IoQueue {
  private:
   int fd_;
   uint32_t depth_;
-  std::deque<IoResult> done_;
+  std::vector<IoResult> done_;  // a ring of depth_ results: nothing allocated per I/O
+  uint32_t head_ = 0, count_ = 0;
   std::atomic<uint64_t> ready_{0};
 };
 

@@ -58,6 +58,13 @@ class IoQueue {
   // Queues and submits `ops`. REQUIRES: in_flight() + ops.size() <= depth().
   // On error none of `ops` is in flight.
   virtual absl::Status Submit(absl::Span<const IoOp> ops) = 0;
+  // Submit, and wait for at least wait_nr completions (REQUIRES: <=
+  // in_flight() afterwards) in the same system call where the backend can;
+  // the next Reap then finds them without waiting.
+  virtual absl::Status SubmitAndWait(absl::Span<const IoOp> ops, size_t wait_nr) {
+    (void)wait_nr;
+    return Submit(ops);
+  }
   // Waits until at least `min_complete` results are ready (REQUIRES:
   // min_complete <= in_flight()), stores up to out.size() of them and
   // returns how many.

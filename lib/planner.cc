@@ -68,11 +68,12 @@ uint64_t WritableUntil(const ExtentMap& map, uint64_t offset, uint64_t length) {
   return end;
 }
 
-absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const WrittenSet& written,
-                                             uint64_t offset, uint64_t length,
-                                             const PlanOptions& options) {
-  std::vector<Piece> pieces;
-  if (length == 0) return pieces;
+absl::Status PlanWriteInto(const ExtentMap& map, const WrittenSet& written, uint64_t offset,
+                           uint64_t length, const PlanOptions& options,
+                           std::vector<Piece>* out) {
+  std::vector<Piece>& pieces = *out;
+  pieces.clear();
+  if (length == 0) return absl::OkStatus();
   if (length > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
   const uint64_t a = options.alignment.offset;
   const uint64_t max_io = std::max<uint64_t>(a, AlignDown(options.max_io, a));
@@ -157,13 +158,23 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
     if (tail_start < d + n) unaligned(f + (tail_start - d), tail_start, d + n - tail_start);
     pos += n;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const WrittenSet& written,
+                                             uint64_t offset, uint64_t length,
+                                             const PlanOptions& options) {
+  std::vector<Piece> pieces;
+  if (absl::Status s = PlanWriteInto(map, written, offset, length, options, &pieces); !s.ok())
+    return s;
   return pieces;
 }
 
-absl::StatusOr<std::vector<Piece>> PlanRead(const ExtentMap& map, uint64_t offset,
-                                            uint64_t length, const PlanOptions& options) {
-  std::vector<Piece> pieces;
-  if (length == 0) return pieces;
+absl::Status PlanReadInto(const ExtentMap& map, uint64_t offset, uint64_t length,
+                          const PlanOptions& options, std::vector<Piece>* out) {
+  std::vector<Piece>& pieces = *out;
+  pieces.clear();
+  if (length == 0) return absl::OkStatus();
   if (length > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
   const uint64_t end = offset + length;
   const uint64_t max_io = std::max<uint64_t>(options.alignment.offset, options.max_io);
@@ -172,7 +183,7 @@ absl::StatusOr<std::vector<Piece>> PlanRead(const ExtentMap& map, uint64_t offse
     switch (s.kind) {
       case SegmentKind::kPastEof:
         pieces.push_back(Piece{Piece::kEof, s.offset, s.length, 0});
-        return pieces;
+        return absl::OkStatus();
       case SegmentKind::kHole:
       case SegmentKind::kUnwritten:
         pieces.push_back(Piece{Piece::kZero, s.offset, s.length, 0});
@@ -187,6 +198,13 @@ absl::StatusOr<std::vector<Piece>> PlanRead(const ExtentMap& map, uint64_t offse
     }
     pos += s.length;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<Piece>> PlanRead(const ExtentMap& map, uint64_t offset,
+                                            uint64_t length, const PlanOptions& options) {
+  std::vector<Piece> pieces;
+  if (absl::Status s = PlanReadInto(map, offset, length, options, &pieces); !s.ok()) return s;
   return pieces;
 }
 

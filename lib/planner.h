@@ -82,12 +82,20 @@ absl::StatusOr<std::vector<Piece>> PlanWrite(const ExtentMap& map, const Written
                                              uint64_t offset, uint64_t length,
                                              const PlanOptions& options);
 
+// The same into *out (cleared first; its capacity is reused, so a caller
+// that keeps the vector plans without allocating).
+absl::Status PlanWriteInto(const ExtentMap& map, const WrittenSet& written, uint64_t offset,
+                           uint64_t length, const PlanOptions& options, std::vector<Piece>* out);
+
 // Pieces for reading [offset, offset + length): direct pieces are aligned
 // device ranges enclosing what is wanted is the caller's job (kDirect pieces
 // here are exact byte ranges; see File::Pread), holes and unwritten extents
 // are kZero, and the first byte at EOF gives a final kEof piece.
 absl::StatusOr<std::vector<Piece>> PlanRead(const ExtentMap& map, uint64_t offset,
                                             uint64_t length, const PlanOptions& options);
+
+absl::Status PlanReadInto(const ExtentMap& map, uint64_t offset, uint64_t length,
+                          const PlanOptions& options, std::vector<Piece>* out);
 
 // The first byte at or after `offset` that a write cannot reach without
 // allocation (hole, unwritten, EOF), or offset + length if none.
