@@ -464,7 +464,15 @@ class File::Borrowed {
 };
 
 void File::RetireExecutor(std::unique_ptr<DeviceExecutor> ex) {
-  if (mounted_) gate_.RemoveMember(ex.get());
+  bool member;  // an AsyncQueue's (a gate member in mounted mode)
+  {
+    std::lock_guard<std::mutex> lock(exec_mu_);
+    member = std::find(async_executors_.begin(), async_executors_.end(), ex.get()) !=
+             async_executors_.end();
+  }
+  // Not for a pool's temporary executor: its caller may be inside the gate,
+  // and RemoveMember waits for a closer, which waits for that caller.
+  if (member && mounted_) gate_.RemoveMember(ex.get());
   const DeviceExecutor::Stats s = ex->stats();
   {
     std::lock_guard<std::mutex> lock(exec_mu_);

@@ -19,9 +19,10 @@
 // shares it (see Open).
 //
 // Thread-safety: Pwrite, Pread, Sync and the accessors may be called from
-// any number of threads at once. Each concurrent caller gets its own I/O
-// queue (an io_uring, or a synchronous submitter) from a pool; no ring is
-// shared behind a lock. Concurrent unaligned writers lose nothing: a
+// any number of threads at once. Each concurrent caller gets its own device
+// executor (executor.h: an io_uring, or a synchronous submitter) from a
+// lock-free pool; no ring is shared behind a lock. The File plans; the
+// executor runs what was planned. Concurrent unaligned writers lose nothing: a
 // read-modify-write of a unit waits for direct writes overlapping it (see
 // write_ranges.h).
 #ifndef EXT4DIO_LIB_FILE_H_
