@@ -9,22 +9,34 @@
 // image (ext4dio_image=IMG).
 //
 // I/O: one ext4dio queue (io_uring, or psync) per job and file, at the job's
-// iodepth; queue() submits, getevents() reaps. A request that needs the
-// kernel path runs inside queue() (blocking) and completes like the rest.
-// fsync=/fdatasync= (DDIR_SYNC/DATASYNC) wait for the job's writes in flight
-// and then call ext4dio_sync (device cache flush; fdatasync of the file when
-// the kernel path allocated).
+// iodepth. fio's async model, as its io_uring engine: queue() only records
+// the io_u in its file's pending array (FIO_Q_BUSY when pending + in flight
+// would exceed the depth), commit() hands each file's pending requests to
+// the library in one ext4dio_queue_submit_batch (one io_uring_enter for the
+// batch; iodepth_batch_submit= sets how many fio queues before it commits),
+// getevents(min, max) reaps (iodepth_batch_complete_min/max). A request that
+// needs the kernel path runs inside the batch call (blocking) and completes
+// like the rest; one the library refuses (nothing of it written, e.g.
+// no_fallback) completes with its error. commit() stamps the issue time and
+// records fio's submission latency and submit counts itself
+// (FIO_ASYNCIO_SETS_ISSUE_TIME, io_u_queued, io_u_mark_submit), as fio
+// expects of an engine with a commit hook.
+// fsync=/fdatasync= (DDIR_SYNC/DATASYNC) commit the file's pending requests,
+// wait for the job's writes in flight and then call ext4dio_sync (device
+// cache flush; fdatasync of the file when the kernel path allocated).
 //
 // Build: against the source tree of the installed fio (FIO_IOOPS_VERSION must
 // match exactly), with -include config-host.h -D_GNU_SOURCE; see
 // tools/fio/meson.build.
 #include <atomic>  // before fio.h: its arch headers otherwise declare
                    // templates inside extern "C"
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -154,14 +166,24 @@ struct FileData {
   std::string key;
   ext4dio_file* file = nullptr;
   ext4dio_queue* queue = nullptr;
-  uint64_t outstanding = 0;
+  uint32_t depth = 1;        // the queue's depth: pending + outstanding <= depth
+  uint64_t outstanding = 0;  // started in the library, not reaped yet
+  // Queued by fio, not yet handed to the library (commit() does): a fixed
+  // array of `depth` entries, so queue() never allocates.
+  std::unique_ptr<ext4dio_request[]> pending;
+  uint32_t npending = 0;
+  bool in_dirty = false;  // listed in JobData::dirty
 };
 
+// Every vector here is reserved to its bound when a job starts or opens a
+// file (the job's iodepth, its number of files): none grows per I/O.
 struct JobData {
   std::vector<io_u*> events;              // reaped, handed out by event()
-  std::vector<io_u*> stash;               // reaped while waiting for a sync
+  std::vector<io_u*> stash;               // done outside getevents (reaped while
+                                          // waiting for a sync, refused at commit)
   std::vector<ext4dio_completion> comps;  // reap buffer
   std::vector<FileData*> files;           // open files of this job
+  std::vector<FileData*> dirty;           // files with pending requests
 };
 
 int Fail(thread_data* td, int code, const std::string& what) {
@@ -278,7 +300,12 @@ int Init(thread_data* td) {
     return 1;
   }
   auto* jd = new JobData;
-  jd->comps.resize(td->o.iodepth ? td->o.iodepth : 1);
+  const size_t depth = td->o.iodepth ? td->o.iodepth : 1;
+  jd->comps.resize(depth);
+  // fio has at most iodepth io_us of a job in flight, so no list of them
+  // outgrows it.
+  jd->events.reserve(depth);
+  jd->stash.reserve(depth);
   td->io_ops_data = jd;
   return 0;
 }
@@ -317,6 +344,8 @@ int OpenFile(thread_data* td, fio_file* f) {
     return 1;
   }
   const uint32_t depth = td->o.iodepth ? td->o.iodepth : 1;
+  fd->depth = depth;
+  fd->pending.reset(new ext4dio_request[depth]);
   int rc = ext4dio_queue_open(fd->file, depth, &fd->queue);
   if (rc < 0) {
     Release(fd->key);
@@ -335,6 +364,7 @@ int OpenFile(thread_data* td, fio_file* f) {
   }
   FILE_SET_ENG_DATA(f, fd);
   jd->files.push_back(fd);
+  jd->dirty.reserve(jd->files.size());
   return 0;
 }
 
@@ -342,11 +372,19 @@ int CloseFile(thread_data* td, fio_file* f) {
   auto* jd = static_cast<JobData*>(td->io_ops_data);
   auto* fd = static_cast<FileData*>(FILE_ENG_DATA(f));
   if (fd == nullptr) return 0;
+  // fio commits and reaps everything before it closes a file (nothing is
+  // pending here then); a pending request would simply never start.
   ext4dio_queue_close(fd->queue);  // waits for what is in flight
   Release(fd->key);
   for (auto it = jd->files.begin(); it != jd->files.end(); ++it) {
     if (*it == fd) {
       jd->files.erase(it);
+      break;
+    }
+  }
+  for (auto it = jd->dirty.begin(); it != jd->dirty.end(); ++it) {
+    if (*it == fd) {
+      jd->dirty.erase(it);
       break;
     }
   }
@@ -387,13 +425,65 @@ int ReapFile(thread_data* td, JobData* jd, FileData* fd, unsigned min, unsigned 
   return n;
 }
 
+// With FIO_ASYNCIO_SETS_ISSUE_TIME fio leaves the issue time (the start of
+// the completion latency) to the engine, also for what queue() completes
+// itself.
+void StampIssue(thread_data* td, io_u* u) {
+  if (fio_fill_issue_time(td)) fio_gettime(&u->issue_time, nullptr);
+}
+
+// Hands `fd`'s pending requests to the library, in order, one
+// ext4dio_queue_submit_batch per run of started ones. A refused request
+// (nothing of it written) completes with its error through the stash; the
+// ones after it are submitted again. Started ones get fio's issue time and
+// submission-latency sample now, as fio's own engines do after their submit
+// call (a request that ran on the kernel path inside the call counts its
+// time as submission, as a blocking io_submit does).
+void CommitFile(thread_data* td, JobData* jd, FileData* fd) {
+  const uint32_t n = fd->npending;
+  uint32_t done = 0;
+  while (done < n) {
+    const int rc = ext4dio_queue_submit_batch(fd->queue, &fd->pending[done], n - done);
+    const uint32_t started = rc > 0 ? static_cast<uint32_t>(rc) : 0;
+    if (started > 0) {
+      if (fio_fill_issue_time(td)) {
+        timespec now;
+        fio_gettime(&now, nullptr);
+        for (uint32_t i = done; i < done + started; ++i) {
+          auto* u = reinterpret_cast<io_u*>(static_cast<uintptr_t>(fd->pending[i].cookie));
+          u->issue_time = now;
+          io_u_queued(td, u);
+        }
+      }
+      io_u_mark_submit(td, started);
+      fd->outstanding += started;
+      done += started;
+      // Fewer than asked: pending[done] was refused. The next call starts
+      // with it and returns its code (or starts it, if it now can).
+      continue;
+    }
+    // pending[done] refused (rc < 0; 0 cannot come for a non-empty batch,
+    // but must not loop either).
+    auto* u = reinterpret_cast<io_u*>(static_cast<uintptr_t>(fd->pending[done].cookie));
+    log_err("ext4dio: %s\n", ext4dio_last_error()[0] ? ext4dio_last_error()
+                                                      : ext4dio_strerror(rc < 0 ? rc : -EIO));
+    u->error = rc < 0 ? ToErrno(rc) : EIO;
+    StampIssue(td, u);
+    jd->stash.push_back(u);
+    ++done;
+  }
+  fd->npending = 0;
+}
+
 fio_q_status Queue(thread_data* td, io_u* u) {
   auto* jd = static_cast<JobData*>(td->io_ops_data);
   auto* fd = static_cast<FileData*>(FILE_ENG_DATA(u->file));
   fio_ro_check(td, u);
   if (u->ddir == DDIR_SYNC || u->ddir == DDIR_DATASYNC) {
-    // Writes this job has in flight are covered: wait for them first
-    // (their completions are kept for getevents).
+    StampIssue(td, u);
+    // Writes this job queued or has in flight are covered: start them and
+    // wait for them first (their completions are kept for getevents).
+    CommitFile(td, jd, fd);
     while (fd->outstanding > 0) {
       if (ReapFile(td, jd, fd, 1, static_cast<unsigned>(fd->outstanding), jd->stash) < 0) {
         u->error = EIO;
@@ -406,28 +496,40 @@ fio_q_status Queue(thread_data* td, io_u* u) {
     return FIO_Q_COMPLETED;
   }
   if (u->ddir != DDIR_READ && u->ddir != DDIR_WRITE) {
+    StampIssue(td, u);
     u->error = EINVAL;  // trim: not offered
     return FIO_Q_COMPLETED;
   }
-  ext4dio_request r;
+  if (fd->npending + fd->outstanding >= fd->depth) return FIO_Q_BUSY;
+  ext4dio_request& r = fd->pending[fd->npending++];
   r.op = u->ddir == DDIR_WRITE ? EXT4DIO_OP_WRITE : EXT4DIO_OP_READ;
   r.buf = u->xfer_buf;
   r.length = u->xfer_buflen;
   r.offset = u->offset;
   r.cookie = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(u));
-  const int rc = ext4dio_queue_submit(fd->queue, &r);
-  if (rc < 0) {
-    // Not started (nothing written): e.g. refused by no_fallback.
-    log_err("ext4dio: %s\n", ext4dio_last_error());
-    u->error = ToErrno(rc);
-    return FIO_Q_COMPLETED;
+  if (!fd->in_dirty) {
+    fd->in_dirty = true;
+    jd->dirty.push_back(fd);  // reserved to the number of files at open
   }
-  ++fd->outstanding;
   return FIO_Q_QUEUED;
 }
 
-int Commit(thread_data*) { return 0; }  // queue() already submitted
+// fio calls this when iodepth_batch_submit io_us are queued, before it
+// waits for completions, and when it drains.
+int Commit(thread_data* td) {
+  auto* jd = static_cast<JobData*>(td->io_ops_data);
+  for (FileData* fd : jd->dirty) {
+    CommitFile(td, jd, fd);
+    fd->in_dirty = false;
+  }
+  jd->dirty.clear();
+  return 0;
+}
 
+// Stores at least `min` (fio bounds it by what is in flight) and at most
+// `max` completions for event(): first what completed outside (the stash),
+// then without blocking from every file, then blocking on the busiest file
+// for what is still missing.
 int GetEvents(thread_data* td, unsigned int min, unsigned int max, const timespec*) {
   auto* jd = static_cast<JobData*>(td->io_ops_data);
   jd->events.clear();
@@ -435,7 +537,6 @@ int GetEvents(thread_data* td, unsigned int min, unsigned int max, const timespe
     jd->events.push_back(jd->stash.back());
     jd->stash.pop_back();
   }
-  // Without blocking from every file first, then block on the busiest.
   for (FileData* fd : jd->files) {
     if (jd->events.size() >= max) break;
     if (fd->outstanding == 0) continue;
@@ -449,7 +550,10 @@ int GetEvents(thread_data* td, unsigned int min, unsigned int max, const timespe
         busiest = fd;
     }
     if (busiest == nullptr) break;
-    if (ReapFile(td, jd, busiest, 1, max - static_cast<unsigned>(jd->events.size()),
+    // Wait for all that is missing in one call when this file has them.
+    const uint64_t missing = min - jd->events.size();
+    const unsigned want = static_cast<unsigned>(std::min<uint64_t>(missing, busiest->outstanding));
+    if (ReapFile(td, jd, busiest, want, max - static_cast<unsigned>(jd->events.size()),
                  jd->events) < 0)
       return -EIO;
   }
@@ -485,7 +589,7 @@ ioengine_ops MakeOps() {
   ioengine_ops ops = {};
   ops.name = "ext4dio";
   ops.version = FIO_IOOPS_VERSION;
-  ops.flags = FIO_DISKLESSIO | FIO_NODISKUTIL | FIO_NOEXTEND;
+  ops.flags = FIO_DISKLESSIO | FIO_NODISKUTIL | FIO_NOEXTEND | FIO_ASYNCIO_SETS_ISSUE_TIME;
   ops.setup = Setup;
   ops.init = Init;
   ops.queue = Queue;
