@@ -442,7 +442,10 @@ EXT4DIO_EXPORT int ext4dio_queue_submit_batch(ext4dio_queue* q, const ext4dio_re
     if ((r[i].buf == nullptr && r[i].length) ||
         (r[i].op != EXT4DIO_OP_READ && r[i].op != EXT4DIO_OP_WRITE)) {
       if (i == 0) return Fail(-EINVAL, "request 0: NULL buffer or unknown op");
-      n = i;  // start the valid prefix; the caller sees the count
+      // Start the valid prefix; the caller sees the count, and the message
+      // says why the next one was not started.
+      Fail(-EINVAL, "NULL buffer or unknown op");
+      n = i;
       break;
     }
   }
