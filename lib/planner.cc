@@ -76,6 +76,16 @@ absl::Status PlanWriteInto(const ExtentMap& map, const WrittenSet& written, uint
   if (length == 0) return absl::OkStatus();
   if (length > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
   const uint64_t a = options.alignment.offset;
+  if (length <= options.max_io && (options.kernel_only == nullptr || options.kernel_only->empty())) {
+    // The common case, in short: one aligned overwrite inside one written
+    // extent. Anything else is planned in full below.
+    const Segment s = map.SegmentAt(offset, length);
+    if (s.kind == SegmentKind::kMapped && s.length == length && s.device_offset % a == 0 &&
+        length % a == 0) {
+      pieces.push_back(Piece{Piece::kDirect, offset, length, s.device_offset});
+      return absl::OkStatus();
+    }
+  }
   const uint64_t max_io = std::max<uint64_t>(a, AlignDown(options.max_io, a));
   const uint64_t end = offset + length;
 
