@@ -243,7 +243,9 @@ TEST(InterposerTest, SeesTheCAllocators) {
   f(p3);
   f(p4);
   EXPECT_EQ(t_allocs - allocs, 5u);
-  EXPECT_EQ(t_frees - frees, 4u);
+  // The sanitizers' realloc also reports freeing the old block.
+  EXPECT_GE(t_frees - frees, 4u);
+  EXPECT_LE(t_frees - frees, 5u);
 }
 
 TEST(InterposerTest, CountsPerThread) {
