@@ -493,8 +493,9 @@ class MountedAllocTest : public ::testing::TestWithParam<Case> {
     if (!mount_->ok()) return;
     const std::string path = *mount_ / "data";
     // Written and synced: every block is a written extent at open.
-    Sh("head -c " + std::to_string(kFileBytes) + " /dev/urandom > " + Quote(path) +
-       " && sync " + Quote(path));
+    const testing::RunResult r = Sh("head -c " + std::to_string(kFileBytes) +
+                                    " /dev/urandom > " + Quote(path) + " && sync " + Quote(path));
+    EXPECT_EQ(r.exit_code, 0) << "writing " << path << ": " << r.err;
   }
   static void TearDownTestSuite() {
     delete mount_;
