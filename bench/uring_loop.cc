@@ -157,6 +157,7 @@ int main(int argc, char** argv) {
   for (uint32_t i = 0; i < qd && issued < ios; ++i) prep(i);
   uint64_t outstanding = issued;
   bool stop = false;
+  uint64_t next_check = 0;
   while (outstanding > 0) {
     if (prepared > 0) {
       if ((rc = io_uring_submit(&ring)) < 0) return Fail("io_uring_submit", -rc);
@@ -168,7 +169,11 @@ int main(int argc, char** argv) {
       if ((rc = io_uring_wait_cqe(&ring, &cqe)) < 0) return Fail("io_uring_wait_cqe", -rc);
       n = io_uring_peek_batch_cqe(&ring, cqes.data(), qd);
     }
-    if ((done & 255) == 0 && std::chrono::steady_clock::now() >= deadline) stop = true;
+    // The clock every 256 I/Os (done moves by whole batches).
+    if (done >= next_check) {
+      next_check = done + 256;
+      if (std::chrono::steady_clock::now() >= deadline) stop = true;
+    }
     for (unsigned i = 0; i < n; ++i) {
       if (cqes[i]->res != static_cast<int>(bs)) {
         std::fprintf(stderr, "uring_loop: I/O failed: %d (%s)\n", cqes[i]->res,
