@@ -383,6 +383,8 @@ outdir=$(cd "$outdir" && pwd)
 
 # shellcheck source=bench/scratch.sh
 . "$(dirname "$0")/scratch.sh"  # cleanup trap for work/mnt/loop
+# shellcheck source=bench/mounted_fs.sh
+. "$(dirname "$0")/mounted_fs.sh"  # mf_loop_fs, mf_write_file, mf_region
 
 work=$(rr_mkdtemp /dev/shm/ext4dio-seedtab-XXXXXX) || exit 1
 mnt=$(rr_mkdtemp /tmp/ext4dio-seedtab-mnt-XXXXXX) || exit 1
@@ -394,16 +396,7 @@ if [ -n "$dev" ]; then
     || die "mkfs.ext4 on $dev failed"
   backing="$dev ($(lsblk -dno MODEL,SIZE -- "$dev" 2>/dev/null | xargs || true))"
 else
-  img=$work/ext4.img
-  truncate -s "${image_mib}M" "$img"
-  mkfs.ext4 -q -F -b 4096 $mkfs_opts -E lazy_itable_init=0,lazy_journal_init=0 "$img" \
-    || die "mkfs.ext4 failed"
-  # Recorded before and after it is attached, so the trap detaches it (by
-  # backing inode, never by name).
-  loop=$(rr_losetup "$img" 2>"$work/losetup.err") || die "losetup failed: $(cat "$work/losetup.err")"
-  dev=$loop
-  dio=$(cat "/sys/block/$(basename "$loop")/loop/dio" 2>/dev/null || echo "?")
-  backing="$loop (loop, direct-io=$([ "$dio" = 1 ] && echo on || echo off)) over a ${image_mib} MiB file on /dev/shm (tmpfs)"
+  mf_loop_fs "$image_mib" "$mkfs_opts" || exit 1
 fi
 [ -b "$dev" ] || die "no block device ($dev)"
 # 1 KiB O_DIRECT needs a logical block size of at most 1 KiB (4Kn disks,
@@ -445,30 +438,10 @@ set_mode nolock
 
 # --- the test file: fully written, then its largest contiguous run -----------
 echo "$prog: writing ${file_mib} MiB of random data into $file" >&2
-dd if=/dev/urandom of="$file" bs=1M count="$file_mib" oflag=direct iflag=fullblock status=none \
-  || die "writing $file failed"
-sync
-"$mapper" --json "$file" > "$work/map.json" || die "ext4dio-map $file failed"
-# Prints "L P S nextents runs blocksize" for the largest run of extents that
-# are contiguous both in the file and on the device (written ones only).
-read -r region_l region_p region_s region_n nextents fs_bs < <(python3 - "$work/map.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-bs = m["block_size"]
-if m.get("unwritten_blocks") or any(e["unwritten"] for e in m["extents"]):
-    sys.exit("the test file has unwritten extents")
-runs = []
-for e in m["extents"]:
-    if runs and runs[-1][0] + runs[-1][2] == e["logical_block"] \
-            and runs[-1][1] + runs[-1][2] == e["physical_block"]:
-        runs[-1][2] += e["blocks"]; runs[-1][3] += 1
-    else:
-        runs.append([e["logical_block"], e["physical_block"], e["blocks"], 1])
-best = max(runs, key=lambda r: r[2])
-print(best[0] * bs, best[1] * bs + m.get("device_offset", 0), best[2] * bs, best[3],
-      len(m["extents"]), bs)
-PY
-) || die "no region from $file's map"
+mf_write_file "$file" "$file_mib" || exit 1
+# The largest run of extents contiguous both in the file and on the device.
+read -r region_l region_p region_s region_n nextents fs_bs < <(mf_region "$mapper" "$file") \
+  || die "no region from $file's map"
 [ "$fs_bs" = 4096 ] || die "block size $fs_bs, expected 4096"
 if [ "$region_s" -lt $(( 256 << 20 )) ]; then
   echo "$prog: warning: the largest physically contiguous run is only $(( region_s >> 20 )) MiB" >&2
