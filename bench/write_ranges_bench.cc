@@ -35,7 +35,7 @@ void BM_DirectDepth32(benchmark::State& state) {
   WriteRanges& wr = *Shared();
   const uint64_t owner = WriteRanges::ThreadOwner();
   WriteRanges::Range r[32];
-  for (int i = 0; i < 32; ++i) r[i] = {(uint64_t{i} << 22) + 4096 * i, (uint64_t{i} << 22) + 4096 * i + 4096};
+  for (uint64_t i = 0; i < 32; ++i) r[i] = {(i << 22) + 4096 * i, (i << 22) + 4096 * i + 4096};
   for (auto _ : state) {
     for (auto& x : r) wr.BeginDirect({&x, 1}, owner);
     for (auto& x : r) wr.EndDirect({&x, 1}, owner);

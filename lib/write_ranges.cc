@@ -1,13 +1,30 @@
 #include "write_ranges.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <thread>
 
 #include "absl/strings/str_format.h"
 #include "errors.h"
+
+// How the fast path stays correct (the orders used below rely on this).
+//
+// Dekker between a direct write D and a read-modify-write R of one stripe:
+//   D: fast += 1 (seq_cst); if pending (seq_cst) != 0: fast -= 1, go exact
+//   R: pending += 1 (seq_cst); wait until fast (seq_cst) drains
+// In the single total order of seq_cst operations, either D's pending load
+// comes after R's increment (D sees it and takes itself back) or D's
+// increment comes before R's fast load (R counts D and waits for it). So no
+// counted write is in flight once R has seen the stripe drained, and none
+// can start until EndRmw: R's pending stays up across its whole I/O.
+//
+// "Drained" leaves out R's own thread's counted writes (they may be waiting
+// to be reaped by R's thread itself); R knows them from its thread's record
+// (below), which the ending side updates BEFORE it decrements `fast`. So
+// fast >= own + others at every moment, and reading fast then own (own only
+// shrinks while R's thread is inside BeginRmw) gives fast_read <= own_read
+// only when no other thread's counted write is left.
 
 namespace ext4dio {
 namespace {
@@ -22,101 +39,287 @@ void Backoff(int& spins) {
 
 bool Overlaps(uint64_t lo, uint64_t hi, uint64_t a, uint64_t b) { return lo < b && a < hi; }
 
-}  // namespace
+// A thread's counted writes in flight in one stripe of one instance (one
+// region of it at a time: a write to another region of the stripe while
+// these are in flight takes the exact path). Only the owning thread touches
+// the plain fields; other threads ending its writes count in
+// `ended_elsewhere`.
+struct Slot {
+  uint64_t serial = 0;  // WriteRanges instance (0: none yet)
+  uint64_t region = 0;
+  uint64_t lo = 0, hi = 0;  // span of the counted writes in flight
+  uint32_t net = 0;         // begun minus ended by the owner itself
+  std::atomic<uint32_t> ended_elsewhere{0};
 
-uint64_t WriteRanges::ThreadOwner() {
-  static std::atomic<uint64_t> next{1};
-  thread_local const uint64_t id = next.fetch_add(1);
-  return id;
+  // Acquire pairs with the other threads' release increments (their
+  // EndDirect of this thread's writes); a stale value only overestimates.
+  uint32_t InFlight() const { return net - ended_elsewhere.load(std::memory_order_acquire); }
+};
+
+struct Record {
+  std::array<Slot, WriteRanges::kStripes> slots;
+};
+
+// Owner ids are (serial << 16) | index: serials are never reused, indexes
+// name a Record in this table (0: none, the thread always takes the exact
+// path). A record is reused by a later thread only when its thread exited
+// with nothing counted in flight (otherwise the reapers still need it, and
+// it is never reused).
+constexpr int kIndexBits = 16;
+constexpr uint32_t kMaxRecords = 1u << kIndexBits;
+std::atomic<Record*> g_records[kMaxRecords];
+std::mutex g_records_mu;
+std::vector<uint32_t>* g_free_records = new std::vector<uint32_t>;  // under g_records_mu
+uint32_t g_next_record = 1;                                         // under g_records_mu
+
+struct ThreadState {
+  uint64_t id = 0;
+  uint32_t index = 0;
+  Record* record = nullptr;  // null before ThreadOwner() and after thread exit
+};
+thread_local ThreadState t_state;
+
+struct ThreadExit {
+  ~ThreadExit() {
+    Record* r = t_state.record;
+    if (r == nullptr) return;
+    t_state.record = nullptr;
+    for (const Slot& s : r->slots) {
+      if (s.InFlight() != 0) return;  // still needed by whoever ends those
+    }
+    std::lock_guard<std::mutex> lock(g_records_mu);
+    g_free_records->push_back(t_state.index);
+  }
+};
+thread_local ThreadExit t_exit;
+
+void InitThread() {
+  static std::atomic<uint64_t> next_serial{1};
+  const uint64_t serial = next_serial.fetch_add(1, std::memory_order_relaxed);
+  uint32_t index = 0;
+  Record* record = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_records_mu);
+    if (!g_free_records->empty()) {
+      index = g_free_records->back();
+      g_free_records->pop_back();
+    } else if (g_next_record < kMaxRecords) {
+      index = g_next_record++;
+    }
+    if (index != 0) {
+      record = g_records[index].load(std::memory_order_relaxed);
+      if (record == nullptr) {
+        record = new Record;
+        // Release: a thread ending our writes finds the record initialized.
+        g_records[index].store(record, std::memory_order_release);
+      }
+    }
+  }
+  t_state = ThreadState{serial << kIndexBits | index, index, record};
+  static_cast<void>(&t_exit);  // registers its destructor for this thread
 }
 
-void WriteRanges::StripesOf(const Range& r, std::vector<int>* out) {
-  out->clear();
+Record* RecordOf(uint64_t owner) {
+  const uint32_t index = owner & (kMaxRecords - 1);
+  return index == 0 ? nullptr : g_records[index].load(std::memory_order_acquire);
+}
+
+std::atomic<uint64_t> g_next_instance{1};
+
+// Calls f(stripe, region, lo, hi) for each stripe `r` touches, with [lo, hi)
+// its bytes in `region`, until f returns false. A range over >= kStripes
+// regions visits every stripe once with region ~0 (and the whole range).
+template <class F>
+void ForEachStripe(const WriteRanges::Range& r, F f) {
   if (r.second <= r.first) return;
-  const uint64_t first = r.first >> kShift, last = (r.second - 1) >> kShift;
-  if (last - first + 1 >= kStripes) {
-    for (int i = 0; i < kStripes; ++i) out->push_back(i);
+  const uint64_t first = r.first >> WriteRanges::kShift;
+  const uint64_t last = (r.second - 1) >> WriteRanges::kShift;
+  if (last - first + 1 >= WriteRanges::kStripes) {
+    for (int s = 0; s < WriteRanges::kStripes; ++s) {
+      if (!f(s, ~uint64_t{0}, r.first, r.second)) return;
+    }
     return;
   }
-  for (uint64_t x = first; x <= last; ++x) out->push_back(static_cast<int>(x % kStripes));
-  std::sort(out->begin(), out->end());
-  out->erase(std::unique(out->begin(), out->end()), out->end());
+  // Fewer than kStripes consecutive regions: distinct stripes.
+  for (uint64_t g = first; g <= last; ++g) {
+    const uint64_t lo = std::max(r.first, g << WriteRanges::kShift);
+    const uint64_t hi = std::min(r.second, (g + 1) << WriteRanges::kShift);
+    if (!f(static_cast<int>(g % WriteRanges::kStripes), g, lo, hi)) return;
+  }
 }
 
-void WriteRanges::Remove(Stripe& s, const Entry& e) {
-  for (size_t i = 0; i < s.entries.size(); ++i) {
-    const Entry& x = s.entries[i];
-    if (x.lo == e.lo && x.hi == e.hi && x.owner == e.owner && x.rmw == e.rmw) {
-      s.entries[i] = s.entries.back();
-      s.entries.pop_back();
-      return;
+absl::Status SelfDeadlock(uint64_t unit, uint64_t length) {
+  return ErrnoError(EDEADLK, absl::StrFormat("read-modify-write of device bytes %d..%d: this "
+                                             "thread's own asynchronous write to them is still "
+                                             "unreaped (reap it first)",
+                                             unit, unit + length - 1));
+}
+
+}  // namespace
+
+WriteRanges::WriteRanges() : serial_(g_next_instance.fetch_add(1, std::memory_order_relaxed)) {}
+
+uint64_t WriteRanges::ThreadOwner() {
+  if (t_state.id == 0) InitThread();
+  return t_state.id;
+}
+
+WriteRanges::Begun WriteRanges::BeginOne(const Range& r, int s, uint64_t region, uint64_t lo,
+                                         uint64_t hi, uint64_t owner, bool exact_only) {
+  Stripe& st = stripes_[s];
+  // Acquire: only a hint here (the seq_cst load below decides); skips the
+  // increment while an RMW is known to be pending.
+  if (!exact_only && st.pending.load(std::memory_order_acquire) == 0) {
+    Slot& slot = t_state.record->slots[s];
+    const uint32_t in_flight = slot.InFlight();
+    if (in_flight == 0 || (slot.serial == serial_ && slot.region == region)) {
+      // seq_cst increment, then seq_cst load: the Dekker pair (top).
+      st.fast.fetch_add(1, std::memory_order_seq_cst);
+      if (st.pending.load(std::memory_order_seq_cst) == 0) {
+        if (in_flight == 0) {
+          slot.serial = serial_;
+          slot.region = region;
+          slot.lo = lo;
+          slot.hi = hi;
+        } else {
+          slot.lo = std::min(slot.lo, lo);
+          slot.hi = std::max(slot.hi, hi);
+        }
+        ++slot.net;
+        return Begun::kFast;
+      }
+      // Release: the RMW that sees the stripe drained sees us gone.
+      st.fast.fetch_sub(1, std::memory_order_release);
     }
+  }
+  std::lock_guard<std::mutex> lock(st.mu);
+  for (const Entry& x : st.entries) {
+    if (x.rmw && Overlaps(r.first, r.second, x.lo, x.hi)) return Begun::kConflict;
+  }
+  st.entries.push_back(Entry{r.first, r.second, owner, false});
+  // Relaxed (under mu): EndDirect of this entry happens after this call,
+  // so its relaxed load sees at least this increment (coherence).
+  st.slow.fetch_add(1, std::memory_order_relaxed);
+  return Begun::kSlow;
+}
+
+void WriteRanges::EndOne(const Range& r, int s, uint64_t owner) {
+  Stripe& st = stripes_[s];
+  // Our own registration happened before (Begin precedes End), so when it
+  // was exact this reads >= 1; when it reads 0 we were counted.
+  if (st.slow.load(std::memory_order_relaxed) != 0) {
+    std::lock_guard<std::mutex> lock(st.mu);
+    for (size_t i = 0; i < st.entries.size(); ++i) {
+      const Entry& x = st.entries[i];
+      if (!x.rmw && x.lo == r.first && x.hi == r.second && x.owner == owner) {
+        // An identical counted write of the same owner may be ended here
+        // instead; equal entries are interchangeable, the other End then
+        // ends the counted one.
+        st.entries[i] = st.entries.back();
+        st.entries.pop_back();
+        st.slow.fetch_sub(1, std::memory_order_relaxed);
+        return;
+      }
+    }
+  }
+  // Counted: the owner's record first, then the stripe (the order the
+  // RMW's drain test relies on, top).
+  if (owner == t_state.id && t_state.record != nullptr) {
+    --t_state.record->slots[s].net;
+  } else if (Record* rec = RecordOf(owner)) {
+    // Release: pairs with the owner's acquire in InFlight().
+    rec->slots[s].ended_elsewhere.fetch_add(1, std::memory_order_release);
+  }
+  // Release: an RMW whose (acquiring) seq_cst load sees the stripe drained
+  // happens after this write's I/O and the record update above.
+  st.fast.fetch_sub(1, std::memory_order_release);
+}
+
+void WriteRanges::Undo(absl::Span<const Range> ranges, size_t range, int stripes,
+                       uint64_t owner) {
+  for (size_t i = 0; i <= range && i < ranges.size(); ++i) {
+    int left = i < range ? WriteRanges::kStripes + 1 : stripes;
+    ForEachStripe(ranges[i], [&](int s, uint64_t, uint64_t, uint64_t) {
+      if (left-- <= 0) return false;
+      EndOne(ranges[i], s, owner);
+      return true;
+    });
   }
 }
 
 void WriteRanges::BeginDirect(absl::Span<const Range> ranges, uint64_t owner) {
-  std::vector<int> stripes;
-  std::vector<std::pair<int, Entry>> added;
+  const bool counted = owner == t_state.id && t_state.record != nullptr;
   int spins = 0;
   for (;;) {
-    bool conflict = false;
-    for (const Range& r : ranges) {
-      StripesOf(r, &stripes);
-      for (int i : stripes) {
-        Stripe& s = stripes_[i];
-        std::lock_guard<std::mutex> lock(s.mu);
-        for (const Entry& x : s.entries) {
-          if (x.rmw && Overlaps(r.first, r.second, x.lo, x.hi)) conflict = true;
+    size_t conflict_range = ranges.size();
+    int conflict_stripes = 0;
+    for (size_t i = 0; i < ranges.size() && conflict_range == ranges.size(); ++i) {
+      const Range& r = ranges[i];
+      const bool huge = r.second > r.first &&
+                        ((r.second - 1) >> kShift) - (r.first >> kShift) + 1 >= kStripes;
+      int done = 0;
+      ForEachStripe(r, [&](int s, uint64_t region, uint64_t lo, uint64_t hi) {
+        if (BeginOne(r, s, region, lo, hi, owner, !counted || huge) == Begun::kConflict) {
+          conflict_range = i;
+          conflict_stripes = done;
+          return false;
         }
-        if (conflict) break;
-        const Entry e{r.first, r.second, owner, false};
-        s.entries.push_back(e);
-        added.emplace_back(i, e);
-      }
-      if (conflict) break;
+        ++done;
+        return true;
+      });
     }
-    if (!conflict) return;
+    if (conflict_range == ranges.size()) return;
     // Undo and wait for the read-modify-write (short, holds nothing else).
-    for (const auto& [i, e] : added) {
-      std::lock_guard<std::mutex> lock(stripes_[i].mu);
-      Remove(stripes_[i], e);
-    }
-    added.clear();
+    Undo(ranges, conflict_range, conflict_stripes, owner);
     Backoff(spins);
   }
 }
 
 void WriteRanges::EndDirect(absl::Span<const Range> ranges, uint64_t owner) {
-  std::vector<int> stripes;
   for (const Range& r : ranges) {
-    StripesOf(r, &stripes);
-    for (int i : stripes) {
-      std::lock_guard<std::mutex> lock(stripes_[i].mu);
-      Remove(stripes_[i], Entry{r.first, r.second, owner, false});
-    }
+    ForEachStripe(r, [&](int s, uint64_t, uint64_t, uint64_t) {
+      EndOne(r, s, owner);
+      return true;
+    });
   }
 }
 
 absl::Status WriteRanges::BeginRmw(uint64_t unit, uint64_t length, uint64_t owner) {
-  Stripe& s = stripes_[(unit >> kShift) % kStripes];
+  const int s = static_cast<int>((unit >> kShift) % kStripes);
+  Stripe& st = stripes_[s];
+  const uint64_t hi = unit + length;
+  // seq_cst: the Dekker pair with the directs' increment-then-check (top).
+  // From here on new directs to the stripe take the exact path.
+  st.pending.fetch_add(1, std::memory_order_seq_cst);
+  const Slot* own = nullptr;
+  if (owner == t_state.id && t_state.record != nullptr &&
+      t_state.record->slots[s].serial == serial_) {
+    own = &t_state.record->slots[s];
+  }
+  if (own != nullptr && own->InFlight() != 0 && Overlaps(unit, hi, own->lo, own->hi)) {
+    st.pending.fetch_sub(1, std::memory_order_release);
+    return SelfDeadlock(unit, length);
+  }
+  // Wait for other threads' counted writes to drain; no new ones start.
   int spins = 0;
+  while (st.fast.load(std::memory_order_seq_cst) > (own != nullptr ? own->InFlight() : 0)) {
+    Backoff(spins);
+  }
+  // Then the exact entries, as ever.
   for (;;) {
     {
-      std::lock_guard<std::mutex> lock(s.mu);
+      std::lock_guard<std::mutex> lock(st.mu);
       bool busy = false;
-      for (const Entry& x : s.entries) {
-        if (!Overlaps(unit, unit + length, x.lo, x.hi)) continue;
+      for (const Entry& x : st.entries) {
+        if (!Overlaps(unit, hi, x.lo, x.hi)) continue;
         if (!x.rmw && x.owner == owner) {
-          return ErrnoError(EDEADLK,
-                            absl::StrFormat("read-modify-write of device bytes %d..%d: this "
-                                            "thread's own asynchronous write to them is still "
-                                            "unreaped (reap it first)",
-                                            unit, unit + length - 1));
+          st.pending.fetch_sub(1, std::memory_order_release);
+          return SelfDeadlock(unit, length);
         }
         busy = true;
       }
       if (!busy) {
-        s.entries.push_back(Entry{unit, unit + length, owner, true});
+        st.entries.push_back(Entry{unit, hi, owner, true});
         return absl::OkStatus();
       }
     }
@@ -125,9 +328,21 @@ absl::Status WriteRanges::BeginRmw(uint64_t unit, uint64_t length, uint64_t owne
 }
 
 void WriteRanges::EndRmw(uint64_t unit, uint64_t length, uint64_t owner) {
-  Stripe& s = stripes_[(unit >> kShift) % kStripes];
-  std::lock_guard<std::mutex> lock(s.mu);
-  Remove(s, Entry{unit, unit + length, owner, true});
+  Stripe& st = stripes_[(unit >> kShift) % kStripes];
+  {
+    std::lock_guard<std::mutex> lock(st.mu);
+    for (size_t i = 0; i < st.entries.size(); ++i) {
+      const Entry& x = st.entries[i];
+      if (x.rmw && x.lo == unit && x.hi == unit + length && x.owner == owner) {
+        st.entries[i] = st.entries.back();
+        st.entries.pop_back();
+        break;
+      }
+    }
+  }
+  // Release: a direct that sees no RMW pending (acquire or seq_cst load)
+  // and counts itself happens after this RMW's write-back.
+  st.pending.fetch_sub(1, std::memory_order_release);
 }
 
 }  // namespace ext4dio
