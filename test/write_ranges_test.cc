@@ -16,21 +16,42 @@
 #include "errors.h"
 #include "gtest/gtest.h"
 
-// Counts operator new while `g_count_allocations` is set (the allocation
-// guard below); everything else goes to malloc as usual.
+// Counts heap allocations while `g_count_allocations` is set (the
+// allocation guard below): a replaced operator new, or under a sanitizer
+// (which brings its own) the sanitizer's malloc hook.
 namespace {
 std::atomic<bool> g_count_allocations{false};
 std::atomic<uint64_t> g_allocations{0};
+void CountAllocation() {
+  if (g_count_allocations.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
+}
 }  // namespace
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define EXT4DIO_SANITIZER_ALLOCATOR 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define EXT4DIO_SANITIZER_ALLOCATOR 1
+#endif
+
+#ifdef EXT4DIO_SANITIZER_ALLOCATOR
+#include <sanitizer/allocator_interface.h>
+namespace {
+void MallocHook(const volatile void*, size_t) { CountAllocation(); }
+void FreeHook(const volatile void*) {}
+const bool g_hooked = __sanitizer_install_malloc_and_free_hooks(MallocHook, FreeHook) != 0;
+}  // namespace
+#else
 void* operator new(size_t n) {
-  if (g_count_allocations.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
+  CountAllocation();
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
 void* operator new[](size_t n) { return operator new(n); }
 void* operator new(size_t n, const std::nothrow_t&) noexcept {
-  if (g_count_allocations.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
+  CountAllocation();
   return std::malloc(n ? n : 1);
 }
 void* operator new[](size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
@@ -41,6 +62,7 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
 void operator delete[](void* p, size_t) noexcept { std::free(p); }
+#endif
 
 namespace ext4dio {
 namespace {
@@ -57,6 +79,15 @@ template <class F>
 void OnOtherThread(F f) {
   std::thread t(f);
   t.join();
+}
+
+TEST(WriteRangesTest, AllocationCounterCounts) {
+  g_allocations = 0;
+  g_count_allocations = true;
+  auto* v = new std::vector<int>(1000);
+  g_count_allocations = false;
+  delete v;
+  EXPECT_GE(g_allocations.load(), 2u);
 }
 
 TEST(WriteRangesTest, NoAllocationOnTheFastPath) {
