@@ -43,17 +43,37 @@ bool Overlaps(uint64_t lo, uint64_t hi, uint64_t a, uint64_t b) { return lo < b 
 // region of it at a time: a write to another region of the stripe while
 // these are in flight takes the exact path). Only the owning thread touches
 // the plain fields; other threads ending its writes count in
-// `ended_elsewhere`.
+// `ended_elsewhere`. Offsets are relative to the region (< 1 MiB).
 struct Slot {
+  static constexpr int kListed = 4;
   uint64_t serial = 0;  // WriteRanges instance (0: none yet)
   uint64_t region = 0;
-  uint64_t lo = 0, hi = 0;  // span of the counted writes in flight
-  uint32_t net = 0;         // begun minus ended by the owner itself
+  uint32_t net = 0;  // begun minus ended by the owner itself
   std::atomic<uint32_t> ended_elsewhere{0};
+  // Span of the counted writes begun since the slot was last empty.
+  uint32_t span_lo = 0, span_hi = 0;
+  // The first kListed of them, less those the owner ended itself (those
+  // ended elsewhere stay: a superset of the ones in flight). `overflow`
+  // when more came: then only the span is known.
+  uint8_t listed = 0;
+  bool overflow = false;
+  std::array<std::pair<uint32_t, uint32_t>, kListed> ranges;
 
   // Acquire pairs with the other threads' release increments (their
   // EndDirect of this thread's writes); a stale value only overestimates.
   uint32_t InFlight() const { return net - ended_elsewhere.load(std::memory_order_acquire); }
+
+  // Whether a counted write of the owner in flight may overlap [lo, hi)
+  // (offsets in `region` of instance `serial`): exact while at most
+  // kListed of them are, else by span.
+  bool MayOverlap(uint64_t of_serial, uint64_t of_region, uint32_t lo, uint32_t hi) const {
+    if (serial != of_serial || region != of_region || InFlight() == 0) return false;
+    if (overflow) return lo < span_hi && span_lo < hi;
+    for (int i = 0; i < listed; ++i) {
+      if (lo < ranges[i].second && ranges[i].first < hi) return true;
+    }
+    return false;
+  }
 };
 
 struct Record {
@@ -176,14 +196,23 @@ WriteRanges::Begun WriteRanges::BeginOne(const Range& r, int s, uint64_t region,
       // seq_cst increment, then seq_cst load: the Dekker pair (top).
       st.fast.fetch_add(1, std::memory_order_seq_cst);
       if (st.pending.load(std::memory_order_seq_cst) == 0) {
+        const uint32_t l = static_cast<uint32_t>(lo - (region << kShift));
+        const uint32_t h = static_cast<uint32_t>(hi - (region << kShift));
         if (in_flight == 0) {
           slot.serial = serial_;
           slot.region = region;
-          slot.lo = lo;
-          slot.hi = hi;
+          slot.span_lo = l;
+          slot.span_hi = h;
+          slot.listed = 0;
+          slot.overflow = false;
         } else {
-          slot.lo = std::min(slot.lo, lo);
-          slot.hi = std::max(slot.hi, hi);
+          slot.span_lo = std::min(slot.span_lo, l);
+          slot.span_hi = std::max(slot.span_hi, h);
+        }
+        if (slot.listed < Slot::kListed) {
+          slot.ranges[slot.listed++] = {l, h};
+        } else {
+          slot.overflow = true;
         }
         ++slot.net;
         return Begun::kFast;
@@ -203,7 +232,7 @@ WriteRanges::Begun WriteRanges::BeginOne(const Range& r, int s, uint64_t region,
   return Begun::kSlow;
 }
 
-void WriteRanges::EndOne(const Range& r, int s, uint64_t owner) {
+void WriteRanges::EndOne(const Range& r, int s, uint64_t lo, uint64_t hi, uint64_t owner) {
   Stripe& st = stripes_[s];
   // Our own registration happened before (Begin precedes End), so when it
   // was exact this reads >= 1; when it reads 0 we were counted.
@@ -225,7 +254,16 @@ void WriteRanges::EndOne(const Range& r, int s, uint64_t owner) {
   // Counted: the owner's record first, then the stripe (the order the
   // RMW's drain test relies on, top).
   if (owner == t_state.id && t_state.record != nullptr) {
-    --t_state.record->slots[s].net;
+    Slot& slot = t_state.record->slots[s];
+    --slot.net;
+    const uint32_t l = static_cast<uint32_t>(lo - (slot.region << kShift));
+    const uint32_t h = static_cast<uint32_t>(hi - (slot.region << kShift));
+    for (int i = 0; i < slot.listed; ++i) {
+      if (slot.ranges[i] == std::pair<uint32_t, uint32_t>{l, h}) {
+        slot.ranges[i] = slot.ranges[--slot.listed];
+        break;
+      }
+    }
   } else if (Record* rec = RecordOf(owner)) {
     // Release: pairs with the owner's acquire in InFlight().
     rec->slots[s].ended_elsewhere.fetch_add(1, std::memory_order_release);
@@ -239,9 +277,9 @@ void WriteRanges::Undo(absl::Span<const Range> ranges, size_t range, int stripes
                        uint64_t owner) {
   for (size_t i = 0; i <= range && i < ranges.size(); ++i) {
     int left = i < range ? WriteRanges::kStripes + 1 : stripes;
-    ForEachStripe(ranges[i], [&](int s, uint64_t, uint64_t, uint64_t) {
+    ForEachStripe(ranges[i], [&](int s, uint64_t, uint64_t lo, uint64_t hi) {
       if (left-- <= 0) return false;
-      EndOne(ranges[i], s, owner);
+      EndOne(ranges[i], s, lo, hi, owner);
       return true;
     });
   }
@@ -277,8 +315,8 @@ void WriteRanges::BeginDirect(absl::Span<const Range> ranges, uint64_t owner) {
 
 void WriteRanges::EndDirect(absl::Span<const Range> ranges, uint64_t owner) {
   for (const Range& r : ranges) {
-    ForEachStripe(r, [&](int s, uint64_t, uint64_t, uint64_t) {
-      EndOne(r, s, owner);
+    ForEachStripe(r, [&](int s, uint64_t, uint64_t lo, uint64_t hi) {
+      EndOne(r, s, lo, hi, owner);
       return true;
     });
   }
@@ -296,7 +334,10 @@ absl::Status WriteRanges::BeginRmw(uint64_t unit, uint64_t length, uint64_t owne
       t_state.record->slots[s].serial == serial_) {
     own = &t_state.record->slots[s];
   }
-  if (own != nullptr && own->InFlight() != 0 && Overlaps(unit, hi, own->lo, own->hi)) {
+  const uint64_t region = unit >> kShift;
+  if (own != nullptr &&
+      own->MayOverlap(serial_, region, static_cast<uint32_t>(unit - (region << kShift)),
+                      static_cast<uint32_t>(hi - (region << kShift)))) {
     st.pending.fetch_sub(1, std::memory_order_release);
     return SelfDeadlock(unit, length);
   }

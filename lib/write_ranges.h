@@ -17,13 +17,15 @@
 // starved by a stream of them -- and then for exact overlaps.
 //
 // EDEADLK: a read-modify-write that would wait for an unreaped direct write
-// of its own thread (an async request not reaped yet) fails at once instead.
-// For writes on the slow path the test is exact (byte overlap). For counted
-// writes it is by span: the RMW fails when the unit overlaps the span from
-// the lowest to the highest byte of the thread's unreaped counted writes in
-// the unit's 1 MiB region -- exact when there is one such write, and a
-// non-overlapping own write neither fails nor blocks the RMW. "Own" is by
-// the owner passed to BeginDirect, whichever thread calls EndDirect.
+// of its own thread (an async request not reaped yet) fails at once instead;
+// a non-overlapping own write neither fails nor blocks it. "Own" is by the
+// owner passed to BeginDirect, whichever thread calls EndDirect. The test is
+// exact (byte overlap) except when the thread has had more than 4 counted
+// writes in flight in the unit's 1 MiB region at once since it last had none
+// there: then it is by their span (lowest to highest byte), which may fail an
+// RMW that falls in a gap between them. Writes the thread began that another
+// thread has ended may still count until the thread's writes in the region
+// all end; again only while they would overlap.
 //
 // Thread-safety: all methods from any thread, with the REQUIREMENTS below.
 #ifndef EXT4DIO_LIB_WRITE_RANGES_H_
@@ -95,7 +97,7 @@ class WriteRanges {
   // Registers [r) in stripe `s` (its part in region `region` is [lo, hi)).
   Begun BeginOne(const Range& r, int s, uint64_t region, uint64_t lo, uint64_t hi,
                  uint64_t owner, bool exact_only);
-  void EndOne(const Range& r, int s, uint64_t owner);
+  void EndOne(const Range& r, int s, uint64_t lo, uint64_t hi, uint64_t owner);
   // Ends the registrations of ranges[0..range) and of the first `stripes`
   // stripes of ranges[range].
   void Undo(absl::Span<const Range> ranges, size_t range, int stripes, uint64_t owner);

@@ -341,6 +341,48 @@ TEST(WriteRangesTest, RmwOverOwnUnreapedWriteFailsAtOnce) {
   wr.EndRmw(3 * kMiB + 3 * kUnit, kUnit, me);
 }
 
+TEST(WriteRangesTest, RmwBetweenOwnUnreapedWritesGoesThrough) {
+  // An async queue's writes on both sides of a unit, then a sync unaligned
+  // write into it (a read-modify-write) from the same thread.
+  WriteRanges wr;
+  const uint64_t me = WriteRanges::ThreadOwner();
+  const uint64_t base = 11 * kMiB;
+  const std::vector<Range> around = {Range{base + 2 * kUnit, base + 3 * kUnit},
+                                     Range{base + 4 * kUnit, base + 5 * kUnit},
+                                     Range{base + 9 * kUnit, base + 10 * kUnit}};
+  for (const Range& r : around) wr.BeginDirect({&r, 1}, me);
+  ASSERT_TRUE(wr.BeginRmw(base + 3 * kUnit, kUnit, me).ok());
+  wr.EndRmw(base + 3 * kUnit, kUnit, me);
+  EXPECT_EQ(ErrnoOf(wr.BeginRmw(base + 4 * kUnit, kUnit, me)), EDEADLK);
+  EXPECT_EQ(ErrnoOf(wr.BeginRmw(base + 9 * kUnit, kUnit, me)), EDEADLK);
+  // Reaped by this thread in another order: each stops counting at once.
+  wr.EndDirect({&around[1], 1}, me);
+  ASSERT_TRUE(wr.BeginRmw(base + 4 * kUnit, kUnit, me).ok());
+  wr.EndRmw(base + 4 * kUnit, kUnit, me);
+  EXPECT_EQ(ErrnoOf(wr.BeginRmw(base + 2 * kUnit, kUnit, me)), EDEADLK);
+  wr.EndDirect({&around[0], 1}, me);
+  wr.EndDirect({&around[2], 1}, me);
+  ASSERT_TRUE(wr.BeginRmw(base + 2 * kUnit, kUnit, me).ok());
+  wr.EndRmw(base + 2 * kUnit, kUnit, me);
+}
+
+TEST(WriteRangesTest, ManyOwnUnreapedWritesInARegion) {
+  // More of them in flight in one region than are listed exactly: still
+  // EDEADLK over each, and fine beyond their span.
+  WriteRanges wr;
+  const uint64_t me = WriteRanges::ThreadOwner();
+  const uint64_t base = 13 * kMiB;
+  std::vector<Range> writes;
+  for (int i = 0; i < 32; ++i) writes.push_back(Range{base + 2 * i * kUnit, base + (2 * i + 1) * kUnit});
+  for (const Range& r : writes) wr.BeginDirect({&r, 1}, me);
+  for (const Range& r : writes) EXPECT_EQ(ErrnoOf(wr.BeginRmw(r.first, kUnit, me)), EDEADLK);
+  ASSERT_TRUE(wr.BeginRmw(base + 64 * kUnit, kUnit, me).ok());
+  wr.EndRmw(base + 64 * kUnit, kUnit, me);
+  for (const Range& r : writes) wr.EndDirect({&r, 1}, me);
+  ASSERT_TRUE(wr.BeginRmw(base + kUnit, kUnit, me).ok());
+  wr.EndRmw(base + kUnit, kUnit, me);
+}
+
 TEST(WriteRangesTest, RmwOverOwnWriteReapedByAnotherThreadGoesThrough) {
   // An async queue reaped by another thread: EndDirect carries the
   // submitter's owner, not the caller's.
