@@ -89,8 +89,13 @@ constexpr int kIndexBits = 16;
 constexpr uint32_t kMaxRecords = 1u << kIndexBits;
 std::atomic<Record*> g_records[kMaxRecords];
 std::mutex g_records_mu;
-std::vector<uint32_t>* g_free_records = new std::vector<uint32_t>;  // under g_records_mu
-uint32_t g_next_record = 1;                                         // under g_records_mu
+uint32_t g_next_record = 1;  // under g_records_mu
+// Indexes of records free for reuse, under g_records_mu (a function-local
+// static: a thread may start before this file's globals are initialized).
+std::vector<uint32_t>& FreeRecords() {
+  static auto* v = new std::vector<uint32_t>;
+  return *v;
+}
 
 struct ThreadState {
   uint64_t id = 0;
@@ -108,7 +113,7 @@ struct ThreadExit {
       if (s.InFlight() != 0) return;  // still needed by whoever ends those
     }
     std::lock_guard<std::mutex> lock(g_records_mu);
-    g_free_records->push_back(t_state.index);
+    FreeRecords().push_back(t_state.index);
   }
 };
 thread_local ThreadExit t_exit;
@@ -120,9 +125,9 @@ void InitThread() {
   Record* record = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_records_mu);
-    if (!g_free_records->empty()) {
-      index = g_free_records->back();
-      g_free_records->pop_back();
+    if (!FreeRecords().empty()) {
+      index = FreeRecords().back();
+      FreeRecords().pop_back();
     } else if (g_next_record < kMaxRecords) {
       index = g_next_record++;
     }
