@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <deque>
+#include <mutex>
 #include <new>
 #include <random>
 #include <thread>
@@ -171,21 +173,19 @@ class Occupancy {
   std::vector<std::atomic<int>> direct_, rmw_;
 };
 
-// A random direct write of sectors in one window, sometimes crossing the
-// 1 MiB region boundary in the middle of it.
-Range RandomDirect(std::mt19937_64& rng) {
-  const uint64_t base = (rng() % 2) ? Occupancy::kAlias : 0;
+// A random direct write of sectors in the middle `span` bytes of one window
+// (around the 1 MiB region boundary), sometimes crossing the boundary.
+Range RandomDirect(std::mt19937_64& rng, uint64_t span = Occupancy::kWindow) {
+  const uint64_t base = ((rng() % 2) ? Occupancy::kAlias : 0) + (Occupancy::kWindow - span) / 2;
   const uint64_t len = 512 * (1 + rng() % 24);
-  const uint64_t off = 512 * (rng() % ((Occupancy::kWindow - len) / 512));
+  const uint64_t off = 512 * (rng() % ((span - len) / 512));
   return Range{base + off, base + off + len};
 }
 
-uint64_t RandomUnit(std::mt19937_64& rng) {
-  const uint64_t base = (rng() % 2) ? Occupancy::kAlias : 0;
-  // Units near the region boundary and the windows' start, where the
-  // directs cluster.
-  const uint64_t units = Occupancy::kWindow / kUnit;
-  return base + kUnit * (rng() % units);
+// A random 4 KiB unit there. REQUIRES: span a multiple of 8 KiB.
+uint64_t RandomUnit(std::mt19937_64& rng, uint64_t span = Occupancy::kWindow) {
+  const uint64_t base = ((rng() % 2) ? Occupancy::kAlias : 0) + (Occupancy::kWindow - span) / 2;
+  return base + kUnit * (rng() % (span / kUnit));
 }
 
 TEST(WriteRangesTest, RmwNeverOverlapsADirectWrite) {
@@ -229,6 +229,90 @@ TEST(WriteRangesTest, RmwNeverOverlapsADirectWrite) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(violations.load(), 0);
+}
+
+TEST(WriteRangesTest, RmwNeverOverlapsADirectWriteReapedElsewhere) {
+  // Invariant 1 with async-style writes: each submitter's writes are ended
+  // by its reaper thread, and the submitters do RMWs of their own while
+  // some of their writes are still in flight (EDEADLK over those is fine).
+  WriteRanges wr;
+  Occupancy occ;
+  std::atomic<int> violations{0}, rmws{0};
+  constexpr int kSubmitters = 3;
+  constexpr uint64_t kSpan = 256 * 1024;  // crowded: overlaps are frequent
+  struct Queue {
+    std::mutex mu;
+    std::deque<Range> ranges;
+    std::atomic<bool> done{false};
+    uint64_t owner = 0;
+  };
+  std::vector<Queue> queues(kSubmitters);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kSubmitters; ++t) {
+    threads.emplace_back([&, t] {
+      Queue& q = queues[t];
+      std::mt19937_64 rng(400 + t);
+      const uint64_t owner = WriteRanges::ThreadOwner();
+      for (int i = 0; i < 30000; ++i) {
+        if (rng() % 4 == 0) {
+          const uint64_t unit = RandomUnit(rng, kSpan);
+          absl::Status s = wr.BeginRmw(unit, kUnit, owner);
+          if (!s.ok()) {
+            ASSERT_EQ(ErrnoOf(s), EDEADLK) << s;
+            continue;
+          }
+          rmws++;
+          if (!occ.Enter(unit, unit + kUnit, true)) violations++;
+          std::this_thread::yield();
+          occ.Leave(unit, unit + kUnit, true);
+          wr.EndRmw(unit, kUnit, owner);
+          continue;
+        }
+        auto full = [&] {  // at most 8 in flight
+          std::lock_guard<std::mutex> lock(q.mu);
+          return q.ranges.size() >= 8;
+        };
+        while (full()) std::this_thread::yield();
+        const Range r = RandomDirect(rng, kSpan);
+        wr.BeginDirect({&r, 1}, owner);
+        if (!occ.Enter(r.first, r.second, false)) violations++;
+        std::lock_guard<std::mutex> lock(q.mu);
+        q.owner = owner;
+        q.ranges.push_back(r);
+      }
+      q.done = true;
+    });
+    threads.emplace_back([&, t] {
+      Queue& q = queues[t];
+      for (;;) {
+        const bool done = q.done.load();
+        Range r;
+        uint64_t owner;
+        {
+          std::lock_guard<std::mutex> lock(q.mu);
+          if (!q.ranges.empty()) {
+            r = q.ranges.front();
+            q.ranges.pop_front();
+            owner = q.owner;
+          } else if (done) {
+            return;
+          } else {
+            owner = 0;
+          }
+        }
+        if (owner == 0) {
+          std::this_thread::yield();
+          continue;
+        }
+        std::this_thread::yield();  // the write's "I/O"
+        occ.Leave(r.first, r.second, false);
+        wr.EndDirect({&r, 1}, owner);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(violations.load(), 0);
+  EXPECT_GT(rmws.load(), 5000);
 }
 
 TEST(WriteRangesTest, RmwWaitsForAnotherThreadsDirectAndNoLonger) {
