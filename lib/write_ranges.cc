@@ -76,9 +76,16 @@ struct Slot {
   }
 };
 
+}  // namespace
+
+namespace write_ranges_internal {
 struct Record {
   std::array<Slot, WriteRanges::kStripes> slots;
 };
+}  // namespace write_ranges_internal
+
+namespace {
+using write_ranges_internal::Record;
 
 // Owner ids are (serial << 16) | index: serials are never reused, indexes
 // name a Record in this table (0: none, the thread always takes the exact
@@ -149,11 +156,20 @@ Record* RecordOf(uint64_t owner) {
   return index == 0 ? nullptr : g_records[index].load(std::memory_order_acquire);
 }
 
+// The caller's record when `owner` is the caller (one thread-local read per
+// call; null otherwise or when the thread has none).
+Record* SelfRecord(uint64_t owner) {
+  const ThreadState& t = t_state;
+  return owner == t.id ? t.record : nullptr;
+}
+
 std::atomic<uint64_t> g_next_instance{1};
+
+constexpr uint64_t kHuge = ~uint64_t{0};  // ForEachStripe's region of a huge range
 
 // Calls f(stripe, region, lo, hi) for each stripe `r` touches, with [lo, hi)
 // its bytes in `region`, until f returns false. A range over >= kStripes
-// regions visits every stripe once with region ~0 (and the whole range).
+// regions visits every stripe once with region kHuge (and the whole range).
 template <class F>
 void ForEachStripe(const WriteRanges::Range& r, F f) {
   if (r.second <= r.first) return;
@@ -161,7 +177,7 @@ void ForEachStripe(const WriteRanges::Range& r, F f) {
   const uint64_t last = (r.second - 1) >> WriteRanges::kShift;
   if (last - first + 1 >= WriteRanges::kStripes) {
     for (int s = 0; s < WriteRanges::kStripes; ++s) {
-      if (!f(s, ~uint64_t{0}, r.first, r.second)) return;
+      if (!f(s, kHuge, r.first, r.second)) return;
     }
     return;
   }
@@ -189,77 +205,50 @@ uint64_t WriteRanges::ThreadOwner() {
   return t_state.id;
 }
 
-WriteRanges::Begun WriteRanges::BeginOne(const Range& r, int s, uint64_t region, uint64_t lo,
-                                         uint64_t hi, uint64_t owner, bool exact_only) {
+// Inlined (also below): as calls, their prologues were a fifth of the
+// fast path's instructions.
+[[gnu::always_inline]] inline bool WriteRanges::TryCount(int s, uint64_t region, uint64_t lo, uint64_t hi, Record* rec) {
   Stripe& st = stripes_[s];
   // Acquire: only a hint here (the seq_cst load below decides); skips the
   // increment while an RMW is known to be pending.
-  if (!exact_only && st.pending.load(std::memory_order_acquire) == 0) {
-    Slot& slot = t_state.record->slots[s];
-    const uint32_t in_flight = slot.InFlight();
-    if (in_flight == 0 || (slot.serial == serial_ && slot.region == region)) {
-      // seq_cst increment, then seq_cst load: the Dekker pair (top).
-      st.fast.fetch_add(1, std::memory_order_seq_cst);
-      if (st.pending.load(std::memory_order_seq_cst) == 0) {
-        const uint32_t l = static_cast<uint32_t>(lo - (region << kShift));
-        const uint32_t h = static_cast<uint32_t>(hi - (region << kShift));
-        if (in_flight == 0) {
-          slot.serial = serial_;
-          slot.region = region;
-          slot.span_lo = l;
-          slot.span_hi = h;
-          slot.listed = 0;
-          slot.overflow = false;
-        } else {
-          slot.span_lo = std::min(slot.span_lo, l);
-          slot.span_hi = std::max(slot.span_hi, h);
-        }
-        if (slot.listed < Slot::kListed) {
-          slot.ranges[slot.listed++] = {l, h};
-        } else {
-          slot.overflow = true;
-        }
-        ++slot.net;
-        return Begun::kFast;
-      }
-      // Release: the RMW that sees the stripe drained sees us gone.
-      st.fast.fetch_sub(1, std::memory_order_release);
-    }
+  if (st.pending.load(std::memory_order_acquire) != 0) return false;
+  Slot& slot = rec->slots[s];
+  const uint32_t in_flight = slot.InFlight();
+  if (in_flight != 0 && (slot.serial != serial_ || slot.region != region)) return false;
+  // seq_cst increment, then seq_cst load: the Dekker pair (top).
+  st.fast.fetch_add(1, std::memory_order_seq_cst);
+  if (st.pending.load(std::memory_order_seq_cst) != 0) {
+    // Release: the RMW that sees the stripe drained sees us gone.
+    st.fast.fetch_sub(1, std::memory_order_release);
+    return false;
   }
-  std::lock_guard<std::mutex> lock(st.mu);
-  for (const Entry& x : st.entries) {
-    if (x.rmw && Overlaps(r.first, r.second, x.lo, x.hi)) return Begun::kConflict;
+  const uint32_t l = static_cast<uint32_t>(lo - (region << kShift));
+  const uint32_t h = static_cast<uint32_t>(hi - (region << kShift));
+  if (in_flight == 0) {
+    slot.serial = serial_;
+    slot.region = region;
+    slot.span_lo = l;
+    slot.span_hi = h;
+    slot.listed = 0;
+    slot.overflow = false;
+  } else {
+    slot.span_lo = std::min(slot.span_lo, l);
+    slot.span_hi = std::max(slot.span_hi, h);
   }
-  st.entries.push_back(Entry{r.first, r.second, owner, false});
-  // Relaxed (under mu): EndDirect of this entry happens after this call,
-  // so its relaxed load sees at least this increment (coherence).
-  st.slow.fetch_add(1, std::memory_order_relaxed);
-  return Begun::kSlow;
+  if (slot.listed < Slot::kListed) {
+    slot.ranges[slot.listed++] = {l, h};
+  } else {
+    slot.overflow = true;
+  }
+  ++slot.net;
+  return true;
 }
 
-void WriteRanges::EndOne(const Range& r, int s, uint64_t lo, uint64_t hi, uint64_t owner) {
-  Stripe& st = stripes_[s];
-  // Our own registration happened before (Begin precedes End), so when it
-  // was exact this reads >= 1; when it reads 0 we were counted.
-  if (st.slow.load(std::memory_order_relaxed) != 0) {
-    std::lock_guard<std::mutex> lock(st.mu);
-    for (size_t i = 0; i < st.entries.size(); ++i) {
-      const Entry& x = st.entries[i];
-      if (!x.rmw && x.lo == r.first && x.hi == r.second && x.owner == owner) {
-        // An identical counted write of the same owner may be ended here
-        // instead; equal entries are interchangeable, the other End then
-        // ends the counted one.
-        st.entries[i] = st.entries.back();
-        st.entries.pop_back();
-        st.slow.fetch_sub(1, std::memory_order_relaxed);
-        return;
-      }
-    }
-  }
-  // Counted: the owner's record first, then the stripe (the order the
-  // RMW's drain test relies on, top).
-  if (owner == t_state.id && t_state.record != nullptr) {
-    Slot& slot = t_state.record->slots[s];
+[[gnu::always_inline]] inline void WriteRanges::Uncount(int s, uint64_t lo, uint64_t hi, uint64_t owner, Record* self) {
+  // The owner's record first, then the stripe (the order the RMW's drain
+  // test relies on, top).
+  if (self != nullptr) {
+    Slot& slot = self->slots[s];
     --slot.net;
     const uint32_t l = static_cast<uint32_t>(lo - (slot.region << kShift));
     const uint32_t h = static_cast<uint32_t>(hi - (slot.region << kShift));
@@ -275,53 +264,110 @@ void WriteRanges::EndOne(const Range& r, int s, uint64_t lo, uint64_t hi, uint64
   }
   // Release: an RMW whose (acquiring) seq_cst load sees the stripe drained
   // happens after this write's I/O and the record update above.
-  st.fast.fetch_sub(1, std::memory_order_release);
+  stripes_[s].fast.fetch_sub(1, std::memory_order_release);
+}
+
+WriteRanges::Begun WriteRanges::BeginOne(const Range& r, int s, uint64_t region, uint64_t lo,
+                                         uint64_t hi, uint64_t owner, Record* rec) {
+  // Counted only for the caller's own writes (its record) within fewer
+  // than kStripes regions.
+  if (rec != nullptr && region != kHuge && TryCount(s, region, lo, hi, rec)) return Begun::kFast;
+  Stripe& st = stripes_[s];
+  std::lock_guard<std::mutex> lock(st.mu);
+  for (const Entry& x : st.entries) {
+    if (x.rmw && Overlaps(r.first, r.second, x.lo, x.hi)) return Begun::kConflict;
+  }
+  st.entries.push_back(Entry{r.first, r.second, owner, false});
+  // Relaxed (under mu): EndDirect of this entry happens after this call,
+  // so its relaxed load sees at least this increment (coherence).
+  st.slow.fetch_add(1, std::memory_order_relaxed);
+  return Begun::kSlow;
+}
+
+[[gnu::always_inline]] inline bool WriteRanges::RemoveExact(const Range& r, int s,
+                                                            uint64_t owner) {
+  Stripe& st = stripes_[s];
+  // Our own registration happened before (Begin precedes End), so when it
+  // was exact this reads >= 1; when it reads 0 we were counted.
+  if (st.slow.load(std::memory_order_relaxed) == 0) return false;
+  std::lock_guard<std::mutex> lock(st.mu);
+  for (size_t i = 0; i < st.entries.size(); ++i) {
+    const Entry& x = st.entries[i];
+    if (!x.rmw && x.lo == r.first && x.hi == r.second && x.owner == owner) {
+      // An identical counted write of the same owner may be ended here
+      // instead; equal entries are interchangeable, the other End then
+      // ends the counted one.
+      st.entries[i] = st.entries.back();
+      st.entries.pop_back();
+      st.slow.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
+}
+
+void WriteRanges::EndOne(const Range& r, int s, uint64_t lo, uint64_t hi, uint64_t owner,
+                         Record* self) {
+  if (!RemoveExact(r, s, owner)) Uncount(s, lo, hi, owner, self);
 }
 
 void WriteRanges::Undo(absl::Span<const Range> ranges, size_t range, int stripes,
-                       uint64_t owner) {
+                       uint64_t owner, Record* self) {
   for (size_t i = 0; i <= range && i < ranges.size(); ++i) {
     int left = i < range ? WriteRanges::kStripes + 1 : stripes;
     ForEachStripe(ranges[i], [&](int s, uint64_t, uint64_t lo, uint64_t hi) {
       if (left-- <= 0) return false;
-      EndOne(ranges[i], s, lo, hi, owner);
+      EndOne(ranges[i], s, lo, hi, owner, self);
       return true;
     });
   }
 }
 
+bool WriteRanges::BeginRange(const Range& r, uint64_t owner, Record* rec, int* done) {
+  *done = 0;
+  const uint64_t region = r.first >> kShift;
+  // The common case: a write of the caller's within one region, counted.
+  if (rec != nullptr && r.first < r.second && region == (r.second - 1) >> kShift &&
+      TryCount(static_cast<int>(region % kStripes), region, r.first, r.second, rec)) {
+    return true;
+  }
+  bool ok = true;
+  ForEachStripe(r, [&](int s, uint64_t g, uint64_t lo, uint64_t hi) {
+    if (BeginOne(r, s, g, lo, hi, owner, rec) == Begun::kConflict) {
+      ok = false;
+      return false;
+    }
+    ++*done;
+    return true;
+  });
+  return ok;
+}
+
 void WriteRanges::BeginDirect(absl::Span<const Range> ranges, uint64_t owner) {
-  const bool counted = owner == t_state.id && t_state.record != nullptr;
+  Record* const rec = SelfRecord(owner);
   int spins = 0;
   for (;;) {
-    size_t conflict_range = ranges.size();
-    int conflict_stripes = 0;
-    for (size_t i = 0; i < ranges.size() && conflict_range == ranges.size(); ++i) {
-      const Range& r = ranges[i];
-      const bool huge = r.second > r.first &&
-                        ((r.second - 1) >> kShift) - (r.first >> kShift) + 1 >= kStripes;
-      int done = 0;
-      ForEachStripe(r, [&](int s, uint64_t region, uint64_t lo, uint64_t hi) {
-        if (BeginOne(r, s, region, lo, hi, owner, !counted || huge) == Begun::kConflict) {
-          conflict_range = i;
-          conflict_stripes = done;
-          return false;
-        }
-        ++done;
-        return true;
-      });
-    }
-    if (conflict_range == ranges.size()) return;
+    size_t i = 0;
+    int done = 0;
+    while (i < ranges.size() && BeginRange(ranges.data()[i], owner, rec, &done)) ++i;
+    if (i == ranges.size()) return;
     // Undo and wait for the read-modify-write (short, holds nothing else).
-    Undo(ranges, conflict_range, conflict_stripes, owner);
+    Undo(ranges, i, done, owner, rec);
     Backoff(spins);
   }
 }
 
 void WriteRanges::EndDirect(absl::Span<const Range> ranges, uint64_t owner) {
+  Record* const self = SelfRecord(owner);
   for (const Range& r : ranges) {
+    const uint64_t region = r.first >> kShift;
+    if (r.first < r.second && region == (r.second - 1) >> kShift) {
+      const int s = static_cast<int>(region % kStripes);
+      if (!RemoveExact(r, s, owner)) Uncount(s, r.first, r.second, owner, self);
+      continue;
+    }
     ForEachStripe(r, [&](int s, uint64_t, uint64_t lo, uint64_t hi) {
-      EndOne(r, s, lo, hi, owner);
+      EndOne(r, s, lo, hi, owner, self);
       return true;
     });
   }

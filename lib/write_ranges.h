@@ -27,7 +27,7 @@
 // thread has ended may still count until the thread's writes in the region
 // all end; again only while they would overlap.
 //
-// Thread-safety: all methods from any thread, with the REQUIREMENTS below.
+// Thread-safety: all methods from any thread, with the requirements below.
 #ifndef EXT4DIO_LIB_WRITE_RANGES_H_
 #define EXT4DIO_LIB_WRITE_RANGES_H_
 
@@ -42,6 +42,9 @@
 #include "absl/types/span.h"
 
 namespace ext4dio {
+namespace write_ranges_internal {
+struct Record;  // a thread's counted writes (write_ranges.cc)
+}  // namespace write_ranges_internal
 
 class WriteRanges {
  public:
@@ -93,14 +96,29 @@ class WriteRanges {
     std::vector<Entry> entries;  // slow-path directs and RMWs, under mu
   };
 
+  using Record = write_ranges_internal::Record;
   enum class Begun { kFast, kSlow, kConflict };
-  // Registers [r) in stripe `s` (its part in region `region` is [lo, hi)).
+  // Counts [lo, hi) (within `region`, stripe `s`) in the stripe and in
+  // `rec`, the caller's record; false when an RMW is pending there or the
+  // record's slot for the stripe is busy with another region.
+  bool TryCount(int s, uint64_t region, uint64_t lo, uint64_t hi, Record* rec);
+  // Undoes TryCount; `self` is the caller's record when the caller is
+  // `owner`, else null (the owner's record is then found by its id).
+  void Uncount(int s, uint64_t lo, uint64_t hi, uint64_t owner, Record* self);
+  // Registers r in stripe `s` (its part in region `region` is [lo, hi)):
+  // counted when `rec` allows, else exact under the stripe's mutex.
   Begun BeginOne(const Range& r, int s, uint64_t region, uint64_t lo, uint64_t hi,
-                 uint64_t owner, bool exact_only);
-  void EndOne(const Range& r, int s, uint64_t lo, uint64_t hi, uint64_t owner);
+                 uint64_t owner, Record* rec);
+  // Removes r's exact entry of `owner` from stripe `s`; false if none.
+  bool RemoveExact(const Range& r, int s, uint64_t owner);
+  void EndOne(const Range& r, int s, uint64_t lo, uint64_t hi, uint64_t owner, Record* self);
+  // Registers all of r; on a conflict returns false with *done its stripes
+  // registered (in ForEachStripe order) before it.
+  bool BeginRange(const Range& r, uint64_t owner, Record* rec, int* done);
   // Ends the registrations of ranges[0..range) and of the first `stripes`
   // stripes of ranges[range].
-  void Undo(absl::Span<const Range> ranges, size_t range, int stripes, uint64_t owner);
+  void Undo(absl::Span<const Range> ranges, size_t range, int stripes, uint64_t owner,
+            Record* self);
 
   const uint64_t serial_;  // tells instances apart in the per-thread records
   std::array<Stripe, kStripes> stripes_;
