@@ -8,8 +8,8 @@
 //   top:       index = count - 1              (count == 0: no floor)
 //   below it:  index = 16 * index + count - 1 (count >= 1 by construction)
 // ending in levels_[0], where index is the leaf; the floor extent is then
-// 4 * leaf + (keys <= x in the leaf) - 1. A map of one leaf has no levels
-// and its leaf count may be 0 (no floor).
+// 16 * leaf + (keys <= x in the leaf) - 1. A map of one leaf has no levels,
+// and its count may be 0 (no floor).
 //
 // Padding keys are UINT32_MAX. They compare <= x only when x == UINT32_MAX,
 // and for that x (and any block >= 2^32) the floor is simply the last
@@ -47,11 +47,17 @@ namespace ext4dio {
 namespace {
 
 constexpr size_t kNodeKeys = 16;  // 16 x uint32 = one 64-byte cache line
-constexpr size_t kLeafSlots = 4;  // extents per leaf line
+constexpr size_t kLeafSlots = 16;  // extents per leaf: one node of keys
 constexpr size_t kCacheLine = 64;
 constexpr uint32_t kPadKey = std::numeric_limits<uint32_t>::max();
-// Build bounds every physical end by 2^64 / 1024 = 2^54 blocks, so the top
-// bit of a physical block is free for the flag.
+
+// Records (see ExtentMap::Leaf). An extent is kept in its record when its
+// physical block is below kEscapedPhysical and its length at most
+// kMaxRecordLength (ext4's largest written extent: 32768 blocks).
+constexpr unsigned kLengthShift = 48;
+constexpr uint64_t kPhysicalMask = (uint64_t{1} << kLengthShift) - 1;
+constexpr uint64_t kEscapedPhysical = kPhysicalMask;
+constexpr uint64_t kMaxRecordLength = uint64_t{1} << 15;
 constexpr uint64_t kUnwrittenBit = uint64_t{1} << 63;
 
 constexpr size_t RoundUpToNode(size_t n) {
@@ -70,7 +76,7 @@ EXT4DIO_ALWAYS_INLINE inline unsigned BlockShift(uint32_t block_size) {
 
 // Allocates `bytes` (> 0) aligned to a cache line, or nullptr. Arrays of at
 // least one huge page are aligned to 2 MiB and advised to use transparent
-// huge pages: a random lookup in a 1M-extent map touches ~17 MB, and with
+// huge pages: a random lookup in a 1M-extent map touches ~12 MB, and with
 // 4 KiB pages nearly every lookup would also miss the TLB. (Only the address
 // space is rounded, not the memory the map holds: the tail pages past
 // `bytes` are never touched.) Freed with std::free (AlignedFree).
@@ -126,33 +132,21 @@ EXT4DIO_ALWAYS_INLINE inline unsigned CountLessEqual16(const uint32_t* node,
 #endif
 }
 
-// Number of keys <= x among the 4 keys of a leaf (16-byte aligned; sorted,
-// padding UINT32_MAX last).
-EXT4DIO_ALWAYS_INLINE inline unsigned CountLessEqual4(const uint32_t* keys,
-                                                      uint32_t x) {
-#if defined(__SSE2__)
-  const __m128i bias = _mm_set1_epi32(std::numeric_limits<int32_t>::min());
-  const __m128i xv =
-      _mm_xor_si128(_mm_set1_epi32(static_cast<int32_t>(x)), bias);
-  const __m128i gt = _mm_cmpgt_epi32(
-      _mm_xor_si128(_mm_load_si128(reinterpret_cast<const __m128i*>(keys)),
-                    bias),
-      xv);
-  // Bit k set iff key k > x; a suffix, as in CountLessEqual16.
-  const unsigned gt_mask =
-      static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(gt)));
-  return static_cast<unsigned>(
-      std::countr_zero(gt_mask | (1u << kLeafSlots)));
+// Prefetches the two record lines of a leaf while its key line is searched:
+// on large maps all three are usually cache misses, and this overlaps them.
+EXT4DIO_ALWAYS_INLINE inline void PrefetchRecords(const uint64_t* records) {
+#if defined(__GNUC__)
+  __builtin_prefetch(records);
+  __builtin_prefetch(records + kCacheLine / sizeof(uint64_t));
 #else
-  unsigned count = 0;
-  for (size_t k = 0; k < kLeafSlots; ++k) count += keys[k] <= x ? 1u : 0u;
-  return count;
+  (void)records;
 #endif
 }
 
 // FindFloor. Templated on the (private) leaf type so that it can live here
-// without naming it; `levels` points at levels_.
-template <typename Leaf, typename Level>
+// without naming it; `levels` points at levels_. With kPrefetch, also
+// prefetches the leaf's records (for SegmentAt, which reads one next).
+template <bool kPrefetch, typename Leaf, typename Level>
 EXT4DIO_ALWAYS_INLINE inline int64_t Descend(const Leaf* leaves,
                                              const Level* levels,
                                              size_t num_levels, size_t count,
@@ -175,57 +169,73 @@ EXT4DIO_ALWAYS_INLINE inline int64_t Descend(const Leaf* leaves,
       leaf = leaf * kNodeKeys + CountLessEqual16(node, x) - 1;
     }
   }
+  if constexpr (kPrefetch) PrefetchRecords(leaves[leaf].record);
   // With levels the leaf's first key is <= x (count >= 1); without, a count
   // of 0 means every extent starts after x: -1.
   return static_cast<int64_t>(leaf * kLeafSlots +
-                              CountLessEqual4(leaves[leaf].logical, x)) -
+                              CountLessEqual16(leaves[leaf].logical, x)) -
          1;
 }
 
-// Segment construction shared by SegmentAt and Query.
+// An extent's physical block with the unwritten flag in bit 63 (physical
+// ends are below 2^54: Build bounds them by 2^64 / 1024), and its length.
+struct Physical {
+  uint64_t word;
+  uint64_t length;
+};
+
+// Segment construction shared by SegmentAt and Query; templated like
+// Descend.
 //
 // REQUIRES: offset < limit <= file_size; `floor` is FindFloor(offset's
 // block). Returns the segment starting at `offset`, ending at or before
 // `limit`; sets *next_floor to FindFloor() of the block holding the
 // segment's end (meaningful only when that end is < limit).
-template <typename Leaf>
+template <typename Leaf, typename Escape>
 EXT4DIO_ALWAYS_INLINE inline Segment MakeSegment(
-    const Leaf* leaves, size_t count, uint64_t device_offset, unsigned shift,
-    int64_t floor, uint64_t offset, uint64_t limit, int64_t* next_floor) {
+    const Leaf* leaves, size_t count, const std::vector<Escape>& escapes,
+    uint64_t device_offset, unsigned shift, int64_t floor, uint64_t offset,
+    uint64_t limit, int64_t* next_floor) {
   auto logical = [leaves](size_t j) -> uint64_t {
     return leaves[j / kLeafSlots].logical[j % kLeafSlots];
+  };
+  auto physical = [leaves, &escapes](size_t j) -> Physical {
+    const uint64_t r = leaves[j / kLeafSlots].record[j % kLeafSlots];
+    if ((r & kPhysicalMask) == kEscapedPhysical) [[unlikely]] {
+      const auto it = std::partition_point(
+          escapes.begin(), escapes.end(),
+          [j](const Escape& e) { return e.index < j; });
+      assert(it != escapes.end() && it->index == j);
+      return Physical{it->physical | (r & kUnwrittenBit), it->length};
+    }
+    return Physical{r & (kPhysicalMask | kUnwrittenBit),
+                    ((r & ~kUnwrittenBit) >> kLengthShift) + 1};
   };
   const uint64_t block = offset >> shift;
   if (floor >= 0) {
     size_t j = static_cast<size_t>(floor);
-    const Leaf& leaf = leaves[j / kLeafSlots];
-    const size_t slot = j % kLeafSlots;
-    const uint64_t start = leaf.logical[slot];
-    uint64_t end_block = start + leaf.length[slot];
+    const uint64_t start = logical(j);
+    const Physical p = physical(j);
+    uint64_t end_block = start + p.length;
     if (block < end_block) {
-      const uint64_t unwritten = leaf.physical[slot] & kUnwrittenBit;
-      const uint64_t physical = leaf.physical[slot] & ~kUnwrittenBit;
+      const uint64_t unwritten = p.word & kUnwrittenBit;
       Segment seg;
       seg.offset = offset;
       seg.kind = unwritten ? SegmentKind::kUnwritten : SegmentKind::kMapped;
-      seg.device_offset =
-          device_offset + (physical << shift) + (offset - (start << shift));
+      seg.device_offset = device_offset + ((p.word & ~kUnwrittenBit) << shift) +
+                          (offset - (start << shift));
       // Extents end below 2^32 blocks of <= 64 KiB: no overflow here.
       uint64_t seg_end = end_block << shift;
       // The physical end of the segment so far, with its flag: the next
-      // extent continues it iff its word equals this (Build keeps physical
-      // ends below 2^54, clear of the flag bit).
-      uint64_t continues = (physical + leaf.length[slot]) | unwritten;
+      // extent continues the segment iff its word equals this.
+      uint64_t continues = p.word + p.length;
       while (seg_end < limit && j + 1 < count) {
-        const Leaf& next = leaves[(j + 1) / kLeafSlots];
-        const size_t next_slot = (j + 1) % kLeafSlots;
-        if (next.logical[next_slot] != end_block ||
-            next.physical[next_slot] != continues) {
-          break;
-        }
+        if (logical(j + 1) != end_block) break;
+        const Physical next = physical(j + 1);
+        if (next.word != continues) break;
         ++j;
-        end_block += next.length[next_slot];
-        continues += next.length[next_slot];
+        end_block += next.length;
+        continues += next.length;
         seg_end = end_block << shift;
       }
       if (seg_end <= limit && j + 1 < count && logical(j + 1) == end_block) {
@@ -317,20 +327,32 @@ absl::StatusOr<ExtentMap> ExtentMap::Build(const MapGeometry& geometry,
   map.leaves_.reset(
       static_cast<Leaf*>(AllocateAligned(num_leaves * sizeof(Leaf))));
   if (map.leaves_ == nullptr) return oom();
+  auto fits = [](const Extent& e) {
+    return e.physical < kEscapedPhysical && e.length <= kMaxRecordLength;
+  };
+  const size_t num_escapes = static_cast<size_t>(
+      std::count_if(extents.begin(), extents.end(),
+                    [&](const Extent& e) { return !fits(e); }));
+  map.escapes_.reserve(num_escapes);  // exactly: MemoryBytes counts capacity
   Leaf* leaves = map.leaves_.get();
   for (size_t i = 0; i < num_leaves * kLeafSlots; ++i) {
     Leaf& leaf = leaves[i / kLeafSlots];
     const size_t slot = i % kLeafSlots;
-    if (i < n) {
-      const Extent& e = extents[i];
-      assert((e.physical & kUnwrittenBit) == 0);  // see kUnwrittenBit
-      leaf.logical[slot] = static_cast<uint32_t>(e.logical);
-      leaf.length[slot] = e.length;
-      leaf.physical[slot] = e.physical | (e.unwritten ? kUnwrittenBit : 0);
-    } else {
+    if (i >= n) {
       leaf.logical[slot] = kPadKey;
-      leaf.length[slot] = 0;
-      leaf.physical[slot] = 0;
+      leaf.record[slot] = 0;
+      continue;
+    }
+    const Extent& e = extents[i];
+    leaf.logical[slot] = static_cast<uint32_t>(e.logical);
+    const uint64_t unwritten = e.unwritten ? kUnwrittenBit : 0;
+    if (fits(e)) {
+      leaf.record[slot] =
+          e.physical | (uint64_t{e.length - 1} << kLengthShift) | unwritten;
+    } else {
+      leaf.record[slot] = kEscapedPhysical | unwritten;
+      map.escapes_.push_back(
+          Escape{static_cast<uint32_t>(i), e.length, e.physical});
     }
   }
 
@@ -364,12 +386,23 @@ absl::StatusOr<ExtentMap> ExtentMap::Build(const MapGeometry& geometry,
 Extent ExtentMap::ExtentAt(size_t index) const {
   const Leaf& leaf = leaves_[index / kLeafSlots];
   const size_t slot = index % kLeafSlots;
-  return Extent{leaf.logical[slot], leaf.physical[slot] & ~kUnwrittenBit,
-                leaf.length[slot], (leaf.physical[slot] & kUnwrittenBit) != 0};
+  const uint64_t r = leaf.record[slot];
+  Extent e{leaf.logical[slot], r & kPhysicalMask,
+           static_cast<uint32_t>(((r & ~kUnwrittenBit) >> kLengthShift) + 1),
+           (r & kUnwrittenBit) != 0};
+  if (e.physical == kEscapedPhysical) {
+    const auto it = std::partition_point(
+        escapes_.begin(), escapes_.end(),
+        [index](const Escape& x) { return x.index < index; });
+    e.physical = it->physical;
+    e.length = it->length;
+  }
+  return e;
 }
 
 int64_t ExtentMap::FindFloor(uint64_t block) const {
-  return Descend(leaves_.get(), levels_.data(), levels_.size(), count_, block);
+  return Descend<false>(leaves_.get(), levels_.data(), levels_.size(), count_,
+                        block);
 }
 
 Segment ExtentMap::SegmentAt(uint64_t offset, uint64_t max_length) const {
@@ -381,12 +414,13 @@ Segment ExtentMap::SegmentAt(uint64_t offset, uint64_t max_length) const {
   const unsigned shift = BlockShift(geometry_.block_size);
   const Leaf* leaves = leaves_.get();
   const size_t count = count_;
-  static_assert(sizeof(Leaf) == kCacheLine && alignof(Leaf) == kCacheLine);
-  const int64_t floor =
-      Descend(leaves, levels_.data(), levels_.size(), count, offset >> shift);
+  static_assert(sizeof(Leaf) == 3 * kCacheLine &&
+                alignof(Leaf) == kCacheLine);
+  const int64_t floor = Descend<true>(leaves, levels_.data(), levels_.size(),
+                                      count, offset >> shift);
   int64_t unused;
-  return MakeSegment(leaves, count, geometry_.device_offset, shift, floor,
-                     offset, limit, &unused);
+  return MakeSegment(leaves, count, escapes_, geometry_.device_offset, shift,
+                     floor, offset, limit, &unused);
 }
 
 absl::StatusOr<std::vector<Segment>> ExtentMap::Query(uint64_t offset,
@@ -410,8 +444,8 @@ absl::StatusOr<std::vector<Segment>> ExtentMap::Query(uint64_t offset,
         static_cast<size_t>(std::min<int64_t>(2 * (last - floor) + 4, 64)));
     while (pos < limit) {
       const Segment seg =
-          MakeSegment(leaves_.get(), count_, geometry_.device_offset, shift,
-                      floor, pos, limit, &floor);
+          MakeSegment(leaves_.get(), count_, escapes_, geometry_.device_offset,
+                      shift, floor, pos, limit, &floor);
       assert(seg.length > 0);
       segments.push_back(seg);
       pos += seg.length;
@@ -425,7 +459,8 @@ absl::StatusOr<std::vector<Segment>> ExtentMap::Query(uint64_t offset,
 
 size_t ExtentMap::MemoryBytes() const {
   if (count_ == 0) return 0;
-  size_t bytes = (count_ + kLeafSlots - 1) / kLeafSlots * sizeof(Leaf);
+  size_t bytes = (count_ + kLeafSlots - 1) / kLeafSlots * sizeof(Leaf) +
+                 escapes_.capacity() * sizeof(Escape);
   for (size_t s : level_sizes_) bytes += s * sizeof(uint32_t);
   bytes += levels_.capacity() * sizeof(levels_[0]) +
            level_sizes_.capacity() * sizeof(level_sizes_[0]);

@@ -5,17 +5,19 @@
 // query one map at once.
 //
 // Layout (why it is fast): a random lookup in a large map costs what its
-// cache misses cost, so each extent lives, whole, in a 64-byte leaf line of
-// four (logical start, length, physical | unwritten flag), and a static
-// B+-tree index of 16-key (one cache line) nodes over the first logical
-// start of every leaf finds that line. At 1M extents the index is 1.1 MB
-// (its lowest level 1 MB, the rest ~70 KB): it stays in L2 while the 16 MB
-// of leaves do not, so a lookup is a few cache hits and then exactly one
-// miss, the leaf line, which holds the keys to search and the extent's
-// record together (the neighbour a segment may merge with is usually in the
-// same line). Keys are 32-bit (ext4 logical blocks are); the unwritten flag
-// is bit 63 of the physical block (Build bounds physical blocks below 2^54).
-// Memory: 16 bytes per extent in leaves plus ~1.07 for the index.
+// cache misses cost. Extents are kept in leaves of 16: one cache line of
+// their 32-bit logical starts (ext4 logical blocks are 32-bit) followed by
+// two lines of 8-byte records (48-bit physical block, 15-bit length - 1, the
+// unwritten flag). A static B+-tree index of 16-key (one cache line) nodes
+// over the first key of every leaf finds the leaf; at 1M extents the index
+// is 270 KB and stays in L2 (1 MiB here), so a lookup is four cache hits
+// and then the leaf's three lines, fetched at once (the record lines are
+// prefetched while the key line is searched). A merge with the next extent
+// usually finds it in the same lines. Extents that do not fit a record
+// (length > 32768, physical >= 2^48 - 1: merged block-map runs, FIEMAP of
+// huge devices) are marked and kept whole in a side table, searched only
+// for them. Memory: 12 bytes per extent plus ~0.27 for the index, plus 16
+// per extent that does not fit (28.3 at most).
 #ifndef EXT4DIO_LIB_EXTENT_MAP_H_
 #define EXT4DIO_LIB_EXTENT_MAP_H_
 
@@ -84,6 +86,8 @@ class ExtentMap {
     leaves_ = std::move(other.leaves_);
     levels_ = std::move(other.levels_);
     level_sizes_ = std::move(other.level_sizes_);
+    escapes_ = std::move(other.escapes_);
+    other.escapes_.clear();
     return *this;
   }
   ExtentMap(const ExtentMap&) = delete;
@@ -117,12 +121,19 @@ class ExtentMap {
   size_t MemoryBytes() const;
 
  private:
-  // Four extents in one cache line; padding slots (only in the last leaf)
-  // have logical UINT32_MAX and length 0.
+  // 16 extents in three cache lines; padding slots (only in the last leaf)
+  // have logical UINT32_MAX.
   struct alignas(64) Leaf {
-    uint32_t logical[4];
-    uint32_t length[4];
-    uint64_t physical[4];  // bit 63: unwritten
+    uint32_t logical[16];
+    // Bits 0-47: physical block, or 2^48 - 1 when the extent is in
+    // escapes_; bits 48-62: length - 1 (0 when escaped); bit 63: unwritten.
+    uint64_t record[16];
+  };
+  // An extent whose record says "escaped".
+  struct Escape {
+    uint32_t index;  // extent index (extents <= 2^32: each is >= 1 block)
+    uint32_t length;
+    uint64_t physical;
   };
   struct AlignedFree {
     void operator()(void* p) const;
@@ -130,14 +141,15 @@ class ExtentMap {
 
   MapGeometry geometry_;
   size_t count_ = 0;
-  // Extent i is slot i % 4 of leaves_[i / 4]. levels_[0] holds the first
+  // Extent i is slot i % 16 of leaves_[i / 16]. levels_[0] holds the first
   // logical start of every leaf, padded to a multiple of 16 with UINT32_MAX;
   // each level above holds the first key of every 16-key node of the level
   // below, padded likewise; the last level has at most 16 keys. A map of at
-  // most 4 extents (one leaf) has no levels.
+  // most 16 extents (one leaf) has no levels.
   std::unique_ptr<Leaf[], AlignedFree> leaves_;
   std::vector<std::unique_ptr<uint32_t[], AlignedFree>> levels_;
   std::vector<size_t> level_sizes_;  // padded sizes of levels_
+  std::vector<Escape> escapes_;      // sorted by index
 };
 
 }  // namespace ext4dio
