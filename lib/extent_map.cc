@@ -11,6 +11,9 @@
 // 16 * leaf + (keys <= x in the leaf) - 1. A map of one leaf has no levels,
 // and its count may be 0 (no floor).
 //
+// Keys are stored biased (see kKeyBias) but compared as the unsigned
+// logical blocks they stand for; below, "key" means that value.
+//
 // Padding keys are UINT32_MAX. They compare <= x only when x == UINT32_MAX,
 // and for that x (and any block >= 2^32) the floor is simply the last
 // extent, since every key is <= UINT32_MAX; FindFloor answers that case
@@ -50,6 +53,9 @@ constexpr size_t kNodeKeys = 16;  // 16 x uint32 = one 64-byte cache line
 constexpr size_t kLeafSlots = 16;  // extents per leaf: one node of keys
 constexpr size_t kCacheLine = 64;
 constexpr uint32_t kPadKey = std::numeric_limits<uint32_t>::max();
+// Keys are stored with the sign bit flipped, so SSE2's signed compares order
+// them as unsigned numbers without flipping every key on every lookup.
+constexpr uint32_t kKeyBias = uint32_t{1} << 31;
 
 // Records (see ExtentMap::Leaf). An extent is kept in its record when its
 // physical block is below kEscapedPhysical and its length at most
@@ -104,19 +110,14 @@ EXT4DIO_ALWAYS_INLINE inline unsigned CountLessEqual16(const uint32_t* node,
                                                        uint32_t x) {
 #if defined(__SSE2__)
   // SSE2 has only signed 32-bit compares: flipping the sign bit of both
-  // sides maps unsigned order onto signed order.
-  const __m128i bias = _mm_set1_epi32(std::numeric_limits<int32_t>::min());
-  const __m128i xv =
-      _mm_xor_si128(_mm_set1_epi32(static_cast<int32_t>(x)), bias);
+  // sides maps unsigned order onto signed order (the keys are stored
+  // flipped).
+  const __m128i xv = _mm_set1_epi32(static_cast<int32_t>(x ^ kKeyBias));
   const __m128i* p = reinterpret_cast<const __m128i*>(node);
-  const __m128i gt0 =
-      _mm_cmpgt_epi32(_mm_xor_si128(_mm_load_si128(p + 0), bias), xv);
-  const __m128i gt1 =
-      _mm_cmpgt_epi32(_mm_xor_si128(_mm_load_si128(p + 1), bias), xv);
-  const __m128i gt2 =
-      _mm_cmpgt_epi32(_mm_xor_si128(_mm_load_si128(p + 2), bias), xv);
-  const __m128i gt3 =
-      _mm_cmpgt_epi32(_mm_xor_si128(_mm_load_si128(p + 3), bias), xv);
+  const __m128i gt0 = _mm_cmpgt_epi32(_mm_load_si128(p + 0), xv);
+  const __m128i gt1 = _mm_cmpgt_epi32(_mm_load_si128(p + 1), xv);
+  const __m128i gt2 = _mm_cmpgt_epi32(_mm_load_si128(p + 2), xv);
+  const __m128i gt3 = _mm_cmpgt_epi32(_mm_load_si128(p + 3), xv);
   // 0 / -1 lanes survive signed saturation: 4x32 -> 8x16 -> 16x8 bits.
   const __m128i gt =
       _mm_packs_epi16(_mm_packs_epi32(gt0, gt1), _mm_packs_epi32(gt2, gt3));
@@ -127,7 +128,8 @@ EXT4DIO_ALWAYS_INLINE inline unsigned CountLessEqual16(const uint32_t* node,
   return static_cast<unsigned>(std::countr_zero(gt_mask | (1u << kNodeKeys)));
 #else
   unsigned count = 0;
-  for (size_t k = 0; k < kNodeKeys; ++k) count += node[k] <= x ? 1u : 0u;
+  for (size_t k = 0; k < kNodeKeys; ++k)
+    count += (node[k] ^ kKeyBias) <= x ? 1u : 0u;
   return count;
 #endif
 }
@@ -197,7 +199,7 @@ EXT4DIO_ALWAYS_INLINE inline Segment MakeSegment(
     uint64_t device_offset, unsigned shift, int64_t floor, uint64_t offset,
     uint64_t limit, int64_t* next_floor) {
   auto logical = [leaves](size_t j) -> uint64_t {
-    return leaves[j / kLeafSlots].logical[j % kLeafSlots];
+    return leaves[j / kLeafSlots].logical[j % kLeafSlots] ^ kKeyBias;
   };
   auto physical = [leaves, &escapes](size_t j) -> Physical {
     const uint64_t r = leaves[j / kLeafSlots].record[j % kLeafSlots];
@@ -339,12 +341,12 @@ absl::StatusOr<ExtentMap> ExtentMap::Build(const MapGeometry& geometry,
     Leaf& leaf = leaves[i / kLeafSlots];
     const size_t slot = i % kLeafSlots;
     if (i >= n) {
-      leaf.logical[slot] = kPadKey;
+      leaf.logical[slot] = kPadKey ^ kKeyBias;
       leaf.record[slot] = 0;
       continue;
     }
     const Extent& e = extents[i];
-    leaf.logical[slot] = static_cast<uint32_t>(e.logical);
+    leaf.logical[slot] = static_cast<uint32_t>(e.logical) ^ kKeyBias;
     const uint64_t unwritten = e.unwritten ? kUnwrittenBit : 0;
     if (fits(e)) {
       leaf.record[slot] =
@@ -372,7 +374,8 @@ absl::StatusOr<ExtentMap> ExtentMap::Build(const MapGeometry& geometry,
         level[j] =
             below == nullptr ? leaves[j].logical[0] : below[j * kNodeKeys];
       }
-      std::fill(level.get() + up_real, level.get() + up_padded, kPadKey);
+      std::fill(level.get() + up_real, level.get() + up_padded,
+                kPadKey ^ kKeyBias);
       below = level.get();
       map.levels_.push_back(std::move(level));
       map.level_sizes_.push_back(up_padded);
@@ -387,7 +390,7 @@ Extent ExtentMap::ExtentAt(size_t index) const {
   const Leaf& leaf = leaves_[index / kLeafSlots];
   const size_t slot = index % kLeafSlots;
   const uint64_t r = leaf.record[slot];
-  Extent e{leaf.logical[slot], r & kPhysicalMask,
+  Extent e{leaf.logical[slot] ^ kKeyBias, r & kPhysicalMask,
            static_cast<uint32_t>(((r & ~kUnwrittenBit) >> kLengthShift) + 1),
            (r & kUnwrittenBit) != 0};
   if (e.physical == kEscapedPhysical) {

@@ -6,7 +6,8 @@
 //
 // Layout (why it is fast): a random lookup in a large map costs what its
 // cache misses cost. Extents are kept in leaves of 16: one cache line of
-// their 32-bit logical starts (ext4 logical blocks are 32-bit) followed by
+// their 32-bit logical starts (ext4 logical blocks are 32-bit; stored with
+// the sign bit flipped, so SSE2's signed compares need no fix-up) followed by
 // two lines of 8-byte records (48-bit physical block, 15-bit length - 1, the
 // unwritten flag). A static B+-tree index of 16-key (one cache line) nodes
 // over the first key of every leaf finds the leaf; at 1M extents the index
@@ -14,9 +15,9 @@
 // and then the leaf's three lines, fetched at once (the record lines are
 // prefetched while the key line is searched). A merge with the next extent
 // usually finds it in the same lines. Extents that do not fit a record
-// (length > 32768, physical >= 2^48 - 1: merged block-map runs, FIEMAP of
-// huge devices) are marked and kept whole in a side table, searched only
-// for them. Memory: 12 bytes per extent plus ~0.27 for the index, plus 16
+// (length > 32768, physical >= 2^48 - 1: contiguous runs the reader
+// merged, huge devices) are marked and kept whole in a side table,
+// searched only for them. Memory: 12 bytes per extent plus ~0.27 for the index, plus 16
 // per extent that does not fit (28.3 at most).
 #ifndef EXT4DIO_LIB_EXTENT_MAP_H_
 #define EXT4DIO_LIB_EXTENT_MAP_H_
@@ -124,7 +125,7 @@ class ExtentMap {
   // 16 extents in three cache lines; padding slots (only in the last leaf)
   // have logical UINT32_MAX.
   struct alignas(64) Leaf {
-    uint32_t logical[16];
+    uint32_t logical[16];  // logical start ^ 2^31 (extent_map.cc: kKeyBias)
     // Bits 0-47: physical block, or 2^48 - 1 when the extent is in
     // escapes_; bits 48-62: length - 1 (0 when escaped); bit 63: unwritten.
     uint64_t record[16];
@@ -142,7 +143,7 @@ class ExtentMap {
   MapGeometry geometry_;
   size_t count_ = 0;
   // Extent i is slot i % 16 of leaves_[i / 16]. levels_[0] holds the first
-  // logical start of every leaf, padded to a multiple of 16 with UINT32_MAX;
+  // logical start of every leaf (biased like Leaf::logical), padded to a multiple of 16 with UINT32_MAX;
   // each level above holds the first key of every 16-key node of the level
   // below, padded likewise; the last level has at most 16 keys. A map of at
   // most 16 extents (one leaf) has no levels.
