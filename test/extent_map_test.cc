@@ -1,6 +1,7 @@
 #include "extent_map.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <limits>
 #include <ostream>
@@ -595,7 +596,7 @@ TEST(ExtentMapTest, MemoryBytesWithinBudgetAtOneMillionExtents) {
     extents.push_back({3 * i, 5 * i, 2, (i & 7) == 0});
   ExtentMap map = MustBuild(Geometry(3 * kN * kB), extents);
   ASSERT_EQ(map.extent_count(), kN);
-  EXPECT_GE(map.MemoryBytes(), 20 * kN);  // records + keys, at least
+  EXPECT_GE(map.MemoryBytes(), 12 * kN);  // 8-byte records + keys, at least
   EXPECT_LE(map.MemoryBytes(), 32 * kN + 4096);
   // Odd sizes too (padding in every level).
   extents.resize(kN - 17);
@@ -604,6 +605,53 @@ TEST(ExtentMapTest, MemoryBytesWithinBudgetAtOneMillionExtents) {
   for (size_t i : {size_t{0}, size_t{1}, kN / 2 + 3, kN - 18}) {
     EXPECT_EQ(odd.FindFloor(3 * i + 1), static_cast<int64_t>(i));
     EXPECT_EQ(odd.ExtentAt(i), extents[i]);
+  }
+}
+
+// Extents that do not fit an 8-byte record (physical >= 2^48 - 1, length >
+// 32768) are kept aside; they answer like any other and merge with their
+// neighbours.
+TEST(ExtentMapTest, ExtentsBeyondTheRecordFormatAnswerLikeOthers) {
+  const uint64_t p48 = uint64_t{1} << 48;
+  const std::vector<Extent> extents = {
+      {0, p48 - 2, 1, false},            // the largest physical in a record
+      {1, p48 - 1, 32769, false},        // both too large; continues extent 0
+      {32770, p48 + 32768, 32768, true}, // physical too large
+      {65538, 5, 32768, false},          // the largest length in a record
+      {98306, 32773, 1, false},          // continues extent 3
+  };
+  ExtentMap map = MustBuild(Geometry(98307 * kB), extents);
+  for (size_t i = 0; i < extents.size(); ++i) {
+    EXPECT_EQ(map.ExtentAt(i), extents[i]) << i;
+  }
+  EXPECT_THAT(
+      MustQuery(map, 0, 98307 * kB),
+      ElementsAre(Mapped(0, 32770 * kB, (p48 - 2) * kB),
+                  Unwritten(32770 * kB, 32768 * kB, (p48 + 32768) * kB),
+                  Mapped(65538 * kB, 32769 * kB, 5 * kB)));
+  EXPECT_EQ(map.SegmentAt(5 * kB + 7, kMax64 - 5 * kB - 7),
+            Mapped(5 * kB + 7, 32765 * kB - 7, (p48 + 3) * kB + 7));
+  EXPECT_EQ(map.SegmentAt(40000 * kB, kB),
+            Unwritten(40000 * kB, kB, (p48 + 32768 + 40000 - 32770) * kB));
+  EXPECT_EQ(map.FindFloor(32769), 1);
+  EXPECT_EQ(map.FindFloor(32770), 2);
+}
+
+TEST(ExtentMapTest, MemoryBytesWithinBudgetWhenNoExtentFitsARecord) {
+  constexpr size_t kN = 1 << 20;
+  const uint64_t base = uint64_t{1} << 50;
+  std::vector<Extent> extents;
+  extents.reserve(kN);
+  for (size_t i = 0; i < kN; ++i)
+    extents.push_back({3 * i, base + 5 * i, 2, (i & 7) == 0});
+  ExtentMap map = MustBuild(Geometry(3 * kN * kB), extents);
+  EXPECT_LE(map.MemoryBytes(), 32 * kN + 4096);
+  for (size_t i : {size_t{0}, size_t{1}, kN / 2 + 3, kN - 1}) {
+    EXPECT_EQ(map.ExtentAt(i), extents[i]);
+    EXPECT_EQ(map.SegmentAt(3 * i * kB + 1, kB),
+              (i & 7) == 0
+                  ? Unwritten(3 * i * kB + 1, kB, (base + 5 * i) * kB + 1)
+                  : Mapped(3 * i * kB + 1, kB, (base + 5 * i) * kB + 1));
   }
 }
 
@@ -702,19 +750,42 @@ class RandomMaps {
         OneIn(10) ? Pick<size_t>({16, 17, 255, 256, 257, 300, 4096, 4097, 5000})
                   : Uniform(0, 40);
     const bool spread = OneIn(4);  // spread over the whole 2^32 block space
+    const bool long_extents = OneIn(5);
+    const bool big_physical = OneIn(5);
+    // Physical starts up to this leave room for any extent made here (and
+    // its contiguous successor) below the largest Build accepts.
+    const uint64_t max_physical =
+        ((kMax64 - m.geometry.device_offset) >> std::countr_zero(
+             m.geometry.block_size)) - 100000;
     const uint64_t limit = ExtentMap::kLogicalLimit;
     uint64_t logical = OneIn(2) ? 0 : Uniform(0, 20);
     for (size_t i = 0; i < n; ++i) {
-      const uint32_t length =
+      uint32_t length =
           static_cast<uint32_t>(OneIn(10) ? Uniform(1, 5000) : Uniform(1, 16));
+      // Around the largest length an 8-byte record holds (32768).
+      if (long_extents && OneIn(3)) {
+        length = static_cast<uint32_t>(Uniform(32766, 32770));
+      }
       if (logical >= limit || limit - logical < length) break;
       Extent e;
       e.logical = logical;
       e.length = length;
-      if (!m.extents.empty() && OneIn(2)) {
-        e.physical = m.extents.back().physical + m.extents.back().length;
+      const uint64_t continued =
+          m.extents.empty()
+              ? 0
+              : m.extents.back().physical + m.extents.back().length;
+      if (!m.extents.empty() && OneIn(2) && continued <= max_physical) {
+        e.physical = continued;
       } else {
         e.physical = Uniform(0, uint64_t{1} << 36);
+        // Around the largest physical block a record holds (2^48 - 2), and
+        // up to the largest Build accepts at this block size (64 KiB blocks
+        // reach only to 2^48).
+        if (big_physical && OneIn(2)) {
+          e.physical = OneIn(2) ? std::min(max_physical,
+                                           (uint64_t{1} << 48) - 3 + Uniform(0, 5))
+                                : Uniform(0, max_physical);
+        }
       }
       e.unwritten = OneIn(4);
       m.extents.push_back(e);
@@ -812,7 +883,7 @@ TEST(ExtentMapRandomTest, MatchesNaiveReference) {
   RandomMaps r(/*seed=*/0x6578743464696fULL);
   constexpr int kMaps = 3000;
   constexpr int kQueriesPerMap = 40;
-  size_t total_queries = 0, total_segments = 0;
+  size_t total_queries = 0, total_segments = 0, beyond_record_format = 0;
   for (int map_index = 0; map_index < kMaps; ++map_index) {
     const RefMap ref = r.Map();
     absl::StatusOr<ExtentMap> built =
@@ -820,6 +891,11 @@ TEST(ExtentMapRandomTest, MatchesNaiveReference) {
     ASSERT_TRUE(built.ok()) << "map " << map_index << ": " << built.status();
     const ExtentMap& map = *built;
     ASSERT_EQ(map.extent_count(), ref.extents.size());
+    for (const Extent& e : ref.extents) {
+      if (e.physical >= (uint64_t{1} << 48) - 1 || e.length > 32768) {
+        ++beyond_record_format;
+      }
+    }
     const bool big = ref.extents.size() > 1000;
     for (size_t i = 0; i < ref.extents.size(); i += big ? 97 : 1) {
       ASSERT_EQ(map.ExtentAt(i), ref.extents[i]) << "map " << map_index;
@@ -858,6 +934,8 @@ TEST(ExtentMapRandomTest, MatchesNaiveReference) {
       total_segments += want.size();
     }
   }
+  // The generator does reach the extents kept beside the records.
+  EXPECT_GT(beyond_record_format, 1000u);
   RecordProperty("queries", static_cast<int>(total_queries));
   RecordProperty("segments", static_cast<int>(total_segments));
 }
