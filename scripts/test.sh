@@ -24,7 +24,7 @@ CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-asan --buildtype=debug \
 CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-tsan --buildtype=debugoptimized \
   -Db_sanitize=thread -Db_lundef=false -Dbenchmarks=false --no-build 2>/dev/null || true
 tsan_ok=1
-ninja -C build-tsan test/concurrency_test test/async_queue_test test/mounted_io_test \
+ninja -C build-tsan test/concurrency_test test/async_queue_test test/write_ranges_test test/mounted_io_test \
   test/mounted_contract_test test/session_state_test tools/ext4dio-write tools/ext4dio-read \
   tools/ext4dio-map \
   >/dev/null || tsan_ok=0
@@ -49,7 +49,7 @@ run build
 # and mounted mode (lease monitor, gate, re-map).
 run build-asan --suite unit --suite hostile --suite image --suite mounted
 if [ "$tsan_ok" = 1 ]; then
-  TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild concurrency_test async_queue_test \
+  TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild concurrency_test async_queue_test write_ranges_test \
     mounted_io_test session_state_test
   # The mounted torture run: threads, the kernel path and the lease monitor.
   TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild mounted_contract_test \
