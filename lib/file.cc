@@ -720,11 +720,12 @@ absl::StatusOr<File::Started> File::StartAsync(DeviceExecutor& ex, const AsyncRe
   std::vector<Piece>& pieces = ex.pieces();
   if (req.write) {
     const MapState& m = cur();
-    if (absl::Status s = ext4dio::PlanWriteInto(m.loaded.map, m.written, req.offset, req.length,
-                                                mounted_ ? MountedPlan(m) : plan_, &pieces);
-        !s.ok()) {
-      return Prefixed(name_ + ": ", s);
-    }
+    absl::Status planned =
+        mounted_ ? ext4dio::PlanWriteInto(m.loaded.map, m.written, req.offset, req.length,
+                                          MountedPlan(m), &pieces)
+                 : ext4dio::PlanWriteInto(m.loaded.map, m.written, req.offset, req.length, plan_,
+                                          &pieces);
+    if (!planned.ok()) return Prefixed(name_ + ": ", planned);
     bool unaligned = false;
     for (const Piece& p : pieces) unaligned |= p.kind != Piece::kDirect;
     if (unaligned && mounted_) return Started::kBlocking;
