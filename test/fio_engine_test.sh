@@ -40,7 +40,7 @@ check() {  # check NAME CMD...: runs, prints the outcome
 fio_ok() {
   fio --ioengine=external:"$engine" --thread=1 --direct=1 --verify_state_save=0 "$@" --output-format=json \
     --output="$dir/fio.json" >"$dir/fio.out" 2>"$dir/fio.err" || { cat "$dir/fio.out" "$dir/fio.err"; return 1; }
-  python3 - "$dir/fio.json" <<'PY'
+  python3 - "$dir/fio.json" "${sync_calls:-0}" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read()
 j = json.loads(text[text.index("{"):])  # fio may print warnings first
@@ -50,7 +50,9 @@ ios = sum(x[d]["total_ios"] for x in j["jobs"] for d in ("read", "write"))
 slat = sum(x[d]["slat_ns"]["N"] for x in j["jobs"] for d in ("read", "write"))
 print("ios:", ios, "slat samples:", slat)
 if ios == 0: print("no I/O done"); sys.exit(1)
-if slat != ios: print("I/Os without a submission-latency sample"); sys.exit(1)
+if sys.argv[2] == "1":  # iodepth=1: synchronous calls, completed in queue() (no slat, as psync)
+    if slat != 0: print("synchronous I/Os with a submission latency"); sys.exit(1)
+elif slat != ios: print("I/Os without a submission-latency sample"); sys.exit(1)
 PY
 }
 
@@ -81,6 +83,17 @@ done
 check "verify, 4 jobs over fast and kernel path, fsync=16" fio_ok --name=vm --filename="$mnt/mixed" \
   --rw=randwrite --bs=4k --iodepth=8 --size=16M --offset_increment=16M --numjobs=4 --fsync=16 \
   --verify=crc32c --do_verify=1 --verify_fatal=1
+# iodepth=1: one synchronous library call per I/O (one io_uring_enter),
+# completed inside queue(); both paths, verified.
+sync_calls=1
+check "iodepth=1 (synchronous calls), verify, fast path" fio_ok --name=s1 --filename="$mnt/written" \
+  --rw=randwrite --bs=4k --iodepth=1 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1
+rm -f "$mnt/s1sparse"; truncate -s 16M "$mnt/s1sparse"
+check "iodepth=1 (synchronous calls), verify, holes (kernel path), 2 jobs" fio_ok --name=s2 \
+  --filename="$mnt/s1sparse" --rw=randwrite --bs=4k --iodepth=1 --size=4M --offset_increment=8M \
+  --numjobs=2 --verify=md5 --do_verify=1 --verify_fatal=1
+rm -f "$mnt/s1sparse"
+sync_calls=0
 check "reads and writes at once (rw=randrw), then verify" fio_ok --name=rw --filename="$mnt/written" \
   --rw=randrw --bs=4k --iodepth=32 --size=32M --numjobs=2 --offset_increment=32M \
   --verify=crc32c --do_verify=1 --verify_fatal=1

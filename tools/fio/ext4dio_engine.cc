@@ -500,6 +500,24 @@ fio_q_status Queue(thread_data* td, io_u* u) {
     u->error = EINVAL;  // trim: not offered
     return FIO_Q_COMPLETED;
   }
+  if (fd->depth == 1) {
+    // At iodepth=1 a queue buys nothing and costs a second system call
+    // (submit, then wait): one synchronous call instead (submit and wait
+    // in one io_uring_enter, or one pwritev2), as fio's psync does.
+    StampIssue(td, u);
+    const int64_t rc =
+        u->ddir == DDIR_WRITE
+            ? ext4dio_pwrite(fd->file, u->xfer_buf, u->xfer_buflen, u->offset)
+            : ext4dio_pread(fd->file, u->xfer_buf, u->xfer_buflen, u->offset);
+    if (rc < 0) {
+      u->error = ToErrno(rc);
+      log_err("ext4dio: %s\n", ext4dio_last_error());
+    } else {
+      u->error = 0;
+      u->resid = u->xfer_buflen - static_cast<unsigned long long>(rc);
+    }
+    return FIO_Q_COMPLETED;
+  }
   if (fd->npending + fd->outstanding >= fd->depth) return FIO_Q_BUSY;
   ext4dio_request& r = fd->pending[fd->npending++];
   r.op = u->ddir == DDIR_WRITE ? EXT4DIO_OP_WRITE : EXT4DIO_OP_READ;
