@@ -219,9 +219,13 @@ int IdleMain(int argc, char** argv) {
         new (sh) Shared();
         int hold[2];
         if (pipe(hold)) Die("pipe", errno);
+        fflush(stdout);  // the child must not inherit unwritten rows
         pid_t pid = fork();
         if (pid < 0) Die("fork", errno);
         if (pid == 0) {
+          // A group of its own: a stopped member of an orphaned group would
+          // bring SIGHUP to ours.
+          setpgid(0, 0);
           close(hold[1]);
           IdleOwner(sh, dev.c_str(), fs.flags, n, bs, Idle(s), hold[0]);
         }
@@ -442,9 +446,11 @@ int LeaseMain(int argc, char** argv) {
       new (sh) LeaseShared();
       int hold[2];
       if (pipe(hold)) Die("pipe", errno);
+      fflush(stdout);
       pid_t pid = fork();
       if (pid < 0) Die("fork", errno);
       if (pid == 0) {
+        setpgid(0, 0);  // as in IdleMain
         close(hold[1]);
         LeaseOwner(sh, path.c_str(), prompt, n, Idle(s), hold[0]);
       }
