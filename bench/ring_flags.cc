@@ -440,8 +440,9 @@ int LeaseMain(int argc, char** argv) {
   for (int s = 0; s < kNumIdle; ++s) {
     std::vector<double> ms;
     std::string data = "ok";
-    // A stopped owner holds the break for the whole lease-break-time: once.
-    const int runs = s == kSigstop ? std::min(reps, 1) : reps;
+    // A stopped or D-state owner holds the break for the whole
+    // lease-break-time: once.
+    const int runs = s == kSigstop || s == kVforkD ? std::min(reps, 1) : reps;
     for (int r = 0; r < runs; ++r) {
       new (sh) LeaseShared();
       int hold[2];
