@@ -205,7 +205,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
       // A reader may share a writer's File (its C handle stays read-only).
       const bool same = o.write == options.write && o.dsync == options.dsync &&
                         o.no_fallback == options.no_fallback && o.backend == options.backend &&
-                        o.sqpoll == options.sqpoll && o.reap_promptly == options.reap_promptly;
+                        o.sqpoll == options.sqpoll;
       if (same || (o.write && !options.write)) return open;
       return LibError(EXT4DIO_E_IN_USE,
                       absl::StrFormat("%s is already open in this process (as %s) with other "
@@ -400,8 +400,8 @@ absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth,
   qo.sqpoll = options_.sqpoll;
   // Every ring, mounted asynchronous ones included, is COOP_TASKRUN: a
   // lease break's gate still sees an idle owner's completions within a
-  // timer tick (QueueOptions), so EXT4DIO_OPEN_REAP_PROMPTLY changes
-  // nothing here any more, and neither does for_async.
+  // timer tick (QueueOptions), so neither for_async nor
+  // EXT4DIO_OPEN_REAP_PROMPTLY changes the ring any more.
   return os_->NewQueue(fd_direct_, qo);
 }
 
