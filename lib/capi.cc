@@ -213,7 +213,7 @@ EXT4DIO_EXPORT int ext4dio_open(const ext4dio_target* t, const ext4dio_open_opts
     options.queue_depth = opts.queue_depth ? opts.queue_depth : 32;
     options.max_io = opts.max_io;
     options.no_fallback = opts.flags & EXT4DIO_OPEN_NO_FALLBACK;
-    options.reap_promptly = opts.flags & EXT4DIO_OPEN_REAP_PROMPTLY;
+    // EXT4DIO_OPEN_REAP_PROMPTLY is accepted and changes nothing (ext4dio.h).
     options.skip_ownership_check = opts.flags & EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK;
     switch (opts.backend) {
       case EXT4DIO_BACKEND_AUTO: options.backend = ext4dio::BackendKind::kAuto; break;

@@ -191,7 +191,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
       // A reader may share a writer's File (its C handle stays read-only).
       const bool same = o.write == options.write && o.dsync == options.dsync &&
                         o.no_fallback == options.no_fallback && o.backend == options.backend &&
-                        o.sqpoll == options.sqpoll && o.reap_promptly == options.reap_promptly;
+                        o.sqpoll == options.sqpoll;
       if (same || (o.write && !options.write)) return open;
       return LibError(EXT4DIO_E_IN_USE,
                       absl::StrFormat("%s is already open in this process (as %s) with other "
@@ -388,18 +388,16 @@ FileStats File::stats() const {
   return s;
 }
 
-absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth, bool for_async) {
+absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth,
+                                                          [[maybe_unused]] bool for_async) {
   QueueOptions qo;
   qo.depth = depth;
   qo.backend = backend_;
   qo.sqpoll = options_.sqpoll;
-  // Mounted asynchronous queues: a lease break must see an idle owner's
-  // completions (the gate polls the ring), so the kernel must post them
-  // without waiting for the owner to enter it. Synchronous callers reap
-  // everything before they leave the gate, so their rings may defer.
-  // EXT4DIO_OPEN_REAP_PROMPTLY: the application promises to keep reaping,
-  // which makes deferring safe for lease breaks and much cheaper.
-  qo.coop_taskrun = !(mounted_ && for_async) || options_.reap_promptly;
+  // Every ring, mounted asynchronous ones included, is COOP_TASKRUN: a
+  // lease break's gate still sees an idle owner's completions within a
+  // timer tick (QueueOptions), so neither for_async nor
+  // EXT4DIO_OPEN_REAP_PROMPTLY changes the ring any more.
   return os_->NewQueue(fd_direct_, qo);
 }
 

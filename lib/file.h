@@ -65,7 +65,6 @@ struct OpenOptions {
   bool dsync = false;        // every device write with RWF_DSYNC (FUA)
   uint64_t max_io = 0;       // 0: the device's maximum (1 MiB for images)
   bool no_fallback = false;  // mounted: never use the kernel path for writes
-  bool reap_promptly = false;  // mounted: async rings may defer completions
   bool skip_ownership_check = false;  // image, write: no inode scan (a warning says so)
   Os* os = nullptr;          // nullptr: the real OS (tests inject faults here)
   // Mounted: how often the lease is polled, and retaken after a break.

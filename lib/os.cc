@@ -29,10 +29,15 @@ class UringQueue final : public IoQueue {
     if (o.sqpoll) {
       p.flags |= IORING_SETUP_SQPOLL;
       p.sq_thread_idle = 200;  // ms before the poller sleeps
-    } else if (o.coop_taskrun) {
-      // Completions run when we enter the kernel to reap, instead of an IPI
-      // interrupting us for each one: at depth, that IPI storm halved IOPS.
-      p.flags |= IORING_SETUP_COOP_TASKRUN;
+    } else {
+      // Completions run as task work when we next return to user space,
+      // instead of an IPI interrupting us for each one: at depth, that IPI
+      // storm halved IOPS. A sleeping owner is still woken to post them
+      // (TWA_SIGNAL_NO_IPI wakes interruptible sleeps), so the IoGate sees
+      // an idle owner's completions (QueueOptions). TASKRUN_FLAG tells our
+      // own peeks (Reap with nothing to wait for) that some are pending, so
+      // they enter the kernel for them instead of finding none.
+      p.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     }
     int rc = io_uring_queue_init_params(o.depth, &q->ring_, &p);
     if (rc == -EINVAL && (p.flags & IORING_SETUP_COOP_TASKRUN)) {  // kernel < 5.19

@@ -40,12 +40,14 @@ struct QueueOptions {
   uint32_t depth = 32;
   BackendKind backend = BackendKind::kAuto;  // kAuto is resolved by the caller
   bool sqpoll = false;
-  // io_uring: post completions without interrupting the owner
-  // (IORING_SETUP_COOP_TASKRUN; much cheaper at depth). Then a completion is
-  // only visible in the ring once the owner next enters the kernel, so
-  // anyone who must see completions without the owner (the mounted mode's
-  // IoGate) needs it off.
-  bool coop_taskrun = true;
+  // Without SQPOLL every io_uring is IORING_SETUP_COOP_TASKRUN |
+  // IORING_SETUP_TASKRUN_FLAG: completions are posted without an IPI, as
+  // task work the owner runs on its next return to user space, which a
+  // sleeping owner is woken for (any interruptible sleep) and a spinning
+  // one reaches at the next timer tick. So the mounted mode's IoGate, which
+  // reads a ring without its owner, sees an idle owner's completions within
+  // a tick (bench/ring_flags idle; docs/design.md "Rings"). Never
+  // DEFER_TASKRUN there: its completions wait until the owner reaps.
 };
 
 // A submission/completion queue bound to one descriptor.

@@ -179,12 +179,9 @@ struct ext4dio_file;
 #define EXT4DIO_OPEN_SQPOLL 0x4u        /* io_uring SQPOLL thread per ring */
 #define EXT4DIO_OPEN_NO_FALLBACK 0x8u   /* mounted: a write that needs the kernel
                                            path fails (nothing written) */
-#define EXT4DIO_OPEN_REAP_PROMPTLY 0x10u /* mounted, queues: the application keeps
-   reaping its queues (as fio does). Their rings then post completions only
-   when the owner enters the kernel (io_uring COOP_TASKRUN: about twice the
-   IOPS at depth), so a lease break waits until every queue holding
-   unreaped completions is next reaped or its owner makes any system call.
-   Without it a break never waits for an idle owner. */
+#define EXT4DIO_OPEN_REAP_PROMPTLY 0x10u /* accepted, no effect: every ring
+   now posts completions cheaply (io_uring COOP_TASKRUN) and a lease break
+   still never waits for an idle queue owner (docs/safety.md, item 10). */
 #define EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK 0x20u /* image mode, writers: skip the
    inode scan that refuses a file whose blocks another inode (or the bad-blocks
    inode) also claims (-EXT4DIO_E_CORRUPT_MAP naming the block and the inode);
