@@ -139,9 +139,8 @@ fio_option kOptions[] = {
         .lname = "ext4dio reap promptly",
         .type = FIO_OPT_BOOL,
         .off1 = offsetof(Options, reap_promptly),
-        .help = "Let rings post completions when fio reaps them (COOP_TASKRUN; fio reaps "
-                "continuously, so a lease break still goes through promptly): about twice "
-                "the IOPS at depth. 0: completions are posted at once (IPIs)",
+        .help = "Kept for old job files; no effect: every ring is COOP_TASKRUN now, and a "
+                "lease break still sees an idle owner's completions (docs/safety.md)",
         .def = "1",
         .category = FIO_OPT_C_ENGINE,
         .group = FIO_OPT_G_INVALID,
