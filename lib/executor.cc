@@ -402,10 +402,10 @@ absl::StatusOr<AsyncCompletion> DeviceExecutor::Wait(uint32_t r) {
   while (!reqs_[r].done) {
     if (broken_) return ErrnoError(EIO, *ctx_.name + ": I/O queue broken");
     absl::Status s;
-    if (queued_head_ < queued_.size()) {
+    if (queued_head_ < queued_.size() && queue_->in_flight() < queue_->depth()) {
       s = Pump(1);  // submit and wait for one in one system call
       if (s.ok()) s = ReapSome(0);
-    } else if (queue_->in_flight() > 0) {
+    } else if (queue_->in_flight() > 0) {  // (ring full: wait, don't spin)
       s = ReapSome(1);
     } else {
       break;
