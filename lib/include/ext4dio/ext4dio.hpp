@@ -294,6 +294,15 @@ class RequestQueue {
     int rc = ext4dio_queue_submit(queue_.get(), &r);
     return rc < 0 ? LastStatus(rc) : absl::OkStatus();
   }
+  // Starts requests[0..n) with one submission; returns how many started
+  // (fewer: requests[returned] was refused, nothing of it written; submit
+  // from there again to get its error), or the error when the first was
+  // refused.
+  [[nodiscard]] absl::StatusOr<size_t> SubmitBatch(const ext4dio_request* requests, size_t n) {
+    int rc = ext4dio_queue_submit_batch(queue_.get(), requests, n);
+    if (rc < 0) return LastStatus(rc);
+    return static_cast<size_t>(rc);
+  }
   // io_uring fixed buffers for requests inside [base, base+bytes).
   [[nodiscard]] absl::Status RegisterBuffers(void* base, size_t bytes) {
     int rc = ext4dio_queue_register_buffers(queue_.get(), base, bytes);
