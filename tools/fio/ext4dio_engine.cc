@@ -554,6 +554,19 @@ int GetEvents(thread_data* td, unsigned int min, unsigned int max, const timespe
     jd->events.push_back(jd->stash.back());
     jd->stash.pop_back();
   }
+  if (jd->files.size() == 1) {
+    // One file (the usual job): one reap waits for what is missing and
+    // takes whatever else is ready.
+    FileData* fd = jd->files[0];
+    const size_t have = jd->events.size();
+    if (have < max && fd->outstanding > 0) {
+      const uint64_t missing = min > have ? min - have : 0;
+      const unsigned want = static_cast<unsigned>(std::min<uint64_t>(missing, fd->outstanding));
+      if (ReapFile(td, jd, fd, want, max - static_cast<unsigned>(have), jd->events) < 0)
+        return -EIO;
+    }
+    return static_cast<int>(jd->events.size());
+  }
   for (FileData* fd : jd->files) {
     if (jd->events.size() >= max) break;
     if (fd->outstanding == 0) continue;
