@@ -450,14 +450,18 @@ EXT4DIO_EXPORT int ext4dio_queue_submit_batch(ext4dio_queue* q, const ext4dio_re
     }
   }
   return Guard([&]() -> int {
-    // Converted in chunks on the stack: nothing allocated per request.
-    ext4dio::AsyncRequest chunk[64];
+    // Converted in chunks on the stack: nothing allocated per request, and
+    // only the entries used are constructed (a default-constructed array
+    // of 64 was a 2.5 KiB memset per call).
+    alignas(ext4dio::AsyncRequest) unsigned char raw[64 * sizeof(ext4dio::AsyncRequest)];
+    auto* chunk = reinterpret_cast<ext4dio::AsyncRequest*>(raw);
     size_t done = 0;
     while (done < n) {
       const size_t k = std::min<size_t>(n - done, 64);
       for (size_t i = 0; i < k; ++i) {
         const ext4dio_request& x = r[done + i];
-        chunk[i] = {x.op == EXT4DIO_OP_WRITE, x.buf, x.length, x.offset, x.cookie};
+        new (&chunk[i])
+            ext4dio::AsyncRequest{x.op == EXT4DIO_OP_WRITE, x.buf, x.length, x.offset, x.cookie};
       }
       absl::Status refused;
       const size_t started = q->queue->SubmitBatch(absl::MakeConstSpan(chunk, k), &refused);
