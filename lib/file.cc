@@ -548,9 +548,10 @@ std::string File::warning() const {
   return warning_;
 }
 
-absl::Status File::WriteDirect(DeviceExecutor& ex, absl::Span<const Piece> pieces,
-                               const char* buf, uint64_t offset) {
-  const uint32_t r = ex.BeginRequest(0, /*write=*/true, /*sync=*/true);
+absl::StatusOr<uint32_t> File::CommitDirectWrite(DeviceExecutor& ex, uint64_t cookie, bool sync,
+                                                 absl::Span<const Piece> pieces, const char* buf,
+                                                 uint64_t offset) {
+  const uint32_t r = ex.BeginRequest(cookie, /*write=*/true, sync);
   uint64_t bytes = 0;
   for (const Piece& p : pieces) {
     if (p.kind != Piece::kDirect) continue;
@@ -562,16 +563,51 @@ absl::Status File::WriteDirect(DeviceExecutor& ex, absl::Span<const Piece> piece
     }
     bytes += p.length;
   }
-  if (bytes == 0) {
-    ex.Abort(r);
-    return absl::OkStatus();
-  }
   ex.SetResult(r, bytes);
   ex.Commit(r);
+  return r;
+}
+
+absl::StatusOr<uint32_t> File::CommitRead(DeviceExecutor& ex, uint64_t cookie, bool sync,
+                                          char* buf, uint64_t n, uint64_t offset) {
+  std::vector<Piece>& pieces = ex.pieces();
+  if (absl::Status s = PlanReadInto(cur().loaded.map, offset, n, plan_, &pieces); !s.ok())
+    return Prefixed(name_ + ": ", s);
+  const uint32_t r = ex.BeginRequest(cookie, /*write=*/false, sync);
+  uint64_t total = 0, zero = 0;
+  for (const Piece& p : pieces) {
+    if (p.kind == Piece::kEof) break;
+    char* d = buf + (p.file_offset - offset);
+    if (p.kind == Piece::kZero) {
+      std::memset(d, 0, p.length);
+      zero += p.length;
+    } else if (absl::Status s = ex.AddRead(r, p.device_offset, p.file_offset, d, p.length);
+               !s.ok()) {
+      ex.Abort(r);
+      return s;
+    }
+    total = p.file_offset + p.length - offset;
+  }
+  ex.SetResult(r, total, zero);
+  ex.Commit(r);
+  return r;
+}
+
+absl::StatusOr<uint64_t> File::WaitFor(DeviceExecutor& ex, uint32_t r) {
   absl::StatusOr<AsyncCompletion> c = ex.Wait(r);
   if (!c.ok()) return c.status();
   if (c->result < 0) return FailureStatus(ex.last_failure());
-  return absl::OkStatus();
+  return static_cast<uint64_t>(c->result);
+}
+
+absl::Status File::WriteDirect(DeviceExecutor& ex, absl::Span<const Piece> pieces,
+                               const char* buf, uint64_t offset) {
+  if (std::none_of(pieces.begin(), pieces.end(),
+                   [](const Piece& p) { return p.kind == Piece::kDirect; }))
+    return absl::OkStatus();
+  absl::StatusOr<uint32_t> r = CommitDirectWrite(ex, 0, /*sync=*/true, pieces, buf, offset);
+  if (!r.ok()) return r.status();
+  return WaitFor(ex, *r).status();
 }
 
 absl::Status File::WriteUnaligned(DeviceExecutor& ex, const Piece& p, const char* src) {
@@ -627,12 +663,7 @@ absl::Status File::WriteUnaligned(DeviceExecutor& ex, const Piece& p, const char
     }
     ex.SetResult(r, a);
     ex.Commit(r);
-    absl::StatusOr<AsyncCompletion> c = ex.Wait(r);
-    if (!c.ok()) {
-      s = c.status();
-    } else if (c->result < 0) {
-      s = FailureStatus(ex.last_failure());
-    }
+    s = WaitFor(ex, r).status();
     if (!s.ok()) break;
   }
   ranges_.EndRmw(unit, a, owner);
@@ -684,30 +715,9 @@ absl::StatusOr<size_t> File::Pread(void* buf, size_t n, uint64_t offset) {
 
 absl::StatusOr<size_t> File::PreadMapped(DeviceExecutor& ex, char* buf, size_t n,
                                          uint64_t offset) {
-  std::vector<Piece>& pieces = ex.pieces();
-  if (absl::Status s = PlanReadInto(cur().loaded.map, offset, n, plan_, &pieces); !s.ok())
-    return Prefixed(name_ + ": ", s);
-  const uint32_t r = ex.BeginRequest(0, /*write=*/false, /*sync=*/true);
-  uint64_t total = 0, zero = 0;
-  for (const Piece& p : pieces) {
-    if (p.kind == Piece::kEof) break;
-    char* d = buf + (p.file_offset - offset);
-    if (p.kind == Piece::kZero) {
-      std::memset(d, 0, p.length);
-      zero += p.length;
-    } else if (absl::Status s = ex.AddRead(r, p.device_offset, p.file_offset, d, p.length);
-               !s.ok()) {
-      ex.Abort(r);
-      return s;
-    }
-    total = p.file_offset + p.length - offset;
-  }
-  ex.SetResult(r, total, zero);
-  ex.Commit(r);
-  absl::StatusOr<AsyncCompletion> c = ex.Wait(r);
-  if (!c.ok()) return c.status();
-  if (c->result < 0) return FailureStatus(ex.last_failure());
-  return total;
+  absl::StatusOr<uint32_t> r = CommitRead(ex, 0, /*sync=*/true, buf, n, offset);
+  if (!r.ok()) return r.status();
+  return WaitFor(ex, *r);
 }
 
 // ---------------------------------------------------------------------------
@@ -750,39 +760,15 @@ absl::StatusOr<File::Started> File::StartAsync(DeviceExecutor& ex, const AsyncRe
       if (absl::Status s = PrepareFastWrite(); !s.ok()) return s;
       NoteFastWrite();
     }
-    const uint32_t r = ex.BeginRequest(req.cookie, /*write=*/true, /*sync=*/false);
-    for (const Piece& p : pieces) {
-      if (absl::Status s = ex.AddWrite(r, p.device_offset, p.file_offset,
-                                       base + (p.file_offset - req.offset), p.length);
-          !s.ok()) {
-        ex.Abort(r);
-        return s;
-      }
-    }
-    ex.SetResult(r, req.length);
-    ex.Commit(r);
+    // Every piece is direct here: the request's result is req.length.
+    absl::StatusOr<uint32_t> r =
+        CommitDirectWrite(ex, req.cookie, /*sync=*/false, pieces, base, req.offset);
+    if (!r.ok()) return r.status();
     return Started::kStarted;
   }
-  if (absl::Status s = PlanReadInto(cur().loaded.map, req.offset, req.length, plan_, &pieces);
-      !s.ok())
-    return Prefixed(name_ + ": ", s);
-  const uint32_t r = ex.BeginRequest(req.cookie, /*write=*/false, /*sync=*/false);
-  uint64_t total = 0, zero = 0;
-  for (const Piece& p : pieces) {
-    if (p.kind == Piece::kEof) break;
-    char* dst = base + (p.file_offset - req.offset);
-    if (p.kind == Piece::kZero) {
-      std::memset(dst, 0, p.length);
-      zero += p.length;
-    } else if (absl::Status s = ex.AddRead(r, p.device_offset, p.file_offset, dst, p.length);
-               !s.ok()) {
-      ex.Abort(r);
-      return s;
-    }
-    total = p.file_offset + p.length - req.offset;
-  }
-  ex.SetResult(r, total, zero);
-  ex.Commit(r);
+  absl::StatusOr<uint32_t> r =
+      CommitRead(ex, req.cookie, /*sync=*/false, base, req.length, req.offset);
+  if (!r.ok()) return r.status();
   return Started::kStarted;
 }
 

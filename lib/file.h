@@ -221,6 +221,18 @@ class File : public std::enable_shared_from_this<File> {
   // `for_async`: the executor keeps I/O in flight between calls (AsyncQueue).
   absl::StatusOr<std::unique_ptr<DeviceExecutor>> NewExecutor(uint32_t depth, bool for_async);
   absl::StatusOr<std::unique_ptr<IoQueue>> NewIoQueue(uint32_t depth, bool for_async = false);
+  // Builds and commits on `ex` (for the next Flush or Wait) one request:
+  // the direct pieces of a plan for `buf` at `offset`, or a mapped read of
+  // [offset, offset + n) into buf (holes and unwritten extents zeroed here).
+  // Returns the request's index.
+  absl::StatusOr<uint32_t> CommitDirectWrite(DeviceExecutor& ex, uint64_t cookie, bool sync,
+                                             absl::Span<const Piece> pieces, const char* buf,
+                                             uint64_t offset);
+  absl::StatusOr<uint32_t> CommitRead(DeviceExecutor& ex, uint64_t cookie, bool sync, char* buf,
+                                      uint64_t n, uint64_t offset);
+  // Runs sync request r to its end: its bytes, or the status of its first
+  // failed op.
+  absl::StatusOr<uint64_t> WaitFor(DeviceExecutor& ex, uint32_t r);
   // Synchronous device I/O on `ex` (idle, or drained): the direct pieces of
   // a plan as one request; an unaligned piece; a mapped read.
   absl::Status WriteDirect(DeviceExecutor& ex, absl::Span<const Piece> pieces, const char* buf,
