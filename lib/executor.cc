@@ -1,5 +1,6 @@
 #include "executor.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -37,20 +38,42 @@ struct DeviceExecutor::Req {
   AsyncCompletion result;                  // sync requests
 };
 
+namespace {
+
+// Grows a slab of records to n and lists the new ones as free (the lowest
+// index comes out of the free list first).
+template <typename T>
+void GrowSlab(std::vector<T>& slab, std::vector<uint32_t>& free, size_t n) {
+  const size_t old = slab.size();
+  slab.resize(n);
+  for (size_t i = n; i-- > old;) free.push_back(static_cast<uint32_t>(i));
+}
+
+// A free record's index; with none free (more outstanding than at open:
+// completions not reaped, or requests with more ops than the ring's depth)
+// the slab doubles, once, and stays so.
+template <typename T>
+uint32_t TakeFree(std::vector<T>& slab, std::vector<uint32_t>& free) {
+  if (free.empty()) GrowSlab(slab, free, std::max<size_t>(2 * slab.size(), 1));
+  const uint32_t i = free.back();
+  free.pop_back();
+  return i;
+}
+
+}  // namespace
+
 DeviceExecutor::DeviceExecutor(const Context& context, std::unique_ptr<IoQueue> queue)
     : ctx_(context), queue_(std::move(queue)) {
   // Sized for the ring's depth up front (and kept): the steady state reuses.
   const uint32_t d = queue_->depth();
-  reqs_.resize(d + 2);
+  free_reqs_.reserve(d + 2);
+  GrowSlab(reqs_, free_reqs_, d + 2);
   for (Req& r : reqs_) {
     r.ranges.reserve(4);
     r.ops.reserve(4);
   }
-  free_reqs_.reserve(reqs_.size());
-  for (uint32_t i = static_cast<uint32_t>(reqs_.size()); i-- > 0;) free_reqs_.push_back(i);
-  ops_.resize(2 * d);
-  free_ops_.reserve(ops_.size());
-  for (uint32_t i = static_cast<uint32_t>(ops_.size()); i-- > 0;) free_ops_.push_back(i);
+  free_ops_.reserve(2 * d);
+  GrowSlab(ops_, free_ops_, 2 * d);
   queued_.reserve(2 * d);
   batch_.reserve(d);
   results_.resize(std::min<uint32_t>(d, 256));
@@ -81,15 +104,7 @@ DeviceExecutor::Stats DeviceExecutor::stats() const {
 }
 
 uint32_t DeviceExecutor::BeginRequest(uint64_t cookie, bool write, bool sync, bool rmw_unit) {
-  if (free_reqs_.empty()) {
-    // More requests outstanding than at open (completions not reaped, or
-    // requests with more ops than the ring's depth): grow once, keep.
-    const size_t n = reqs_.size();
-    reqs_.resize(n * 2);
-    for (size_t i = reqs_.size(); i-- > n;) free_reqs_.push_back(static_cast<uint32_t>(i));
-  }
-  const uint32_t r = free_reqs_.back();
-  free_reqs_.pop_back();
+  const uint32_t r = TakeFree(reqs_, free_reqs_);
   Req& q = reqs_[r];
   q.cookie = cookie;
   q.write = write;
@@ -108,13 +123,7 @@ uint32_t DeviceExecutor::BeginRequest(uint64_t cookie, bool write, bool sync, bo
 }
 
 uint32_t DeviceExecutor::NewOp(uint32_t r) {
-  if (free_ops_.empty()) {
-    const size_t n = ops_.size();
-    ops_.resize(n * 2);
-    for (size_t i = ops_.size(); i-- > n;) free_ops_.push_back(static_cast<uint32_t>(i));
-  }
-  const uint32_t i = free_ops_.back();
-  free_ops_.pop_back();
+  const uint32_t i = TakeFree(ops_, free_ops_);
   Op& op = ops_[i];
   op.req = r;
   op.live = true;
@@ -125,31 +134,37 @@ uint32_t DeviceExecutor::NewOp(uint32_t r) {
   return i;
 }
 
-bool DeviceExecutor::TakeBounce(uint64_t bytes) {
+bool DeviceExecutor::TakeBounce(Op& op, uint64_t bytes) {
   bytes = AlignUp(bytes, 4096);
   for (size_t i = 0; i < bounces_.size(); ++i) {
     if (bounces_[i].first >= bytes) {
       std::swap(bounces_[i], bounces_.back());
+      op.bounce_bytes = bounces_.back().first;
+      op.bounce = std::move(bounces_.back().second);
+      bounces_.pop_back();
       return true;
     }
   }
-  AlignedBuf b = AllocAligned(ctx_.memory_alignment, bytes);
-  if (!b) return false;
-  bounces_.emplace_back(bytes, std::move(b));
-  return true;
+  op.bounce = AllocAligned(ctx_.memory_alignment, bytes);
+  op.bounce_bytes = bytes;
+  return op.bounce != nullptr;
+}
+
+void DeviceExecutor::GiveBounce(Op& op) {
+  if (!op.bounce) return;
+  if (bounces_.size() < 16) {
+    bounces_.emplace_back(op.bounce_bytes, std::move(op.bounce));
+  } else {
+    op.bounce.reset();
+  }
 }
 
 absl::Status DeviceExecutor::AddWrite(uint32_t r, uint64_t device_offset, uint64_t file_offset,
                                       const char* src, uint64_t length) {
   char* data = const_cast<char*>(src);
-  const bool bounce = reinterpret_cast<uintptr_t>(src) % ctx_.memory_alignment != 0;
-  if (bounce && !TakeBounce(length)) return ErrnoError(ENOMEM, "bounce buffer");
-  const uint32_t i = NewOp(r);
-  Op& op = ops_[i];
-  if (bounce) {
-    op.bounce_bytes = bounces_.back().first;
-    op.bounce = std::move(bounces_.back().second);
-    bounces_.pop_back();
+  Op& op = ops_[NewOp(r)];
+  if (reinterpret_cast<uintptr_t>(src) % ctx_.memory_alignment != 0) {
+    if (!TakeBounce(op, length)) return ErrnoError(ENOMEM, "bounce buffer");
     std::memcpy(op.bounce.get(), src, length);
     data = op.bounce.get();
   }
@@ -169,9 +184,7 @@ absl::Status DeviceExecutor::AddRead(uint32_t r, uint64_t device_offset, uint64_
   const uint64_t end = AlignUp(device_offset + length, a);
   const bool aligned = start == device_offset && end == device_offset + length &&
                        reinterpret_cast<uintptr_t>(dst) % ctx_.memory_alignment == 0;
-  if (!aligned && !TakeBounce(end - start)) return ErrnoError(ENOMEM, "bounce buffer");
-  const uint32_t i = NewOp(r);
-  Op& op = ops_[i];
+  Op& op = ops_[NewOp(r)];
   op.kind = IoOp::kRead;
   if (aligned) {
     op.device_offset = device_offset;
@@ -179,9 +192,7 @@ absl::Status DeviceExecutor::AddRead(uint32_t r, uint64_t device_offset, uint64_
     op.length = length;
     op.buf = dst;
   } else {
-    op.bounce_bytes = bounces_.back().first;
-    op.bounce = std::move(bounces_.back().second);
-    bounces_.pop_back();
+    if (!TakeBounce(op, end - start)) return ErrnoError(ENOMEM, "bounce buffer");
     op.device_offset = start;
     op.file_offset = file_offset - (device_offset - start);
     op.length = end - start;
@@ -222,13 +233,7 @@ void DeviceExecutor::Abort(uint32_t r) {
     Op& op = ops_[i];
     op.live = false;
     ++op.gen;
-    if (op.bounce) {
-      if (bounces_.size() < 16) {
-        bounces_.emplace_back(op.bounce_bytes, std::move(op.bounce));
-      } else {
-        op.bounce.reset();
-      }
-    }
+    GiveBounce(op);
     free_ops_.push_back(i);
   }
   q.ops.clear();
@@ -257,11 +262,7 @@ void DeviceExecutor::FinishOp(uint32_t i) {
   if (op.bounce) {
     if (op.copy_dst != nullptr && reqs_[r].error == 0)
       std::memcpy(op.copy_dst, op.bounce.get() + op.copy_skip, op.copy_n);
-    if (bounces_.size() < 16) {
-      bounces_.emplace_back(op.bounce_bytes, std::move(op.bounce));
-    } else {
-      op.bounce.reset();
-    }
+    GiveBounce(op);
   }
   free_ops_.push_back(i);
   if (--reqs_[r].remaining == 0) Finish(r);

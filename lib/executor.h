@@ -144,9 +144,11 @@ class DeviceExecutor final : public IoGate::Member {
   void Finish(uint32_t r);
   absl::Status Pump(size_t wait_nr);
   absl::Status ReapSome(size_t min_complete);
-  // Puts a free bounce buffer of >= bytes at bounces_.back() (taken by the
-  // caller); false when out of memory.
-  bool TakeBounce(uint64_t bytes);
+  // Gives op a bounce buffer of >= bytes (pooled, or new); false when out
+  // of memory (the caller then aborts op's request, which frees op).
+  bool TakeBounce(Op& op, uint64_t bytes);
+  // Returns op's bounce buffer (if any) to the pool, or frees it.
+  void GiveBounce(Op& op);
   static void Add(std::atomic<uint64_t>& a, uint64_t n) {
     a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
