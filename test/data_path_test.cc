@@ -113,15 +113,6 @@ std::string Slurp(const std::string& path) {
   return out;
 }
 
-void FillRandom(std::string& s, std::mt19937_64& rng) {
-  size_t i = 0;
-  for (; i + 8 <= s.size(); i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(s.data() + i, &v, 8);
-  }
-  for (; i < s.size(); ++i) s[i] = static_cast<char>(rng());
-}
-
 std::string Msg(const absl::Status& s) { return std::string(s.message()); }
 
 void Must(const std::vector<std::string>& argv) {
@@ -354,8 +345,7 @@ class WriteGen {
     len = file_.WritableUntil(off, len) - off;
     EXPECT_GE(len, 1u);
     op.offset = off;
-    op.data.resize(len);
-    FillRandom(op.data, rng_);
+    op.data = testing::RandomBytes(len, rng_);
     const size_t mis[] = {0, 0, 0, 1, 3, 511, 512, 2048};
     op.misalign = mis[Uniform(0, 7)];
     return op;

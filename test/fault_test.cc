@@ -36,6 +36,8 @@
 namespace ext4dio {
 namespace {
 
+using testing::RandomBytes;
+
 using ::testing::HasSubstr;
 using testing::TempDir;
 
@@ -285,13 +287,6 @@ uint64_t DeviceToFile(const ExtentMap& m, uint64_t dev) {
 
 std::string Msg(const absl::Status& s) { return std::string(s.message()); }
 
-std::string Random(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
-
 class FaultTest : public ::testing::TestWithParam<BackendKind> {
  protected:
   void SetUp() override {
@@ -364,7 +359,7 @@ TEST_P(FaultTest, EioOnTheNthDeviceWrite) {
   auto f = Open("/c");
   ASSERT_NE(f, nullptr);
   const uint64_t off = 256 * kKiB, len = kMiB;  // 16 device writes of 64 KiB
-  const std::string data = Random(len, 1);
+  const std::string data = RandomBytes(len, 1);
   const FileStats before = f->stats();
   os_.ClearSeen();
   os_.FailWrite(5, Fault::kEio);
@@ -392,7 +387,7 @@ TEST_P(FaultTest, ShortWriteIsResubmittedAndDataIsExact) {
   auto f = Open("/c");
   ASSERT_NE(f, nullptr);
   const uint64_t off = 512 * kKiB, len = kMiB;
-  const std::string data = Random(len, 2);
+  const std::string data = RandomBytes(len, 2);
   os_.ClearSeen();
   os_.FailWrite(3, Fault::kShort);
   auto r = f->Pwrite(data.data(), len, off);
@@ -422,7 +417,7 @@ TEST_P(FaultTest, EveryWriteShortStillCompletes) {
   auto f = Open("/c", kMiB);
   ASSERT_NE(f, nullptr);
   const uint64_t off = 0, len = 3 * kMiB + 4096;
-  const std::string data = Random(len, 3);
+  const std::string data = RandomBytes(len, 3);
   os_.FailWrite(1, Fault::kShort, /*every=*/true);
   auto r = f->Pwrite(data.data(), len, off);
   ASSERT_TRUE(r.ok()) << r.status();
@@ -435,7 +430,7 @@ TEST_P(FaultTest, ShortWriteInAReadModifyWrite) {
   auto f = Open("/c");
   ASSERT_NE(f, nullptr);
   // 10 bytes inside a block: read the unit, write it back (write #1 short).
-  const std::string data = Random(10, 4);
+  const std::string data = RandomBytes(10, 4);
   os_.FailWrite(1, Fault::kShort);
   auto r = f->Pwrite(data.data(), 10, 4096 * 7 + 5);
   ASSERT_TRUE(r.ok()) << r.status();
@@ -448,7 +443,7 @@ TEST_P(FaultTest, ShortWriteInAReadModifyWrite) {
 TEST_P(FaultTest, ZeroByteWriteIsAnError) {
   auto f = Open("/c");
   ASSERT_NE(f, nullptr);
-  const std::string data = Random(256 * kKiB, 5);
+  const std::string data = RandomBytes(256 * kKiB, 5);
   os_.ClearSeen();
   os_.FailWrite(2, Fault::kZero);
   auto r = f->Pwrite(data.data(), data.size(), kMiB);
@@ -532,7 +527,7 @@ TEST_P(FaultTest, RefusedSubmissionNamesTheFileRange) {
   auto f = Open("/c");
   ASSERT_NE(f, nullptr);
   const uint64_t off = 0, len = 512 * kKiB;
-  const std::string data = Random(len, 6);
+  const std::string data = RandomBytes(len, 6);
   os_.FailSubmit(1, EAGAIN);
   auto r = f->Pwrite(data.data(), len, off);
   ASSERT_FALSE(r.ok()) << "a refused submission reported success";
@@ -592,7 +587,7 @@ TEST_P(FaultTest, AsyncEioCarriesTheFailedPiece) {
   auto q = f->NewAsyncQueue(8);
   ASSERT_TRUE(q.ok()) << q.status();
   std::vector<std::string> data;
-  for (int i = 0; i < 4; ++i) data.push_back(Random(256 * kKiB, 10 + i));
+  for (int i = 0; i < 4; ++i) data.push_back(RandomBytes(256 * kKiB, 10 + i));
   os_.ClearSeen();
   os_.FailWrite(6, Fault::kEio);
   for (int i = 0; i < 4; ++i) {
@@ -632,7 +627,7 @@ TEST_P(FaultTest, AsyncShortAndZeroWrites) {
   auto q = f->NewAsyncQueue(4);
   ASSERT_TRUE(q.ok()) << q.status();
   std::vector<std::string> data;
-  for (int i = 0; i < 6; ++i) data.push_back(Random(128 * kKiB + 4096 * i, 20 + i));
+  for (int i = 0; i < 6; ++i) data.push_back(RandomBytes(128 * kKiB + 4096 * i, 20 + i));
   os_.FailWrite(2, Fault::kShort);
   uint64_t off = 0;
   std::vector<uint64_t> offs;
@@ -696,7 +691,7 @@ TEST_P(FaultTest, AsyncBlockingPathFailure) {
   ASSERT_TRUE(q.ok()) << q.status();
   // 100 bytes + 512 KiB aligned + 100 bytes: direct pieces, then two RMWs.
   const uint64_t off = kMiB - 100, len = 512 * kKiB + 200;
-  const std::string data = Random(len, 30);
+  const std::string data = RandomBytes(len, 30);
   os_.ClearSeen();
   // The direct pieces are writes 1..8 (64 KiB each); #9 is the first RMW's.
   os_.FailWrite(9, Fault::kEio);
@@ -762,7 +757,7 @@ TEST_P(BufferedFaultTest, FailedShortAndZeroBufferedWrites) {
   ASSERT_NE(f, nullptr);
   const uint64_t off = BufferedOffset(*f);
   ASSERT_NE(off, UINT64_MAX) << "no buffered piece in this layout";
-  const std::string data = Random(600, 40);
+  const std::string data = RandomBytes(600, 40);
   ASSERT_LE(off + 600, f->WritableUntil(off, 600));
   // EIO.
   os_.FailPwrite(1, Fault::kEio);

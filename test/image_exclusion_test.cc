@@ -33,6 +33,8 @@
 namespace ext4dio {
 namespace {
 
+using testing::RandomBytes;
+
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::Quote;
@@ -40,13 +42,6 @@ using testing::RunResult;
 using testing::TempDir;
 
 constexpr uint64_t kFileBytes = 256 * 1024;
-
-std::string RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 bool InMountinfo(const std::string& what) {
   std::ifstream mi("/proc/self/mountinfo");

@@ -41,6 +41,8 @@
 namespace ext4dio {
 namespace {
 
+using testing::RandomBytes;
+
 using ::testing::HasSubstr;
 using testing::LoopMount;
 using testing::Quote;
@@ -49,18 +51,6 @@ using testing::RunResult;
 
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * 1024;
-
-std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + 1);
-  std::string s(n, '\0');
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(&s[i], &v, 8);
-  }
-  for (; i < n; ++i) s[i] = static_cast<char>(rng());
-  return s;
-}
 
 using testing::Defer;
 

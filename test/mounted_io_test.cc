@@ -37,19 +37,14 @@
 namespace ext4dio {
 namespace {
 
+using testing::RandomBytes;
+
 using ::testing::HasSubstr;
 using testing::LoopMount;
 using testing::Quote;
 using testing::RunResult;
 using testing::Sh;
 using Clock = std::chrono::steady_clock;
-
-std::string RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 // The file's bytes as the kernel reads them with O_DIRECT (no page cache).
 std::string ReadFileDirect(const std::string& path) {

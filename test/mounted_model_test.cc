@@ -64,6 +64,8 @@
 namespace ext4dio {
 namespace {
 
+using testing::RandomBytes;
+
 using testing::LoopMount;
 using testing::RunResult;
 
@@ -76,17 +78,6 @@ using testing::RunResult;
 
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * 1024;
-
-std::string RandomBytes(size_t n, std::mt19937_64& rng) {
-  std::string s(n, '\0');
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(&s[i], &v, 8);
-  }
-  for (; i < n; ++i) s[i] = static_cast<char>(rng());
-  return s;
-}
 
 std::string Hex(const std::string& s, size_t from, size_t n) {
   std::string out;

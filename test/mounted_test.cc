@@ -23,17 +23,12 @@
 namespace ext4dio {
 namespace {
 
+using testing::RandomBytes;
+
 using ::testing::HasSubstr;
 using testing::LoopMount;
 using testing::Run;
 using testing::RunResult;
-
-std::string RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 // Reads [offset, offset+length) of `device` with O_DIRECT: what is really on
 // the device, not in any page cache.

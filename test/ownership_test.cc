@@ -28,19 +28,14 @@
 namespace ext4dio {
 namespace {
 
+using testing::RandomBytes;
+
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::RunResult;
 using testing::TempDir;
 
 constexpr uint64_t kKiB = 1024;
-
-std::string Random(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 class OwnershipTest : public ::testing::Test {
  protected:
@@ -50,9 +45,9 @@ class OwnershipTest : public ::testing::Test {
             uint64_t file_bytes = 64 * kKiB) {
     const std::string src = dir_ / "src";
     ASSERT_EQ(::mkdir(src.c_str(), 0755), 0);
-    a_data_ = Random(file_bytes, 1);
+    a_data_ = RandomBytes(file_bytes, 1);
     testing::WriteFile(src + "/a", a_data_);
-    testing::WriteFile(src + "/b", Random(file_bytes, 2));
+    testing::WriteFile(src + "/b", RandomBytes(file_bytes, 2));
     testing::WriteFile(src + "/c", "");
     // 8 islands 64 KiB apart: more extents than the inode's root holds.
     testing::WriteIslands(src + "/s", 8, 4096, 64 * kKiB, 3);
@@ -107,7 +102,7 @@ class OwnershipTest : public ::testing::Test {
     auto f = File::Open(Options(path, /*skip=*/true));
     ASSERT_TRUE(f.ok()) << f.status();
     EXPECT_THAT((*f)->warning(), HasSubstr("block ownership not checked"));
-    const std::string payload = Random(4096, 9);
+    const std::string payload = RandomBytes(4096, 9);
     auto w = (*f)->Pwrite(payload.data(), payload.size(), 0);
     ASSERT_TRUE(w.ok()) << w.status();
     std::string back(payload.size(), '\0');
@@ -294,7 +289,7 @@ TEST_F(OwnershipTest, CliRefusesAndSkipsWithWarning) {
   const uint64_t shared = a.extents.at(0).physical;
   Debugfs(absl::StrCat("sif /b block[0] ", shared));
   const std::string payload = dir_ / "payload";
-  testing::WriteFile(payload, Random(512, 5));
+  testing::WriteFile(payload, RandomBytes(512, 5));
   const std::string before = testing::ReadFile(image_);
   for (bool dry : {true, false}) {
     std::vector<std::string> argv = {testing::ToolPath("ext4dio-write"), "--image", image_,

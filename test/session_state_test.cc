@@ -38,6 +38,8 @@
 namespace ext4dio {
 namespace {
 
+using testing::RandomBytes;
+
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using testing::LoopMount;
@@ -47,13 +49,6 @@ using testing::RunResult;
 using testing::Sh;
 
 constexpr uint64_t kKiB = 1024;
-
-std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + 7);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 using testing::Defer;
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,11 @@ void WriteIslands(const std::string& path, uint64_t count, uint64_t island_bytes
                   uint64_t stride, uint32_t seed);
 void WriteFile(const std::string& path, const std::string& data);
 std::string ReadFile(const std::string& path);
+
+// n pseudo-random bytes drawn from rng (eight per draw).
+std::string RandomBytes(size_t n, std::mt19937_64& rng);
+// The same from a generator seeded with `seed`: equal seeds, equal bytes.
+std::string RandomBytes(size_t n, uint64_t seed);
 
 // mkfs.<type> -q -F ARGS -d SRC IMAGE SIZE; fails the test on error.
 void MakeFs(const std::string& type, const std::vector<std::string>& args,
