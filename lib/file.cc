@@ -815,7 +815,7 @@ size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs
   }
   // Mounted: plan and start inside the gate, so no map change or lease
   // release can come between the plan and the device (Flush included).
-  gate_.Enter();
+  uint32_t token = gate_.Enter();
   for (; i < reqs.size(); ++i) {
     const AsyncRequest& rq = reqs[i];
     if (rq.write && !options_.write) {
@@ -833,9 +833,9 @@ size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs
     }
     if (blocking) {
       (void)ex.Flush();
-      gate_.Exit();
+      gate_.Exit(token);
       absl::Status s = RunBlocking(ex, rq);
-      gate_.Enter();
+      token = gate_.Enter();
       if (!s.ok()) {
         *refused = std::move(s);
         break;
@@ -843,7 +843,7 @@ size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs
     }
   }
   (void)ex.Flush();
-  gate_.Exit();
+  gate_.Exit(token);
   return i;
 }
 
@@ -1214,9 +1214,9 @@ absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* bu
     return s;
   };
   while (pos < end) {
-    gate_.Enter();
+    const uint32_t token = gate_.Enter();
     if (!fast_.load(std::memory_order_acquire)) {
-      gate_.Exit();
+      gate_.Exit(token);
       if (no_fallback) {
         if (pos > offset) return static_cast<size_t>(pos - offset);
         return refuse_kernel("the fast path is off (" + warning() + ")");
@@ -1233,7 +1233,7 @@ absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* bu
       borrowed.emplace(*this);
       ex = borrowed->get();
       if (ex == nullptr) {
-        gate_.Exit();
+        gate_.Exit(token);
         return partial(borrowed->error());
       }
     }
@@ -1242,7 +1242,7 @@ absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* bu
     if (absl::Status s = ext4dio::PlanWriteInto(m.loaded.map, m.written, pos, end - pos,
                                                 MountedPlan(m), &pieces);
         !s.ok()) {
-      gate_.Exit();
+      gate_.Exit(token);
       return partial(Prefixed(name_ + ": ", s));
     }
     size_t k = 0;
@@ -1253,7 +1253,7 @@ absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* bu
       if (s.ok()) s = WritePieces(*ex, absl::MakeConstSpan(pieces.data(), k), buf + (pos - offset), pos);
       NoteFastWrite();  // also after a failure: some bytes may have landed
     }
-    gate_.Exit();
+    gate_.Exit(token);
     if (!s.ok()) return partial(s);
     if (k == pieces.size()) break;
     const Piece kp = pieces[k];
@@ -1288,7 +1288,7 @@ absl::StatusOr<size_t> File::PreadMounted(DeviceExecutor* given, char* buf, size
                                           uint64_t offset) {
   // Inside the gate either way: the kernel path's exclusive section toggles
   // O_DIRECT on the descriptor we read through.
-  gate_.Enter();
+  const uint32_t token = gate_.Enter();
   absl::StatusOr<size_t> r;
   if (!fast_.load(std::memory_order_acquire)) {
     r = KernelRead(buf, n, offset);
@@ -1298,7 +1298,7 @@ absl::StatusOr<size_t> File::PreadMounted(DeviceExecutor* given, char* buf, size
     Borrowed ex(*this);
     r = ex.get() ? PreadMapped(*ex.get(), buf, n, offset) : absl::StatusOr<size_t>(ex.error());
   }
-  gate_.Exit();
+  gate_.Exit(token);
   return r;
 }
 

@@ -6,26 +6,42 @@
 
 namespace ext4dio {
 
-void IoGate::EnterSlow() {
+uint32_t IoGate::EnterSlow() {
   for (;;) {
-    // Undo our count (the closer may be waiting for it), wait for the gate
-    // to open, try again.
-    Exit();
+    // Wait for the gate to open (nothing counted meanwhile), try again.
     uint32_t s = state_.load(std::memory_order_acquire);
     while ((s & kClosed) != 0) {
       state_.wait(s, std::memory_order_acquire);
       s = state_.load(std::memory_order_acquire);
     }
-    s = state_.fetch_add(1, std::memory_order_acquire);
-    if ((s & kClosed) == 0) return;
+    while ((s & kClosed) == 0) {
+      const uint32_t epoch = (s >> kEpochShift) & 1;
+      if (state_.compare_exchange_weak(s, s + One(epoch), std::memory_order_acquire,
+                                       std::memory_order_relaxed))
+        return epoch;
+    }
   }
+}
+
+void IoGate::Synchronize() {
+  std::lock_guard<std::mutex> lock(sync_mu_);
+  // Flip the epoch: later callers count in the other one.
+  const uint32_t before =
+      state_.fetch_xor((1u << kEpochShift) | kSyncing, std::memory_order_acq_rel);
+  const uint32_t old = (before >> kEpochShift) & 1;
+  uint32_t s = before ^ ((1u << kEpochShift) | kSyncing);
+  while (((s >> (old * kCountBits)) & kCountMask) != 0) {
+    state_.wait(s, std::memory_order_acquire);
+    s = state_.load(std::memory_order_acquire);
+  }
+  state_.fetch_and(~kSyncing, std::memory_order_acq_rel);
 }
 
 IoGate::Exclusive::Exclusive(IoGate& gate) : gate_(gate) {
   gate_.exclusive_mu_.lock();
   gate_.closings_.fetch_add(1, std::memory_order_acq_rel);
   uint32_t s = gate_.state_.fetch_or(kClosed, std::memory_order_acq_rel) | kClosed;
-  while ((s & kCount) != 0) {
+  while ((s & kCounts) != 0) {
     gate_.state_.wait(s, std::memory_order_acquire);
     s = gate_.state_.load(std::memory_order_acquire);
   }
@@ -46,7 +62,7 @@ IoGate::Exclusive::Exclusive(IoGate& gate) : gate_(gate) {
 }
 
 IoGate::Exclusive::~Exclusive() {
-  gate_.state_.fetch_and(kCount, std::memory_order_acq_rel);
+  gate_.state_.fetch_and(~kClosed, std::memory_order_acq_rel);
   gate_.state_.notify_all();
   gate_.exclusive_mu_.unlock();
 }

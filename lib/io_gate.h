@@ -5,15 +5,23 @@
 // completed.
 //
 // Two kinds of fast-path I/O are counted:
-//  * synchronous calls bracket their whole I/O with Enter/Exit;
+//  * synchronous calls bracket their whole I/O with Enter/Exit (and every
+//    caller brackets its planning: it reads the file's map in between);
 //  * asynchronous queues keep requests in flight after their call returns,
 //    so they register as Members; Close polls each member's count of
 //    device requests submitted and not yet completed. That count is read
 //    without the member's owner (which may be idle, or blocked in the gate
 //    itself), so no closer ever waits for another thread to reap.
 //
+// The gate is also the map's read-copy-update: a map replaced while the
+// gate is open (a deferred re-map) may still be read by callers inside;
+// Synchronize waits for every caller that entered before it to leave (not
+// for later ones: the entry count is kept in two epochs), after which the
+// old map can go.
+//
 // Thread-safety: all methods from any thread. A thread inside Enter/Exit
-// must not Close (it would wait for itself).
+// must not Close or Synchronize (it would wait for itself). At most
+// 16,383 threads inside at once.
 #ifndef EXT4DIO_LIB_IO_GATE_H_
 #define EXT4DIO_LIB_IO_GATE_H_
 
@@ -34,16 +42,27 @@ class IoGate {
     virtual uint64_t PendingDeviceIo() const = 0;
   };
 
-  // Blocks while the gate is closed.
-  void Enter() {
-    uint32_t s = state_.fetch_add(1, std::memory_order_acquire);
-    if ((s & kClosed) == 0) return;
-    EnterSlow();
+  // Blocks while the gate is closed. Returns the token to pass to Exit.
+  [[nodiscard]] uint32_t Enter() {
+    uint32_t s = state_.load(std::memory_order_relaxed);
+    while ((s & kClosed) == 0) {
+      const uint32_t epoch = (s >> kEpochShift) & 1;
+      if (state_.compare_exchange_weak(s, s + One(epoch), std::memory_order_acquire,
+                                       std::memory_order_relaxed))
+        return epoch;
+    }
+    return EnterSlow();
   }
-  void Exit() {
-    const uint32_t s = state_.fetch_sub(1, std::memory_order_release);
-    if ((s & kClosed) != 0 && (s & kCount) == 1) state_.notify_all();
+  void Exit(uint32_t token) {
+    const uint32_t s = state_.fetch_sub(One(token), std::memory_order_release) - One(token);
+    // A closer waits for both counts, a synchronizer for the old epoch's.
+    if ((s & (kClosed | kSyncing)) != 0 && ((s >> (token * kCountBits)) & kCountMask) == 0)
+      state_.notify_all();
   }
+
+  // Waits until every caller that was inside when it was called has left.
+  // Callers entering meanwhile neither wait nor are waited for.
+  void Synchronize();
 
   // Holds the gate closed for its lifetime; one at a time (later ones wait).
   class Exclusive {
@@ -64,13 +83,20 @@ class IoGate {
   uint64_t closings() const { return closings_.load(std::memory_order_acquire); }
 
  private:
+  // state_: closed | syncing | epoch | count of epoch 1 | count of epoch 0.
   static constexpr uint32_t kClosed = 1u << 31;
-  static constexpr uint32_t kCount = kClosed - 1;
-  void EnterSlow();
+  static constexpr uint32_t kSyncing = 1u << 30;
+  static constexpr uint32_t kEpochShift = 29;
+  static constexpr uint32_t kCountBits = 14;
+  static constexpr uint32_t kCountMask = (1u << kCountBits) - 1;
+  static constexpr uint32_t kCounts = (1u << (2 * kCountBits)) - 1;
+  static constexpr uint32_t One(uint32_t epoch) { return 1u << (epoch * kCountBits); }
+  uint32_t EnterSlow();
 
   std::atomic<uint32_t> state_{0};
   std::atomic<uint64_t> closings_{0};
   std::mutex exclusive_mu_;  // held by the Exclusive
+  std::mutex sync_mu_;       // one Synchronize at a time
   std::mutex members_mu_;
   std::vector<const Member*> members_;
 };
