@@ -15,7 +15,10 @@ struct DeviceExecutor::Op {
   uint32_t gen = 0;  // bumped when the record is freed: stale completions
   bool live = false;
   bool zombie = false;  // its submission failed but the ring kept it
+  bool on_file = false;  // kernel path: on the file's descriptor, at file offsets
+  bool checked = false;  // passed the written-extent check (resubmits skip it)
   IoOp::Kind kind = IoOp::kRead;
+  uint64_t kernel_offset = 0, kernel_length = 0;  // on_file: the whole write
   uint64_t device_offset = 0, file_offset = 0, length = 0;
   char* buf = nullptr;
   AlignedBuf bounce;  // owned bounce buffer (misaligned caller buffer)
@@ -28,7 +31,8 @@ struct DeviceExecutor::Req {
   uint64_t cookie = 0;
   bool write = false, sync = false, done = false, rmw_unit = false;
   uint64_t bytes = 0, zero_bytes = 0;
-  uint32_t remaining = 0, device_ops = 0;
+  uint32_t remaining = 0, device_ops = 0, kernel_ops = 0;
+  uint64_t kernel_bytes = 0;
   int64_t error = 0;
   uint64_t error_offset = 0, error_length = 0, error_device = 0;
   bool not_submitted = false;
@@ -100,6 +104,8 @@ DeviceExecutor::Stats DeviceExecutor::stats() const {
   s.read_bytes = read_bytes_.load(std::memory_order_relaxed);
   s.read_ops = read_ops_.load(std::memory_order_relaxed);
   s.zero_bytes = zero_bytes_.load(std::memory_order_relaxed);
+  s.kernel_bytes = kernel_bytes_.load(std::memory_order_relaxed);
+  s.kernel_ops = kernel_ops_.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -112,7 +118,8 @@ uint32_t DeviceExecutor::BeginRequest(uint64_t cookie, bool write, bool sync, bo
   q.rmw_unit = rmw_unit;
   q.done = false;
   q.bytes = q.zero_bytes = 0;
-  q.remaining = q.device_ops = 0;
+  q.remaining = q.device_ops = q.kernel_ops = 0;
+  q.kernel_bytes = 0;
   q.error = 0;
   q.error_offset = q.error_length = q.error_device = 0;
   q.not_submitted = false;
@@ -128,6 +135,8 @@ uint32_t DeviceExecutor::NewOp(uint32_t r) {
   op.req = r;
   op.live = true;
   op.zombie = false;
+  op.on_file = false;
+  op.checked = false;
   op.copy_dst = nullptr;
   op.copy_skip = op.copy_n = 0;
   reqs_[r].ops.push_back(i);
@@ -177,6 +186,18 @@ absl::Status DeviceExecutor::AddWrite(uint32_t r, uint64_t device_offset, uint64
   return absl::OkStatus();
 }
 
+void DeviceExecutor::AddKernelWrite(uint32_t r, uint64_t file_offset, const char* src,
+                                    uint64_t length) {
+  Op& op = ops_[NewOp(r)];
+  op.kind = IoOp::kWrite;
+  op.on_file = true;
+  op.device_offset = op.file_offset = op.kernel_offset = file_offset;
+  op.length = op.kernel_length = length;
+  op.buf = const_cast<char*>(src);
+  ++reqs_[r].kernel_ops;
+  reqs_[r].kernel_bytes += length;
+}
+
 absl::Status DeviceExecutor::AddRead(uint32_t r, uint64_t device_offset, uint64_t file_offset,
                                      char* dst, uint64_t length) {
   const uint64_t a = ctx_.offset_alignment;
@@ -212,7 +233,7 @@ void DeviceExecutor::SetResult(uint32_t r, uint64_t bytes, uint64_t zero_bytes) 
 void DeviceExecutor::Commit(uint32_t r) {
   Req& q = reqs_[r];
   q.remaining = static_cast<uint32_t>(q.ops.size());
-  q.device_ops = q.remaining;
+  q.device_ops = q.remaining - q.kernel_ops;
   ++live_;
   if (q.write && !q.rmw_unit && !q.ranges.empty()) {
     // Waits only while another thread's read-modify-write overlaps; those
@@ -231,6 +252,7 @@ void DeviceExecutor::Abort(uint32_t r) {
   Req& q = reqs_[r];
   for (uint32_t i : q.ops) {
     Op& op = ops_[i];
+    if (op.on_file) ctx_.kernel_write_ended(ctx_.kernel_arg, op.kernel_offset, op.kernel_length);
     op.live = false;
     ++op.gen;
     GiveBounce(op);
@@ -259,6 +281,7 @@ void DeviceExecutor::FinishOp(uint32_t i) {
   const uint32_t r = op.req;
   op.live = false;
   ++op.gen;
+  if (op.on_file) ctx_.kernel_write_ended(ctx_.kernel_arg, op.kernel_offset, op.kernel_length);
   if (op.bounce) {
     if (op.copy_dst != nullptr && reqs_[r].error == 0)
       std::memcpy(op.copy_dst, op.bounce.get() + op.copy_skip, op.copy_n);
@@ -282,8 +305,12 @@ void DeviceExecutor::Finish(uint32_t r) {
     if (q.rmw_unit) {
       // counted by the caller as one read-modify-write
     } else if (q.write) {
-      Add(write_bytes_, q.bytes);
+      Add(write_bytes_, q.bytes - q.kernel_bytes);
       Add(write_ops_, q.device_ops);
+      if (q.kernel_ops != 0) {
+        Add(kernel_bytes_, q.kernel_bytes);
+        Add(kernel_ops_, q.kernel_ops);
+      }
     } else {
       Add(read_bytes_, q.bytes - q.zero_bytes);
       Add(zero_bytes_, q.zero_bytes);
@@ -313,16 +340,21 @@ absl::Status DeviceExecutor::Pump(size_t wait_nr) {
       FinishOp(i);  // its request failed already: stop at the first failure
       continue;
     }
-    if (op.kind == IoOp::kWrite &&
-        !ctx_.current->load(std::memory_order_acquire)->written.Contains(op.device_offset,
-                                                                         op.length)) {
+    if (op.kind == IoOp::kWrite && !op.on_file && !op.checked) {
       // The last check before the device: inside the file's written
-      // extents. Reaching here is a bug in the planner: never write.
-      FailOp(i, -EXT4DIO_E_INTERNAL, true);
-      FinishOp(i);
-      continue;
+      // extents. Reaching here is a bug in the planner: never write. (Only
+      // once: a short write's remainder is resubmitted while reaping, outside
+      // the gate, where the map may be replaced.)
+      if (!ctx_.current->load(std::memory_order_acquire)->written.Contains(op.device_offset,
+                                                                           op.length)) {
+        FailOp(i, -EXT4DIO_E_INTERNAL, true);
+        FinishOp(i);
+        continue;
+      }
+      op.checked = true;
     }
     batch_.push_back(IoOp{op.kind, op.kind == IoOp::kWrite ? ctx_.write_flags : 0,
+                          static_cast<uint8_t>(op.on_file ? 1 : 0),
                           static_cast<uint32_t>(op.length), op.device_offset, op.buf,
                           (uint64_t{op.gen} << 32) | i});
   }

@@ -65,11 +65,17 @@ class DeviceExecutor final : public IoGate::Member {
     int write_flags = 0;  // RWF_DSYNC for FUA writes
     uint32_t offset_alignment = 4096;
     uint32_t memory_alignment = 4096;
+    // Mounted mode: called (on the reaping thread) when a kernel-path write
+    // of [file_offset, file_offset + length) has ended, whatever its result
+    // (also when it was aborted or never submitted).
+    void (*kernel_write_ended)(void* arg, uint64_t file_offset, uint64_t length) = nullptr;
+    void* kernel_arg = nullptr;
   };
   struct Stats {
     uint64_t write_bytes = 0, write_ops = 0;  // direct device writes
     uint64_t read_bytes = 0, read_ops = 0;    // device reads
     uint64_t zero_bytes = 0;                  // holes/unwritten read
+    uint64_t kernel_bytes = 0, kernel_ops = 0;  // writes on the file (kernel path)
   };
 
   DeviceExecutor(const Context& context, std::unique_ptr<IoQueue> queue);
@@ -86,6 +92,13 @@ class DeviceExecutor final : public IoGate::Member {
   // (aligned to offset_alignment; a misaligned src is bounced).
   [[nodiscard]] absl::Status AddWrite(uint32_t r, uint64_t device_offset, uint64_t file_offset,
                                       const char* src, uint64_t length);
+  // Mounted mode: a kernel-path O_DIRECT write of `length` bytes of `src`
+  // at file_offset on the file's own descriptor (the queue's file_fd).
+  // REQUIRES: offset, length and src aligned for O_DIRECT on the file, and
+  // the caller's pending-re-map record of the range begun (the context's
+  // kernel_write_ended ends it). Not checked against the map: the kernel
+  // allocates.
+  void AddKernelWrite(uint32_t r, uint64_t file_offset, const char* src, uint64_t length);
   // A device read into dst; an unaligned range or buffer goes through an
   // enclosing aligned bounce read.
   [[nodiscard]] absl::Status AddRead(uint32_t r, uint64_t device_offset, uint64_t file_offset,
@@ -175,7 +188,7 @@ class DeviceExecutor final : public IoGate::Member {
   std::atomic<uint64_t> issued_{0};
   std::atomic<uint64_t> completed_{0};
   std::atomic<uint64_t> write_bytes_{0}, write_ops_{0}, read_bytes_{0}, read_ops_{0},
-      zero_bytes_{0};
+      zero_bytes_{0}, kernel_bytes_{0}, kernel_ops_{0};
 };
 
 }  // namespace ext4dio

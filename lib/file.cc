@@ -44,6 +44,12 @@ std::map<std::pair<dev_t, ino_t>, std::weak_ptr<File>>& Registry() {
   return *r;
 }
 
+int64_t MonotonicNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 bool HasCapFsetid() {
   __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[2] = {};
@@ -60,17 +66,21 @@ absl::StatusOr<std::shared_ptr<File>> File::Open(const OpenOptions& options) {
   return OpenImage(options);
 }
 
-void File::SetMap(LoadedMap loaded) {
+std::shared_ptr<const MapState> File::SetMap(LoadedMap loaded) {
   auto state = std::make_shared<MapState>();
   state->written = WrittenSet(loaded.map);
   state->loaded = std::move(loaded);
   state->kernel_only = kernel_only_next_;
   std::lock_guard<std::mutex> lock(state_mu_);
-  state_ = std::move(state);
+  std::shared_ptr<const MapState> old = std::exchange(state_, std::move(state));
   current_.store(state_.get(), std::memory_order_release);
+  return old;
 }
 
 std::shared_ptr<const MapState> File::snapshot() const {
+  // A view shows every kernel-path write that has completed: re-map them
+  // now rather than at the monitor's next round.
+  if (mounted_ && pending_.ended() != 0) const_cast<File*>(this)->RemapPending();
   std::lock_guard<std::mutex> lock(state_mu_);
   return state_;
 }
@@ -318,7 +328,10 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
           f->reader_ ? LoadMountedMap(*f->reader_, f->fd_file_, f->info_)
                      : LoadFiemapOnly(f->fd_file_, f->info_, "");
       if (!loaded.ok()) return loaded.status();
-      f->SetMap(std::move(*loaded));
+      {
+        std::lock_guard<std::mutex> map_lock(f->map_mu_);
+        f->SetMap(std::move(*loaded));
+      }
       std::lock_guard<std::mutex> lock(f->warning_mu_);
       f->warning_ = why_not;
     }
@@ -382,6 +395,8 @@ FileStats File::stats() const {
     s.read_bytes += x.read_bytes;
     s.read_requests += x.read_ops;
     s.zero_bytes += x.zero_bytes;
+    s.kernel_bytes += x.kernel_bytes;
+    s.kernel_requests += x.kernel_ops;
   };
   pool_.ForEach(add);
   for (const DeviceExecutor* e : async_executors_) add(*e);
@@ -398,6 +413,7 @@ absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth,
   // lease break's gate still sees an idle owner's completions within a
   // timer tick (QueueOptions), so neither for_async nor
   // EXT4DIO_OPEN_REAP_PROMPTLY changes the ring any more.
+  qo.file_fd = mounted_ ? fd_file_ : -1;  // kernel-path writes (AddKernelWrite)
   return os_->NewQueue(fd_direct_, qo);
 }
 
@@ -412,6 +428,8 @@ DeviceExecutor::Context File::ExecContext() const {
   c.write_flags = options_.dsync ? RWF_DSYNC : 0;
   c.offset_alignment = align_.offset;
   c.memory_alignment = align_.memory;
+  c.kernel_write_ended = &File::KernelWriteEnded;
+  c.kernel_arg = const_cast<File*>(this);
   return c;
 }
 
@@ -554,6 +572,14 @@ absl::StatusOr<uint32_t> File::CommitDirectWrite(DeviceExecutor& ex, uint64_t co
   const uint32_t r = ex.BeginRequest(cookie, /*write=*/true, sync);
   uint64_t bytes = 0;
   for (const Piece& p : pieces) {
+    if (p.kind == Piece::kKernel) {
+      // A concurrent kernel-path write (ConcurrentKernel said so): pending
+      // from now until the executor reports its end.
+      pending_.Begin(p.file_offset, p.file_offset + p.length);
+      ex.AddKernelWrite(r, p.file_offset, buf + (p.file_offset - offset), p.length);
+      bytes += p.length;
+      continue;
+    }
     if (p.kind != Piece::kDirect) continue;
     if (absl::Status s = ex.AddWrite(r, p.device_offset, p.file_offset,
                                      buf + (p.file_offset - offset), p.length);
@@ -734,8 +760,17 @@ absl::StatusOr<File::Started> File::StartAsync(DeviceExecutor& ex, const AsyncRe
                  : ext4dio::PlanWriteInto(m.loaded.map, m.written, req.offset, req.length, plan_,
                                           &pieces);
     if (!planned.ok()) return Prefixed(name_ + ": ", planned);
-    bool unaligned = false;
-    for (const Piece& p : pieces) unaligned |= p.kind != Piece::kDirect;
+    bool unaligned = false, direct = false, kernel = false;
+    for (const Piece& p : pieces) {
+      if (p.kind == Piece::kDirect) {
+        direct = true;
+      } else if (p.kind == Piece::kKernel &&
+                 ConcurrentKernel(p, base + (p.file_offset - req.offset), m)) {
+        kernel = true;  // an O_DIRECT write on the file, in this ring
+      } else {
+        unaligned = true;
+      }
+    }
     if (unaligned && mounted_) return Started::kBlocking;
     if (unaligned) {
       // Blocking: finish what is in flight, then run the whole request
@@ -756,16 +791,22 @@ absl::StatusOr<File::Started> File::StartAsync(DeviceExecutor& ex, const AsyncRe
       ex.Complete(c);
       return Started::kStarted;
     }
-    if (mounted_ && !pieces.empty()) {
+    if (mounted_ && direct) {
       if (absl::Status s = PrepareFastWrite(); !s.ok()) return s;
       NoteFastWrite();
     }
-    // Every piece is direct here: the request's result is req.length.
+    if (kernel) kernel_dirty_ = true;
+    // Every piece is direct or a concurrent kernel write here: the
+    // request's result is req.length.
     absl::StatusOr<uint32_t> r =
         CommitDirectWrite(ex, req.cookie, /*sync=*/false, pieces, base, req.offset);
     if (!r.ok()) return r.status();
     return Started::kStarted;
   }
+  // A range the kernel path wrote and the map does not show yet reads
+  // through the kernel (pending_remap.h: checked before the map is read).
+  if (mounted_ && pending_.Overlaps(req.offset, req.offset + req.length))
+    return Started::kBlocking;
   absl::StatusOr<uint32_t> r =
       CommitRead(ex, req.cookie, /*sync=*/false, base, req.length, req.offset);
   if (!r.ok()) return r.status();
@@ -893,14 +934,22 @@ absl::Status File::StartFastPathLocked() {
     lease_.Release();
     return dropped;
   }
-  if (absl::Status s = ReloadLocked(); !s.ok()) {
-    lease_.Release();
-    return s;
+  {
+    std::lock_guard<std::mutex> map_lock(map_mu_);
+    if (absl::Status s = ReloadLocked(); !s.ok()) {
+      lease_.Release();
+      return s;
+    }
   }
   if (!lease_.Held()) {
     lease_.Release();
     return ErrnoError(EAGAIN, "the lease was broken while the map was read");
   }
+  // Kernel-path writes are O_DIRECT on our descriptor while the fast path
+  // is on: aligned ones then run concurrently (ConcurrentKernel), and no
+  // kernel-path I/O fills the page cache behind the device writes. Where
+  // the file refuses O_DIRECT, every kernel-path write takes the locked path.
+  if (options_.write) (void)SetFileDirect(true);
   privileges_done_ = false;  // mode bits may have changed while we were away
   touch_needed_ = true;      // others may have set the times meanwhile
   fast_.store(true, std::memory_order_release);
@@ -915,69 +964,122 @@ void File::StopFastPathLocked(const std::string& why, bool lease_break) {
     fast_.store(false, std::memory_order_release);
     if (lease_break) ++stats_[kLeaseBreaks];
   }
+  (void)SetFileDirect(false);  // the kernel path alone: as any other opener
   lease_.Release();
   std::lock_guard<std::mutex> lock(warning_mu_);
   warning_ = why;
 }
 
+bool File::SetFileDirect(bool direct) {
+  if (file_direct_.load() == direct) return true;
+  const int fl = ::fcntl(fd_file_, F_GETFL);
+  if (fl < 0 || ::fcntl(fd_file_, F_SETFL, direct ? (fl | O_DIRECT) : (fl & ~O_DIRECT)) != 0)
+    return false;
+  file_direct_.store(direct, std::memory_order_release);
+  return true;
+}
+
 absl::Status File::ReloadLocked() {
   auto loaded = LoadMountedMap(*reader_, fd_file_, info_);
   if (!loaded.ok()) return loaded.status();
+  known_size_.store(loaded->map.file_size(), std::memory_order_release);
   SetMap(std::move(*loaded));
+  // Inside an Exclusive: no kernel-path write is in flight, and the map
+  // just read shows every one that ended.
+  pending_.Clear();
   return absl::OkStatus();
 }
 
-absl::Status File::RemapLocked(uint64_t offset, uint64_t length) {
+void File::KernelWriteEnded(void* file, uint64_t offset, uint64_t length) {
+  static_cast<File*>(file)->pending_.End(offset, offset + length);
+}
+
+void File::RemapPending() {
+  std::unique_lock<std::mutex> map_lock(map_mu_);
+  if (!fast_.load(std::memory_order_acquire)) return;  // a restart re-reads it all
+  // What has ended so far; FIEMAP, read after this, shows all of it (the
+  // kernel converts unwritten extents before it completes a write).
+  const PendingRemap::Batch batch = pending_.Ended();
+  if (batch.ranges.empty()) return;
   const MapState& old = cur();
-  const uint64_t bs = old.loaded.map.block_size();
-  const uint64_t lo = offset / bs;
-  const uint64_t hi = (offset + length + bs - 1) / bs;
-  auto fiemap = ReadFiemapRange(fd_file_, lo * bs, (hi - lo) * bs, /*sync=*/true, name_);
-  if (!fiemap.ok()) return fiemap.status();
-  auto fresh = FiemapToExtents(*fiemap, static_cast<uint32_t>(bs), 0, name_);
-  if (!fresh.ok()) return fresh.status();
-  // FIEMAP answers for whole extents: replace everything they and the range
-  // cover (ext4 may have converted unwritten blocks next to the range too).
-  uint64_t span_lo = lo, span_hi = hi;
-  if (!fresh->empty()) {
-    span_lo = std::min(span_lo, fresh->front().logical);
-    span_hi = std::max(span_hi, fresh->back().logical + fresh->back().length);
-  }
-  if (!fresh->empty()) {
-    if (absl::Status s = reader_->ValidateExtents(*fresh, {}); !s.ok()) return s;
-  }
-  std::vector<Extent> extents;
   const ExtentMap& m = old.loaded.map;
-  extents.reserve(m.extent_count() + fresh->size());
-  bool inserted = false;
+  const uint64_t bs = m.block_size();
+  auto fail = [&](const absl::Status& s) {
+    map_lock.unlock();
+    IoGate::Exclusive exclusive(gate_);
+    StopFastPathLocked(absl::StrCat("re-mapping after kernel-path writes failed (", s.message(),
+                                    "): fast path off"),
+                       false);
+  };
+  // Whole blocks, merged: one FIEMAP per run of ranges. FIEMAP answers for
+  // whole extents, so what it returns widens the span it replaces (ext4 may
+  // have converted unwritten blocks next to a range too).
+  RangeList spans;
+  for (const auto& r : batch.ranges) spans.emplace_back(r.first / bs, (r.second + bs - 1) / bs);
+  SortAndMerge(spans);
+  std::vector<Extent> fresh;
+  RangeList replaced;
+  for (const auto& sp : spans) {
+    auto fiemap = ReadFiemapRange(fd_file_, sp.first * bs, (sp.second - sp.first) * bs,
+                                  /*sync=*/true, name_);
+    if (!fiemap.ok()) return fail(fiemap.status());
+    auto extents = FiemapToExtents(*fiemap, static_cast<uint32_t>(bs), 0, name_);
+    if (!extents.ok()) return fail(extents.status());
+    uint64_t lo = sp.first, hi = sp.second;
+    for (const Extent& e : *extents) {
+      lo = std::min(lo, e.logical);
+      hi = std::max(hi, e.logical + e.length);
+    }
+    replaced.emplace_back(lo, hi);
+    fresh.insert(fresh.end(), extents->begin(), extents->end());
+  }
+  SortAndMerge(replaced);
+  std::sort(fresh.begin(), fresh.end(),
+            [](const Extent& a, const Extent& b) { return a.logical < b.logical; });
+  fresh.erase(std::unique(fresh.begin(), fresh.end(),
+                          [](const Extent& a, const Extent& b) {
+                            return a.logical == b.logical;
+                          }),
+              fresh.end());
+  if (!fresh.empty()) {
+    if (absl::Status s = reader_->ValidateExtents(fresh, {}); !s.ok()) return fail(s);
+  }
+  // The old map outside the replaced spans, the fresh extents inside: one
+  // pass over the old extents for the whole batch.
+  std::vector<Extent> extents;
+  extents.reserve(m.extent_count() + fresh.size());
+  size_t f = 0, sp = 0;
+  auto flush_fresh_before = [&](uint64_t logical) {
+    while (f < fresh.size() && fresh[f].logical < logical) extents.push_back(fresh[f++]);
+  };
   for (size_t i = 0; i < m.extent_count(); ++i) {
     const Extent e = m.ExtentAt(i);
+    uint64_t from = e.logical;
     const uint64_t e_end = e.logical + e.length;
-    if (e.logical < span_lo) {
-      Extent head = e;
-      head.length = static_cast<uint32_t>(std::min(e_end, span_lo) - e.logical);
-      extents.push_back(head);
-    }
-    if (e_end > span_hi) {
-      if (!inserted) {
-        extents.insert(extents.end(), fresh->begin(), fresh->end());
-        inserted = true;
+    while (from < e_end) {
+      while (sp < replaced.size() && replaced[sp].second <= from) ++sp;
+      const uint64_t cut = sp < replaced.size() ? replaced[sp].first : UINT64_MAX;
+      if (cut > from) {  // [from, min(cut, e_end)) is kept
+        const uint64_t to = std::min(cut, e_end);
+        flush_fresh_before(from);
+        Extent keep = e;
+        keep.physical += from - e.logical;
+        keep.logical = from;
+        keep.length = static_cast<uint32_t>(to - from);
+        extents.push_back(keep);
+        from = to;
+      } else {
+        from = std::min(e_end, replaced[sp].second);  // inside a span: replaced
       }
-      Extent tail = e;
-      const uint64_t from = std::max(e.logical, span_hi);
-      tail.physical += from - e.logical;
-      tail.length = static_cast<uint32_t>(e_end - from);
-      tail.logical = from;
-      extents.push_back(tail);
     }
   }
-  if (!inserted) extents.insert(extents.end(), fresh->begin(), fresh->end());
+  flush_fresh_before(UINT64_MAX);
   struct stat st;
-  if (::fstat(fd_file_, &st) != 0) return ErrnoError(errno, "stat " + name_);
+  if (::fstat(fd_file_, &st) != 0) return fail(ErrnoError(errno, "stat " + name_));
   MapGeometry g = m.geometry();
   g.file_size = static_cast<uint64_t>(st.st_size);
   auto map = ExtentMap::Build(g, extents);
-  if (!map.ok()) return LibError(EXT4DIO_E_CORRUPT_MAP, map.status().message());
+  if (!map.ok()) return fail(LibError(EXT4DIO_E_CORRUPT_MAP, map.status().message()));
   LoadedMap next;
   next.map = std::move(*map);
   next.inode = old.loaded.inode;
@@ -988,9 +1090,32 @@ absl::Status File::RemapLocked(uint64_t offset, uint64_t length) {
   next.device = old.loaded.device;
   next.warning = old.loaded.warning;
   next.inode_flags = old.loaded.inode_flags;
-  SetMap(std::move(next));
+  std::shared_ptr<const MapState> retired = SetMap(std::move(next));
+  // Only now: a reader that finds the range no longer pending loads the
+  // new map (pending_remap.h).
+  pending_.Remapped(batch);
   ++stats_[kRemaps];
-  return absl::OkStatus();
+  map_lock.unlock();
+  // Callers inside the gate may still read the old map.
+  gate_.Synchronize();
+  retired.reset();
+  // Never assume: the kernel-path writes were O_DIRECT and left no page
+  // behind in the cache -- ask. If it holds any, drop them all (and keep
+  // what stays on the kernel path) before more device writes go out.
+  if (os_->CachedBytes(fd_file_, 0, 0) != 0) {
+    IoGate::Exclusive exclusive(gate_);
+    if (!fast_.load()) return;
+    absl::Status s = DropCacheLocked();
+    if (s.ok()) {
+      std::lock_guard<std::mutex> lock(map_mu_);
+      s = ReloadLocked();
+    }
+    if (!s.ok()) {
+      StopFastPathLocked(absl::StrCat("dropping the page cache after kernel-path writes failed (",
+                                      s.message(), "): fast path off"),
+                         false);
+    }
+  }
 }
 
 void File::TouchNow() {
@@ -1123,6 +1248,7 @@ absl::Status File::DropPrivilegesOnce() {
 
 absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t offset) {
   IoGate::Exclusive exclusive(gate_);
+  std::lock_guard<std::mutex> map_lock(map_mu_);
   if (append_only_.load()) {
     struct stat st;
     if (::fstat(fd_file_, &st) != 0) return ErrnoError(errno, "stat " + name_);
@@ -1134,13 +1260,14 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
     }
   }
   const Alignment ka = kernel_align_;
-  bool direct = offset % ka.offset == 0 && n % ka.offset == 0 &&
-                reinterpret_cast<uintptr_t>(buf) % ka.memory == 0;
-  int fl = 0;
-  if (direct) {
-    fl = ::fcntl(fd_file_, F_GETFL);
-    direct = fl >= 0 && ::fcntl(fd_file_, F_SETFL, fl | O_DIRECT) == 0;
-  }
+  const bool aligned = offset % ka.offset == 0 && n % ka.offset == 0 &&
+                       reinterpret_cast<uintptr_t>(buf) % ka.memory == 0;
+  // O_DIRECT where aligned, else through the page cache; the descriptor's
+  // mode is put back before the gate opens (others rely on it inside).
+  const bool was_direct = file_direct_.load();
+  const bool direct = SetFileDirect(aligned) && aligned;
+  const bool fast = fast_.load();
+  if (fast) pending_.Begin(offset, offset + n);
   size_t done = 0;
   int err = 0;
   while (done < n) {
@@ -1151,14 +1278,20 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
     }
     done += static_cast<size_t>(r);
   }
-  if (direct) (void)::fcntl(fd_file_, F_SETFL, fl);
+  (void)SetFileDirect(was_direct);
+  if (fast) pending_.End(offset, offset + n);  // re-mapped by the monitor
   absl::Status coherent;
-  if (fast_.load() && (done > 0 || err != 0)) {
+  if (fast && (done > 0 || err != 0)) {
     // The kernel may have cached (and zeroed past the old EOF) pages outside
     // [offset, offset + done), e.g. the page holding the old EOF, and on
     // large folios a ranged drop drops nothing: drop the whole file, and
     // keep on the kernel path what the cache would not give up.
     coherent = DropCacheLocked();
+    if (coherent.ok() && kernel_only_next_ != cur().kernel_only) {
+      // Pages it kept (or let go): on the kernel path from now on (or no
+      // longer), before the next fast-path write.
+      if (absl::Status s = ReloadLocked(); !s.ok()) coherent = s;
+    }
   } else if (!direct && done > 0) {
     // Written through the page cache: write it back and drop it, so the
     // blocks are allocated and mapped, and direct I/O and the cache agree.
@@ -1168,6 +1301,8 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
       err = -rc;
     }
   }
+  if (struct stat st; ::fstat(fd_file_, &st) == 0)
+    known_size_.store(static_cast<uint64_t>(st.st_size), std::memory_order_release);
   if (done > 0) {
     kernel_dirty_ = true;
     stats_[kKernelBytes] += done;
@@ -1177,12 +1312,52 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
     StopFastPathLocked(absl::StrCat("dropping the page cache after a kernel-path write failed (",
                                     coherent.message(), "): fast path off"),
                        false);
-  } else if (done > 0 && fast_.load()) {
-    if (absl::Status s = RemapLocked(offset, done); !s.ok()) {
-      StopFastPathLocked(absl::StrCat("re-mapping after a kernel-path write failed (",
-                                      s.message(), "): fast path off"),
-                         false);
+  }
+  if (err != 0 && done == 0) {
+    return ErrnoError(err, absl::StrFormat("%s: kernel-path write of %d bytes at file offset "
+                                           "%d failed",
+                                           name_, n, offset));
+  }
+  return done;
+}
+
+bool File::ConcurrentKernel(const Piece& p, const char* src, const MapState& m) const {
+  // Holes and unwritten extents inside EOF only: ext4 allocates or converts
+  // without moving a block the map shows (so fast-path I/O elsewhere goes
+  // on), and caches no page for an aligned O_DIRECT write. Extending,
+  // unaligned and pinned-page writes take the locked path.
+  if (!file_direct_.load(std::memory_order_acquire) || !fast_.load(std::memory_order_acquire))
+    return false;
+  const uint64_t unit = std::max<uint64_t>(kernel_align_.offset, m.loaded.map.block_size());
+  if (p.file_offset % unit != 0 || p.length % unit != 0 ||
+      reinterpret_cast<uintptr_t>(src) % kernel_align_.memory != 0)
+    return false;
+  if (p.file_offset + p.length > known_size_.load(std::memory_order_acquire)) return false;
+  if (!m.kernel_only.empty()) {
+    auto it = FirstEndingAfter(m.kernel_only, p.file_offset);
+    if (it != m.kernel_only.end() && it->first < p.file_offset + p.length) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<size_t> File::KernelWriteConcurrent(const char* src, uint64_t n,
+                                                   uint64_t offset) {
+  pending_.Begin(offset, offset + n);
+  kernel_dirty_ = true;
+  uint64_t done = 0;
+  int err = 0;
+  while (done < n) {
+    const ssize_t r = os_->Pwrite(fd_file_, src + done, n - done, offset + done);
+    if (r <= 0) {
+      err = r < 0 ? static_cast<int>(-r) : EIO;
+      break;
     }
+    done += static_cast<uint64_t>(r);
+  }
+  pending_.End(offset, offset + n);
+  if (done > 0) {
+    stats_[kKernelBytes] += done;
+    ++stats_[kKernelReq];
   }
   if (err != 0 && done == 0) {
     return ErrnoError(err, absl::StrFormat("%s: kernel-path write of %d bytes at file offset "
@@ -1253,13 +1428,30 @@ absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* bu
       if (s.ok()) s = WritePieces(*ex, absl::MakeConstSpan(pieces.data(), k), buf + (pos - offset), pos);
       NoteFastWrite();  // also after a failure: some bytes may have landed
     }
-    gate_.Exit(token);
-    if (!s.ok()) return partial(s);
-    if (k == pieces.size()) break;
+    if (!s.ok()) {
+      gate_.Exit(token);
+      return partial(s);
+    }
+    if (k == pieces.size()) {
+      gate_.Exit(token);
+      break;
+    }
     const Piece kp = pieces[k];
-    borrowed.reset();
     pos = kp.file_offset;
-    auto r = KernelWrite(buf + (pos - offset), kp.length, pos);
+    const char* src = buf + (pos - offset);
+    if (ConcurrentKernel(kp, src, m)) {
+      // A hole fill or unwritten conversion: beside the fast path and
+      // other such writes, without draining anything.
+      auto r = KernelWriteConcurrent(src, kp.length, pos);
+      gate_.Exit(token);
+      if (!r.ok()) return partial(r.status());
+      pos += *r;
+      if (*r < kp.length) return static_cast<size_t>(pos - offset);
+      continue;
+    }
+    gate_.Exit(token);
+    borrowed.reset();
+    auto r = KernelWrite(src, kp.length, pos);
     if (!r.ok()) return partial(r.status());
     pos += *r;
     if (*r < kp.length) return static_cast<size_t>(pos - offset);
@@ -1268,17 +1460,52 @@ absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* bu
 }
 
 absl::StatusOr<size_t> File::KernelRead(char* buf, size_t n, uint64_t offset) {
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t r = os_->Pread(fd_file_, buf + done, n - done, offset + done);
-    if (r < 0) {
-      if (done > 0) break;
-      return ErrnoError(static_cast<int>(-r),
-                        absl::StrFormat("%s: read of %d bytes at file offset %d failed", name_,
-                                        n, offset));
+  auto read_all = [&](char* dst, uint64_t len, uint64_t at) -> absl::StatusOr<uint64_t> {
+    uint64_t got = 0;
+    while (got < len) {
+      const ssize_t r = os_->Pread(fd_file_, dst + got, len - got, at + got);
+      if (r < 0) {
+        if (got > 0) break;
+        return ErrnoError(static_cast<int>(-r),
+                          absl::StrFormat("%s: read of %d bytes at file offset %d failed", name_,
+                                          len, at));
+      }
+      if (r == 0) break;  // EOF
+      got += static_cast<uint64_t>(r);
     }
-    if (r == 0) break;  // EOF
-    done += static_cast<size_t>(r);
+    return got;
+  };
+  const Alignment ka = kernel_align_;
+  const bool direct = file_direct_.load(std::memory_order_acquire);
+  size_t done = 0;
+  if (!direct || (offset % ka.offset == 0 && n % ka.offset == 0 &&
+                  reinterpret_cast<uintptr_t>(buf) % ka.memory == 0)) {
+    auto r = read_all(buf, n, offset);
+    if (!r.ok()) return r.status();
+    done = *r;
+  } else {
+    // O_DIRECT on the descriptor: the enclosing aligned range through a
+    // bounce buffer, 1 MiB at a time.
+    constexpr uint64_t kChunk = 1 << 20;
+    AlignedBuf bounce = AllocAligned(ka.memory, kChunk + 2 * ka.offset);
+    if (!bounce) return ErrnoError(ENOMEM, "kernel-path read buffer");
+    while (done < n) {
+      const uint64_t at = offset + done;
+      const uint64_t lo = AlignDown(at, ka.offset);
+      const uint64_t want = std::min<uint64_t>(n - done, kChunk);
+      const uint64_t hi = AlignUp(at + want, ka.offset);
+      auto r = read_all(bounce.get(), hi - lo, lo);
+      if (!r.ok()) {
+        if (done > 0) break;
+        return r.status();
+      }
+      const uint64_t skip = at - lo;
+      if (*r <= skip) break;  // EOF
+      const uint64_t got = std::min<uint64_t>(*r - skip, want);
+      std::memcpy(buf + done, bounce.get() + skip, got);
+      done += got;
+      if (got < want) break;  // EOF
+    }
   }
   stats_[kKernelReadBytes] += done;
   return done;
@@ -1286,11 +1513,14 @@ absl::StatusOr<size_t> File::KernelRead(char* buf, size_t n, uint64_t offset) {
 
 absl::StatusOr<size_t> File::PreadMounted(DeviceExecutor* given, char* buf, size_t n,
                                           uint64_t offset) {
-  // Inside the gate either way: the kernel path's exclusive section toggles
-  // O_DIRECT on the descriptor we read through.
+  // Inside the gate either way: the kernel path's exclusive section
+  // switches O_DIRECT on the descriptor we read through.
   const uint32_t token = gate_.Enter();
   absl::StatusOr<size_t> r;
-  if (!fast_.load(std::memory_order_acquire)) {
+  if (!fast_.load(std::memory_order_acquire) ||
+      (n > 0 && pending_.Overlaps(offset, offset + std::min<uint64_t>(n, UINT64_MAX - offset)))) {
+    // Fast path off, or a range the kernel path wrote that the map does not
+    // show yet (checked before the map is read: pending_remap.h).
     r = KernelRead(buf, n, offset);
   } else if (given != nullptr) {
     r = PreadMapped(*given, buf, n, offset);
@@ -1327,6 +1557,7 @@ absl::Status File::Truncate(uint64_t size) {
   }
   if (size > static_cast<uint64_t>(INT64_MAX)) return ErrnoError(EFBIG, "size too large");
   IoGate::Exclusive exclusive(gate_);
+  std::lock_guard<std::mutex> map_lock(map_mu_);
   if (::ftruncate(fd_file_, static_cast<off_t>(size)) != 0)
     return ErrnoError(errno, absl::StrFormat("%s: truncate to %d", name_, size));
   return AfterMetadataChangeLocked("truncate");
@@ -1373,6 +1604,7 @@ absl::Status File::Fallocate(int mode, uint64_t offset, uint64_t length) {
                                               mode, offset, length));
   }
   IoGate::Exclusive exclusive(gate_);
+  std::lock_guard<std::mutex> map_lock(map_mu_);
   if (::fallocate(fd_file_, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
     return ErrnoError(errno, absl::StrFormat("%s: fallocate mode 0x%x at %d, %d bytes", name_,
                                              mode, offset, length));
@@ -1393,6 +1625,14 @@ void File::Monitor() {
     // lease_ is only changed on this thread (and before/after it runs).
     if (fast_.load()) {
       PollWhileFast();
+    }
+    if (fast_.load() && pending_.ended() != 0 && MonotonicNs() >= remap_not_before_ns_) {
+      // Off the hot path, at most a fifth of the monitor's time: a batch
+      // that took d waits 4 d before the next one (they coalesce meanwhile).
+      const int64_t t0 = MonotonicNs();
+      RemapPending();
+      const int64_t t1 = MonotonicNs();
+      remap_not_before_ns_ = t1 + 4 * (t1 - t0);
     }
     if (fast_.load()) {
       if (!lease_.Held()) {

@@ -49,6 +49,7 @@
 #include "map_state.h"
 #include "os.h"
 #include "page_cache.h"
+#include "pending_remap.h"
 #include "planner.h"
 #include "write_ranges.h"
 
@@ -136,8 +137,9 @@ class File : public std::enable_shared_from_this<File> {
   // First byte from offset that cannot be written without allocation.
   uint64_t WritableUntil(uint64_t offset, uint64_t n) const;
 
-  // The current map (mounted mode: replaced after kernel-path changes; a
-  // snapshot stays valid as long as it is held).
+  // The current map (mounted mode: replaced after kernel-path changes,
+  // which it shows once they completed; a snapshot stays valid as long as
+  // it is held). Not from inside the gate (it may re-map).
   std::shared_ptr<const MapState> snapshot() const;
   // Image mode: the map, fixed for the File's life (mounted: use snapshot()).
   const ExtentMap& map() const { return cur().loaded.map; }
@@ -180,7 +182,10 @@ class File : public std::enable_shared_from_this<File> {
   static absl::StatusOr<std::shared_ptr<File>> OpenMounted(const OpenOptions& options);
   absl::Status SetUpBackend(const std::string& device_path);
   const MapState& cur() const { return *current_.load(std::memory_order_acquire); }
-  void SetMap(LoadedMap loaded);
+  // Publishes a new map; returns the old one, which callers inside the gate
+  // may still read: free it inside an Exclusive or after gate_.Synchronize().
+  // REQUIRES (mounted): map_mu_.
+  std::shared_ptr<const MapState> SetMap(LoadedMap loaded);
   PlanOptions MountedPlan(const MapState& m) const;
 
   // Mounted mode. REQUIRES for the *Locked ones: inside an IoGate::Exclusive.
@@ -188,9 +193,26 @@ class File : public std::enable_shared_from_this<File> {
   absl::StatusOr<size_t> PwriteMounted(DeviceExecutor* ex, const char* buf, size_t n,
                                        uint64_t offset);
   absl::StatusOr<size_t> PreadMounted(DeviceExecutor* ex, char* buf, size_t n, uint64_t offset);
+  // The locked kernel path: inside the gate's Exclusive (extending,
+  // unaligned or buffered writes, append-only files, the fast path off).
   absl::StatusOr<size_t> KernelWrite(const char* buf, size_t n, uint64_t offset);
+  // Whether kernel-path piece p (of `src`) may run concurrently, inside the
+  // gate: an aligned O_DIRECT write within EOF into a hole or unwritten
+  // extent (it allocates or converts, moving no block), fast path on.
+  bool ConcurrentKernel(const Piece& p, const char* src, const MapState& m) const;
+  // Runs such a piece now (REQUIRES: inside the gate), registered in pending_.
+  absl::StatusOr<size_t> KernelWriteConcurrent(const char* src, uint64_t n, uint64_t offset);
+  static void KernelWriteEnded(void* file, uint64_t offset, uint64_t length);
+  // Through the file's descriptor (O_DIRECT while the fast path is on:
+  // unaligned ranges through an aligned bounce buffer). REQUIRES: inside
+  // the gate.
   absl::StatusOr<size_t> KernelRead(char* buf, size_t n, uint64_t offset);
-  absl::Status RemapLocked(uint64_t offset, uint64_t length);
+  // Sets or clears O_DIRECT on fd_file_. REQUIRES: inside an Exclusive.
+  bool SetFileDirect(bool direct);
+  // The deferred re-map (the monitor): the ranges the kernel path wrote and
+  // that have completed, from FIEMAP into a new map, published without
+  // closing the gate. Fast path off when it fails.
+  void RemapPending();
   absl::Status ReloadLocked();
   // After truncate/fallocate on the file: write back and drop its pages,
   // re-read the map (fast path off if that fails).
@@ -253,6 +275,11 @@ class File : public std::enable_shared_from_this<File> {
   Os* os_ = nullptr;
   std::string name_;
   mutable std::mutex state_mu_;  // guards state_ (the owner of *current_)
+  // Mounted: held by whoever replaces the map (the deferred re-map, and the
+  // Exclusive sections that change the file or re-read the map), so a re-map
+  // computed before a truncate is never published after its reload. Order:
+  // the gate's Exclusive, then map_mu_.
+  std::mutex map_mu_;
   std::shared_ptr<const MapState> state_;
   std::atomic<const MapState*> current_{nullptr};
   Alignment align_;
@@ -281,6 +308,15 @@ class File : public std::enable_shared_from_this<File> {
   // (FilesystemStopped), or an error recorded since open. "" if none.
   std::string WhyStopped() const;
   Alignment kernel_align_{512, 512};  // O_DIRECT on the file itself
+  // Kernel-path writes not in the map yet (pending_remap.h).
+  PendingRemap pending_;
+  // O_DIRECT is set on fd_file_ (changed only inside an Exclusive, so
+  // stable for whoever is inside the gate): while the fast path is on.
+  std::atomic<bool> file_direct_{false};
+  // The file's size while the fast path is on (only Exclusive sections
+  // change it then: extending writes, truncate, fallocate).
+  std::atomic<uint64_t> known_size_{0};
+  int64_t remap_not_before_ns_ = 0;  // monitor only
   IoGate gate_;
   Lease lease_;                   // touched only inside the gate's Exclusive
   std::atomic<bool> fast_{false};

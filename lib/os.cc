@@ -46,7 +46,9 @@ class UringQueue final : public IoQueue {
     }
     if (rc < 0) return ErrnoError(-rc, "io_uring_queue_init");
     q->initialized_ = true;
-    if (io_uring_register_files(&q->ring_, &fd, 1) == 0) q->fixed_file_ = true;
+    const int fds[2] = {fd, o.file_fd};
+    if (io_uring_register_files(&q->ring_, fds, o.file_fd >= 0 ? 2 : 1) == 0)
+      q->fixed_file_ = true;
     return std::unique_ptr<IoQueue>(std::move(q));
   }
 
@@ -80,7 +82,7 @@ class UringQueue final : public IoQueue {
     for (const IoOp& op : ops) {
       io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
       if (sqe == nullptr) return ErrnoError(EBUSY, "io_uring submission queue full");
-      const int target = fixed_file_ ? 0 : fd_;
+      const int target = fixed_file_ ? op.file : op.file ? file_fd_ : fd_;
       char* b = static_cast<char*>(op.buf);
       const bool fixed_buf = region_ != nullptr && b >= region_ &&
                              b + op.length <= region_ + region_bytes_;
@@ -169,11 +171,11 @@ class UringQueue final : public IoQueue {
   }
 
  private:
-  UringQueue(int fd, const QueueOptions& o) : fd_(fd), depth_(o.depth) {}
+  UringQueue(int fd, const QueueOptions& o) : fd_(fd), file_fd_(o.file_fd), depth_(o.depth) {}
 
   io_uring ring_ = {};
   bool initialized_ = false;
-  int fd_;
+  int fd_, file_fd_;
   uint32_t depth_;
   uint32_t in_flight_ = 0;
   bool fixed_file_ = false;
@@ -184,7 +186,8 @@ class UringQueue final : public IoQueue {
 // preadv2/pwritev2 executed at submit time; Reap hands out the results.
 class SyncQueue final : public IoQueue {
  public:
-  SyncQueue(int fd, uint32_t depth) : fd_(fd), depth_(depth), done_(depth) {}
+  SyncQueue(int fd, int file_fd, uint32_t depth)
+      : fds_{fd, file_fd}, depth_(depth), done_(depth) {}
   uint32_t depth() const override { return depth_; }
   uint32_t in_flight() const override { return count_; }
   const char* name() const override { return "psync"; }
@@ -195,11 +198,12 @@ class SyncQueue final : public IoQueue {
       return ErrnoError(EOVERFLOW, "sync queue over its depth");
     for (const IoOp& op : ops) {
       iovec iov = {op.buf, op.length};
+      const int fd = fds_[op.file ? 1 : 0];
       ssize_t rc;
       do {
         rc = op.kind == IoOp::kWrite
-                 ? ::pwritev2(fd_, &iov, 1, static_cast<off_t>(op.offset), op.rw_flags)
-                 : ::preadv2(fd_, &iov, 1, static_cast<off_t>(op.offset), op.rw_flags);
+                 ? ::pwritev2(fd, &iov, 1, static_cast<off_t>(op.offset), op.rw_flags)
+                 : ::preadv2(fd, &iov, 1, static_cast<off_t>(op.offset), op.rw_flags);
       } while (rc < 0 && errno == EINTR);
       done_[(head_ + count_) % depth_] = {op.tag, rc < 0 ? -int64_t{errno} : int64_t{rc}};
       ++count_;
@@ -220,7 +224,7 @@ class SyncQueue final : public IoQueue {
   }
 
  private:
-  int fd_;
+  int fds_[2];
   uint32_t depth_;
   std::vector<IoResult> done_;  // a ring of depth_ results: nothing allocated per I/O
   uint32_t head_ = 0, count_ = 0;
@@ -328,7 +332,7 @@ absl::StatusOr<std::unique_ptr<IoQueue>> Os::NewQueue(int fd, const QueueOptions
   if (options.depth == 0 || options.depth > 4096)
     return ErrnoError(EINVAL, absl::StrFormat("queue depth %d (1..4096)", options.depth));
   if (options.backend == BackendKind::kSync)
-    return std::unique_ptr<IoQueue>(new SyncQueue(fd, options.depth));
+    return std::unique_ptr<IoQueue>(new SyncQueue(fd, options.file_fd, options.depth));
   return UringQueue::Create(fd, options);
 }
 

@@ -23,6 +23,9 @@ struct IoOp {
   enum Kind : uint8_t { kRead, kWrite };
   Kind kind = kRead;
   int rw_flags = 0;    // RWF_DSYNC for FUA writes
+  // 0: the queue's device; 1: its second descriptor (QueueOptions::file_fd,
+  // the mounted file itself: offset is then a file offset).
+  uint8_t file = 0;
   uint32_t length = 0;
   uint64_t offset = 0;
   void* buf = nullptr;
@@ -38,6 +41,9 @@ enum class BackendKind { kAuto, kUring, kSync };
 
 struct QueueOptions {
   uint32_t depth = 32;
+  // Mounted mode: the file's own descriptor, for kernel-path I/O through the
+  // same queue (IoOp::file = 1); -1: none.
+  int file_fd = -1;
   BackendKind backend = BackendKind::kAuto;  // kAuto is resolved by the caller
   bool sqpoll = false;
   // Without SQPOLL every io_uring is IORING_SETUP_COOP_TASKRUN |

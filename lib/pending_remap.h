@@ -1,0 +1,72 @@
+// PendingRemap: the file ranges written through the kernel (mounted mode)
+// that the map does not show yet. A kernel-path write registers its range
+// before it starts (Begin) and ends it when it completes (End); the re-map
+// (File::RemapPending, off the hot path) takes what has ended (Ended),
+// reads those ranges back from FIEMAP into a new map, publishes it, and
+// only then forgets them (Remapped). Until then the range stays on the
+// kernel path for reads as well as writes, so a read never returns the
+// zeros of a hole the kernel has just filled.
+//
+// Order is what makes that hold without a lock on the read path: the new
+// map is published before Remapped, so a reader that finds no overlap
+// (Overlaps false) and then loads the map sees one that shows the write.
+//
+// Thread-safety: all methods from any thread.
+#ifndef EXT4DIO_LIB_PENDING_REMAP_H_
+#define EXT4DIO_LIB_PENDING_REMAP_H_
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "ranges.h"
+
+namespace ext4dio {
+
+class PendingRemap {
+ public:
+  // A kernel-path write of file bytes [lo, hi) is about to start.
+  void Begin(uint64_t lo, uint64_t hi);
+  // It has ended (whatever its result: blocks may have been allocated).
+  // REQUIRES: a Begin of the same range.
+  void End(uint64_t lo, uint64_t hi);
+  // Whether [lo, hi) overlaps a write in flight or one not re-mapped yet.
+  // Without any: one atomic load.
+  bool Overlaps(uint64_t lo, uint64_t hi) const;
+  bool empty() const { return count_.load(std::memory_order_acquire) == 0; }
+  // Writes ended and not re-mapped.
+  size_t ended() const { return ended_count_.load(std::memory_order_acquire); }
+
+  // The ended ranges (sorted, merged) and a mark for Remapped.
+  struct Batch {
+    RangeList ranges;
+    uint64_t upto = 0;
+  };
+  Batch Ended() const;
+  // The ranges of `batch` are in the published map: forgets the writes
+  // that had ended when it was taken (later ones stay).
+  void Remapped(const Batch& batch);
+  // A full re-read of the map (nothing in flight: inside the gate's
+  // Exclusive) shows every ended write: forgets them all.
+  void Clear();
+
+ private:
+  struct EndedWrite {
+    uint64_t lo, hi, seq;
+  };
+  void Recount();  // REQUIRES: mu_
+
+  mutable std::mutex mu_;
+  std::vector<std::pair<uint64_t, uint64_t>> in_flight_;  // a multiset, unsorted
+  std::vector<EndedWrite> ended_;                         // in End order
+  RangeList cover_;  // ended_, sorted and merged
+  uint64_t seq_ = 0;
+  std::atomic<size_t> count_{0};
+  std::atomic<size_t> ended_count_{0};
+};
+
+}  // namespace ext4dio
+
+#endif  // EXT4DIO_LIB_PENDING_REMAP_H_
