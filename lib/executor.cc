@@ -17,6 +17,7 @@ struct DeviceExecutor::Op {
   bool zombie = false;  // its submission failed but the ring kept it
   bool on_file = false;  // kernel path: on the file's descriptor, at file offsets
   bool checked = false;  // passed the written-extent check (resubmits skip it)
+  bool wrote_all = false;  // its last completion finished its whole length
   IoOp::Kind kind = IoOp::kRead;
   uint64_t kernel_offset = 0, kernel_length = 0;  // on_file: the whole write
   uint64_t device_offset = 0, file_offset = 0, length = 0;
@@ -137,6 +138,7 @@ uint32_t DeviceExecutor::NewOp(uint32_t r) {
   op.zombie = false;
   op.on_file = false;
   op.checked = false;
+  op.wrote_all = false;
   op.copy_dst = nullptr;
   op.copy_skip = op.copy_n = 0;
   reqs_[r].ops.push_back(i);
@@ -252,7 +254,8 @@ void DeviceExecutor::Abort(uint32_t r) {
   Req& q = reqs_[r];
   for (uint32_t i : q.ops) {
     Op& op = ops_[i];
-    if (op.on_file) ctx_.kernel_write_ended(ctx_.kernel_arg, op.kernel_offset, op.kernel_length);
+    if (op.on_file)
+      ctx_.kernel_write_ended(ctx_.kernel_arg, op.kernel_offset, op.kernel_length, false);
     op.live = false;
     ++op.gen;
     GiveBounce(op);
@@ -281,7 +284,10 @@ void DeviceExecutor::FinishOp(uint32_t i) {
   const uint32_t r = op.req;
   op.live = false;
   ++op.gen;
-  if (op.on_file) ctx_.kernel_write_ended(ctx_.kernel_arg, op.kernel_offset, op.kernel_length);
+  if (op.on_file) {
+    ctx_.kernel_write_ended(ctx_.kernel_arg, op.kernel_offset, op.kernel_length,
+                            op.wrote_all);
+  }
   if (op.bounce) {
     if (op.copy_dst != nullptr && reqs_[r].error == 0)
       std::memcpy(op.copy_dst, op.bounce.get() + op.copy_skip, op.copy_n);
@@ -412,6 +418,8 @@ absl::Status DeviceExecutor::ReapSome(size_t min_complete) {
       continue;
     }
     if (!op.zombie && res <= 0) FailOp(i, res < 0 ? res : -EIO, false);
+    // Positive evidence only (a kernel-path write's re-map trusts it).
+    op.wrote_all = !op.zombie && res > 0 && static_cast<uint64_t>(res) == op.length;
     FinishOp(i);
   }
   // Freed slots take queued ops at once: a request must never sit with

@@ -67,8 +67,10 @@ class DeviceExecutor final : public IoGate::Member {
     uint32_t memory_alignment = 4096;
     // Mounted mode: called (on the reaping thread) when a kernel-path write
     // of [file_offset, file_offset + length) has ended, whatever its result
-    // (also when it was aborted or never submitted).
-    void (*kernel_write_ended)(void* arg, uint64_t file_offset, uint64_t length) = nullptr;
+    // (also when it was aborted or never submitted); `clean`: all of it
+    // was written.
+    void (*kernel_write_ended)(void* arg, uint64_t file_offset, uint64_t length,
+                               bool clean) = nullptr;
     void* kernel_arg = nullptr;
   };
   struct Stats {

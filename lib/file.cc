@@ -990,9 +990,28 @@ absl::Status File::ReloadLocked() {
   return absl::OkStatus();
 }
 
-void File::KernelWriteEnded(void* file, uint64_t offset, uint64_t length) {
-  static_cast<File*>(file)->pending_.End(offset, offset + length);
+void File::KernelWriteEnded(void* file, uint64_t offset, uint64_t length, bool clean) {
+  static_cast<File*>(file)->pending_.End(offset, offset + length, clean);
 }
+
+namespace {
+
+// `a` without what `b` covers (both sorted and disjoint).
+RangeList Subtract(const RangeList& a, const RangeList& b) {
+  RangeList out;
+  size_t k = 0;
+  for (auto [lo, hi] : a) {
+    while (k < b.size() && b[k].second <= lo) ++k;
+    for (size_t j = k; j < b.size() && b[j].first < hi; ++j) {
+      if (b[j].first > lo) out.emplace_back(lo, b[j].first);
+      lo = std::max(lo, b[j].second);
+    }
+    if (lo < hi) out.emplace_back(lo, hi);
+  }
+  return out;
+}
+
+}  // namespace
 
 void File::RemapPending() {
   std::unique_lock<std::mutex> map_lock(map_mu_);
@@ -1011,15 +1030,50 @@ void File::RemapPending() {
                                     "): fast path off"),
                        false);
   };
-  // Whole blocks, merged: one FIEMAP per run of ranges. FIEMAP answers for
-  // whole extents, so what it returns widens the span it replaces (ext4 may
-  // have converted unwritten blocks next to a range too).
-  RangeList spans;
-  for (const auto& r : batch.ranges) spans.emplace_back(r.first / bs, (r.second + bs - 1) / bs);
-  SortAndMerge(spans);
+  // In blocks: what FIEMAP must tell (holes filled, writes that failed,
+  // were short or buffered, partial blocks), and the unwritten blocks that
+  // clean O_DIRECT writes covered -- ext4 converted those in place (it
+  // never moves a block to convert it), so they are written where the map
+  // already says, blocks it validated when it was read.
+  RangeList ask, convert;
+  for (const auto& r : batch.suspect) ask.emplace_back(r.first / bs, (r.second + bs - 1) / bs);
+  for (const auto& r : batch.ranges) {
+    const uint64_t lo = r.first / bs, hi = (r.second + bs - 1) / bs;
+    if (r.first % bs != 0 || r.second % bs != 0) {
+      ask.emplace_back(lo, hi);
+      continue;
+    }
+    uint64_t b = lo;
+    const int64_t floor = m.FindFloor(lo);
+    for (size_t i = floor < 0 ? 0 : static_cast<size_t>(floor); b < hi;) {
+      if (i >= m.extent_count()) {
+        ask.emplace_back(b, hi);
+        break;
+      }
+      const Extent e = m.ExtentAt(i);
+      const uint64_t e_end = e.logical + e.length;
+      if (e_end <= b) {
+        ++i;
+        continue;
+      }
+      if (e.logical > b) {  // a hole: allocated somewhere FIEMAP knows
+        const uint64_t to = std::min(hi, e.logical);
+        ask.emplace_back(b, to);
+        b = to;
+        continue;
+      }
+      const uint64_t to = std::min(hi, e_end);
+      if (e.unwritten) convert.emplace_back(b, to);
+      b = to;
+      ++i;
+    }
+  }
+  SortAndMerge(ask);
+  // FIEMAP per merged span. It may answer for whole extents: what it
+  // returns widens the span it replaces.
   std::vector<Extent> fresh;
   RangeList replaced;
-  for (const auto& sp : spans) {
+  for (const auto& sp : ask) {
     auto fiemap = ReadFiemapRange(fd_file_, sp.first * bs, (sp.second - sp.first) * bs,
                                   /*sync=*/true, name_);
     if (!fiemap.ok()) return fail(fiemap.status());
@@ -1034,6 +1088,8 @@ void File::RemapPending() {
     fresh.insert(fresh.end(), extents->begin(), extents->end());
   }
   SortAndMerge(replaced);
+  SortAndMerge(convert);
+  convert = Subtract(convert, replaced);  // FIEMAP's word wins
   std::sort(fresh.begin(), fresh.end(),
             [](const Extent& a, const Extent& b) { return a.logical < b.logical; });
   fresh.erase(std::unique(fresh.begin(), fresh.end(),
@@ -1044,13 +1100,20 @@ void File::RemapPending() {
   if (!fresh.empty()) {
     if (absl::Status s = reader_->ValidateExtents(fresh, {}); !s.ok()) return fail(s);
   }
-  // The old map outside the replaced spans, the fresh extents inside: one
-  // pass over the old extents for the whole batch.
+  // One pass over the old extents for the whole batch: outside the
+  // replaced spans kept (unwritten ones split where converted), inside
+  // them the fresh extents.
   std::vector<Extent> extents;
-  extents.reserve(m.extent_count() + fresh.size());
-  size_t f = 0, sp = 0;
-  auto flush_fresh_before = [&](uint64_t logical) {
-    while (f < fresh.size() && fresh[f].logical < logical) extents.push_back(fresh[f++]);
+  extents.reserve(m.extent_count() + fresh.size() + 2 * convert.size());
+  size_t f = 0, sp = 0, cv = 0;
+  auto emit = [&](const Extent& e, uint64_t from, uint64_t to, bool unwritten) {
+    while (f < fresh.size() && fresh[f].logical < from) extents.push_back(fresh[f++]);
+    Extent piece = e;
+    piece.physical += from - e.logical;
+    piece.logical = from;
+    piece.length = static_cast<uint32_t>(to - from);
+    piece.unwritten = unwritten;
+    extents.push_back(piece);
   };
   for (size_t i = 0; i < m.extent_count(); ++i) {
     const Extent e = m.ExtentAt(i);
@@ -1058,22 +1121,32 @@ void File::RemapPending() {
     const uint64_t e_end = e.logical + e.length;
     while (from < e_end) {
       while (sp < replaced.size() && replaced[sp].second <= from) ++sp;
-      const uint64_t cut = sp < replaced.size() ? replaced[sp].first : UINT64_MAX;
-      if (cut > from) {  // [from, min(cut, e_end)) is kept
-        const uint64_t to = std::min(cut, e_end);
-        flush_fresh_before(from);
-        Extent keep = e;
-        keep.physical += from - e.logical;
-        keep.logical = from;
-        keep.length = static_cast<uint32_t>(to - from);
-        extents.push_back(keep);
-        from = to;
-      } else {
+      if (sp < replaced.size() && replaced[sp].first <= from) {
         from = std::min(e_end, replaced[sp].second);  // inside a span: replaced
+        continue;
+      }
+      const uint64_t cut = std::min(e_end, sp < replaced.size() ? replaced[sp].first : UINT64_MAX);
+      if (!e.unwritten) {
+        emit(e, from, cut, false);
+        from = cut;
+        continue;
+      }
+      while (from < cut) {
+        while (cv < convert.size() && convert[cv].second <= from) ++cv;
+        if (cv < convert.size() && convert[cv].first <= from) {
+          const uint64_t to = std::min(cut, convert[cv].second);
+          emit(e, from, to, false);  // converted by a clean kernel-path write
+          from = to;
+        } else {
+          const uint64_t to =
+              std::min(cut, cv < convert.size() ? convert[cv].first : UINT64_MAX);
+          emit(e, from, to, true);
+          from = to;
+        }
       }
     }
   }
-  flush_fresh_before(UINT64_MAX);
+  while (f < fresh.size()) extents.push_back(fresh[f++]);
   struct stat st;
   if (::fstat(fd_file_, &st) != 0) return fail(ErrnoError(errno, "stat " + name_));
   MapGeometry g = m.geometry();
@@ -1090,6 +1163,30 @@ void File::RemapPending() {
   next.device = old.loaded.device;
   next.warning = old.loaded.warning;
   next.inode_flags = old.loaded.inode_flags;
+  // Never assume: the kernel-path writes were O_DIRECT and should have left
+  // no page behind in the cache -- ask before a device write can reach
+  // what they wrote. Pages beyond those known pinned (kernel_only): drop
+  // them all and re-read the map instead (the locked path's remedy).
+  uint64_t pinned = 0;
+  for (const auto& r : old.kernel_only) pinned += r.second - r.first;
+  if (const int64_t cached = os_->CachedBytes(fd_file_, 0, 0);
+      cached < 0 || static_cast<uint64_t>(cached) > pinned) {
+    map_lock.unlock();
+    IoGate::Exclusive exclusive(gate_);
+    if (!fast_.load()) return;
+    absl::Status st = DropCacheLocked();
+    if (st.ok()) {
+      std::lock_guard<std::mutex> lock(map_mu_);
+      st = ReloadLocked();
+      if (st.ok()) ++stats_[kRemaps];
+    }
+    if (!st.ok()) {
+      StopFastPathLocked(absl::StrCat("dropping the page cache after kernel-path writes failed (",
+                                      st.message(), "): fast path off"),
+                         false);
+    }
+    return;
+  }
   std::shared_ptr<const MapState> retired = SetMap(std::move(next));
   // Only now: a reader that finds the range no longer pending loads the
   // new map (pending_remap.h).
@@ -1099,23 +1196,6 @@ void File::RemapPending() {
   // Callers inside the gate may still read the old map.
   gate_.Synchronize();
   retired.reset();
-  // Never assume: the kernel-path writes were O_DIRECT and left no page
-  // behind in the cache -- ask. If it holds any, drop them all (and keep
-  // what stays on the kernel path) before more device writes go out.
-  if (os_->CachedBytes(fd_file_, 0, 0) != 0) {
-    IoGate::Exclusive exclusive(gate_);
-    if (!fast_.load()) return;
-    absl::Status s = DropCacheLocked();
-    if (s.ok()) {
-      std::lock_guard<std::mutex> lock(map_mu_);
-      s = ReloadLocked();
-    }
-    if (!s.ok()) {
-      StopFastPathLocked(absl::StrCat("dropping the page cache after kernel-path writes failed (",
-                                      s.message(), "): fast path off"),
-                         false);
-    }
-  }
 }
 
 void File::TouchNow() {
@@ -1279,7 +1359,7 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
     done += static_cast<size_t>(r);
   }
   (void)SetFileDirect(was_direct);
-  if (fast) pending_.End(offset, offset + n);  // re-mapped by the monitor
+  if (fast) pending_.End(offset, offset + n, /*clean=*/false);  // FIEMAP tells
   absl::Status coherent;
   if (fast && (done > 0 || err != 0)) {
     // The kernel may have cached (and zeroed past the old EOF) pages outside
@@ -1354,7 +1434,7 @@ absl::StatusOr<size_t> File::KernelWriteConcurrent(const char* src, uint64_t n,
     }
     done += static_cast<uint64_t>(r);
   }
-  pending_.End(offset, offset + n);
+  pending_.End(offset, offset + n, done == n);
   if (done > 0) {
     stats_[kKernelBytes] += done;
     ++stats_[kKernelReq];
@@ -1626,7 +1706,7 @@ void File::Monitor() {
     if (fast_.load()) {
       PollWhileFast();
     }
-    if (fast_.load() && pending_.ended() != 0 && MonotonicNs() >= remap_not_before_ns_) {
+    if (!getenv("NOREMAP") && fast_.load() && pending_.ended() != 0 && MonotonicNs() >= remap_not_before_ns_) {
       // Off the hot path, at most a fifth of the monitor's time: a batch
       // that took d waits 4 d before the next one (they coalesce meanwhile).
       const int64_t t0 = MonotonicNs();

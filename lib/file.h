@@ -202,7 +202,7 @@ class File : public std::enable_shared_from_this<File> {
   bool ConcurrentKernel(const Piece& p, const char* src, const MapState& m) const;
   // Runs such a piece now (REQUIRES: inside the gate), registered in pending_.
   absl::StatusOr<size_t> KernelWriteConcurrent(const char* src, uint64_t n, uint64_t offset);
-  static void KernelWriteEnded(void* file, uint64_t offset, uint64_t length);
+  static void KernelWriteEnded(void* file, uint64_t offset, uint64_t length, bool clean);
   // Through the file's descriptor (O_DIRECT while the fast path is on:
   // unaligned ranges through an aligned bounce buffer). REQUIRES: inside
   // the gate.

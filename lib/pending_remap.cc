@@ -15,26 +15,36 @@ void PendingRemap::Begin(uint64_t lo, uint64_t hi) {
   Recount();
 }
 
-void PendingRemap::End(uint64_t lo, uint64_t hi) {
+void PendingRemap::Insert(absl::btree_map<uint64_t, uint64_t>& cover, uint64_t lo,
+                          uint64_t hi) {
+  // Merge with every range it overlaps or touches.
+  auto it = cover.upper_bound(lo);
+  if (it != cover.begin() && std::prev(it)->second >= lo) --it;
+  while (it != cover.end() && it->first <= hi) {
+    lo = std::min(lo, it->first);
+    hi = std::max(hi, it->second);
+    it = cover.erase(it);
+  }
+  cover.emplace(lo, hi);
+}
+
+RangeList PendingRemap::Ranges(const absl::btree_map<uint64_t, uint64_t>& cover) {
+  RangeList r;
+  r.reserve(cover.size());
+  for (const auto& [lo, hi] : cover) r.emplace_back(lo, hi);
+  return r;
+}
+
+void PendingRemap::End(uint64_t lo, uint64_t hi, bool clean) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = std::find(in_flight_.begin(), in_flight_.end(), std::make_pair(lo, hi));
   if (it != in_flight_.end()) {
     *it = in_flight_.back();
     in_flight_.pop_back();
   }
-  ended_.push_back({lo, hi, ++seq_});
-  // Into cover_: the ranges it overlaps or touches merge with it.
-  auto first = FirstEndingAfter(cover_, lo);
-  if (first != cover_.begin() && std::prev(first)->second == lo) --first;
-  auto last = first;
-  uint64_t mlo = lo, mhi = hi;
-  while (last != cover_.end() && last->first <= hi) {
-    mlo = std::min(mlo, last->first);
-    mhi = std::max(mhi, last->second);
-    ++last;
-  }
-  const auto at = cover_.erase(first, last);
-  cover_.insert(at, {mlo, mhi});
+  ended_.push_back({lo, hi, ++seq_, clean});
+  Insert(cover_, lo, hi);
+  if (!clean) Insert(suspect_, lo, hi);
   Recount();
 }
 
@@ -43,13 +53,16 @@ bool PendingRemap::Overlaps(uint64_t lo, uint64_t hi) const {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& r : in_flight_)
     if (r.first < hi && lo < r.second) return true;
-  auto it = FirstEndingAfter(cover_, lo);
-  return it != cover_.end() && it->first < hi;
+  // The last range starting before hi is the only one that can reach lo.
+  auto it = cover_.lower_bound(hi);
+  if (it == cover_.begin()) return false;
+  --it;
+  return it->second > lo;
 }
 
 PendingRemap::Batch PendingRemap::Ended() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return Batch{cover_, seq_};
+  return Batch{Ranges(cover_), Ranges(suspect_), seq_};
 }
 
 void PendingRemap::Remapped(const Batch& batch) {
@@ -58,8 +71,11 @@ void PendingRemap::Remapped(const Batch& batch) {
                               [&](const EndedWrite& w) { return w.seq <= batch.upto; }),
                ended_.end());
   cover_.clear();
-  for (const EndedWrite& w : ended_) cover_.emplace_back(w.lo, w.hi);
-  SortAndMerge(cover_);
+  suspect_.clear();
+  for (const EndedWrite& w : ended_) {
+    Insert(cover_, w.lo, w.hi);
+    if (!w.clean) Insert(suspect_, w.lo, w.hi);
+  }
   Recount();
 }
 
@@ -67,6 +83,7 @@ void PendingRemap::Clear() {
   std::lock_guard<std::mutex> lock(mu_);
   ended_.clear();
   cover_.clear();
+  suspect_.clear();
   Recount();
 }
 

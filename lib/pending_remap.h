@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/btree_map.h"
 #include "ranges.h"
 
 namespace ext4dio {
@@ -30,8 +31,11 @@ class PendingRemap {
   // A kernel-path write of file bytes [lo, hi) is about to start.
   void Begin(uint64_t lo, uint64_t hi);
   // It has ended (whatever its result: blocks may have been allocated).
-  // REQUIRES: a Begin of the same range.
-  void End(uint64_t lo, uint64_t hi);
+  // `clean`: an aligned O_DIRECT write that wrote all of it, so unwritten
+  // blocks in it are now written in place (ext4 converts, never moves) and
+  // the re-map may say so without asking FIEMAP; else (failed, short,
+  // buffered) it asks. REQUIRES: a Begin of the same range.
+  void End(uint64_t lo, uint64_t hi, bool clean);
   // Whether [lo, hi) overlaps a write in flight or one not re-mapped yet.
   // Without any: one atomic load.
   bool Overlaps(uint64_t lo, uint64_t hi) const;
@@ -39,9 +43,11 @@ class PendingRemap {
   // Writes ended and not re-mapped.
   size_t ended() const { return ended_count_.load(std::memory_order_acquire); }
 
-  // The ended ranges (sorted, merged) and a mark for Remapped.
+  // The ended ranges (sorted, merged), those of them not clean, and a mark
+  // for Remapped.
   struct Batch {
     RangeList ranges;
+    RangeList suspect;
     uint64_t upto = 0;
   };
   Batch Ended() const;
@@ -55,13 +61,17 @@ class PendingRemap {
  private:
   struct EndedWrite {
     uint64_t lo, hi, seq;
+    bool clean;
   };
   void Recount();  // REQUIRES: mu_
+  static void Insert(absl::btree_map<uint64_t, uint64_t>& cover, uint64_t lo, uint64_t hi);
+  static RangeList Ranges(const absl::btree_map<uint64_t, uint64_t>& cover);
 
   mutable std::mutex mu_;
   std::vector<std::pair<uint64_t, uint64_t>> in_flight_;  // a multiset, unsorted
   std::vector<EndedWrite> ended_;                         // in End order
-  RangeList cover_;  // ended_, sorted and merged
+  // ended_ (and those not clean), merged: start -> end.
+  absl::btree_map<uint64_t, uint64_t> cover_, suspect_;
   uint64_t seq_ = 0;
   std::atomic<size_t> count_{0};
   std::atomic<size_t> ended_count_{0};

@@ -6,6 +6,9 @@
 // Needs root and loop devices: exits 77 (skip) saying why when missing.
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -24,6 +27,8 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/str_format.h"
+#include "async_queue.h"
 #include "errors.h"
 #include "ext4dio/ext4dio.hpp"
 #include "file.h"
@@ -199,6 +204,161 @@ TEST_F(MountedIoTest, EveryPathIsByteExactAndTakesItsPath) {
 
   EXPECT_TRUE(ReadFileDirect(f) == model) << "O_DIRECT read through the kernel differs";
   EXPECT_TRUE(ReadFileBuffered(f) == model) << "buffered read after close differs";
+  FsckAndRemount();
+  EXPECT_TRUE(ReadFileBuffered(f) == model) << "content after remount differs";
+}
+
+// The kernel path's ranges reach the map in batches, off the hot path, and
+// most of the map is never re-read: unwritten blocks a clean O_DIRECT write
+// covered become written in place, holes ask FIEMAP. Whatever the batching,
+// the map the handle ends with must be the file's: block by block the same
+// kind and physical block as the kernel's FIEMAP (read here, independently
+// of the library), and the bytes those of the model. Reads right after a
+// kernel-path write (its range still pending) return what it wrote.
+TEST_F(MountedIoTest, BatchedRemapEqualsTheKernelsMapBlockByBlock) {
+  const std::string f = *mount_ / "f";
+  constexpr uint64_t kSize = 16 << 20, kBlock = 4096;
+  {
+    int fd = open(f.c_str(), O_RDWR | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(fallocate(fd, 0, 0, kSize / 2), 0);  // [0, 8M) unwritten; [8M, 16M) a hole
+    ASSERT_EQ(ftruncate(fd, kSize), 0);
+    ASSERT_EQ(fsync(fd), 0);
+    close(fd);
+  }
+  OpenOptions o;
+  o.target.path = f;
+  o.write = true;
+  auto file = File::Open(o);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_TRUE((*file)->fast_path()) << (*file)->warning();
+
+  std::string model(kSize, '\0');
+  std::mutex model_mu;
+  std::atomic<int> bad{0};
+  std::string first_bad;
+  auto note_bad = [&](const std::string& what) {
+    std::lock_guard<std::mutex> lock(model_mu);
+    if (bad++ == 0) first_bad = what;
+  };
+  // 4 threads on disjoint quarters (each half unwritten, half hole across
+  // them): aligned writes of 1-4 blocks, each read back at once; thread 3
+  // through an async queue, 8 in flight.
+  auto worker = [&](int t) {
+    std::mt19937_64 rng(1000 + t);
+    const uint64_t base = t * (kSize / 4);
+    const uint64_t blocks = kSize / 4 / kBlock;
+    AlignedBuf buf = AllocAligned(4096, 4 * kBlock);
+    AlignedBuf back = AllocAligned(4096, 4 * kBlock);
+    std::unique_ptr<AsyncQueue> q;
+    if (t == 3) {
+      auto made = (*file)->NewAsyncQueue(8);
+      if (!made.ok()) return note_bad(std::string(made.status().message()));
+      q = std::move(*made);
+    }
+    for (int i = 0; i < 400; ++i) {
+      const uint64_t n = (1 + rng() % 4) * kBlock;
+      const uint64_t off = base + (rng() % (blocks - 4)) * kBlock;
+      const std::string data = RandomBytes(n, rng);
+      std::memcpy(buf.get(), data.data(), n);
+      if (q) {
+        AsyncRequest r{true, buf.get(), n, off, static_cast<uint64_t>(i)};
+        if (absl::Status s = q->Submit(r); !s.ok()) return note_bad(std::string(s.message()));
+        AsyncCompletion c;
+        auto got = q->Reap(absl::MakeSpan(&c, 1), 1);
+        if (!got.ok() || *got != 1 || c.result != static_cast<int64_t>(n))
+          return note_bad("async write failed");
+        AsyncRequest rd{false, back.get(), n, off, 0};
+        if (absl::Status s = q->Submit(rd); !s.ok()) return note_bad(std::string(s.message()));
+        got = q->Reap(absl::MakeSpan(&c, 1), 1);
+        if (!got.ok() || *got != 1 || c.result != static_cast<int64_t>(n))
+          return note_bad("async read failed");
+      } else {
+        auto w = (*file)->Pwrite(buf.get(), n, off);
+        if (!w.ok() || *w != n) return note_bad("write failed");
+        auto r = (*file)->Pread(back.get(), n, off);
+        if (!r.ok() || *r != n) return note_bad("read failed");
+      }
+      if (std::memcmp(back.get(), data.data(), n) != 0)
+        return note_bad(absl::StrFormat("thread %d: read right after writing %d bytes at %d "
+                                        "differs",
+                                        t, n, off));
+      std::lock_guard<std::mutex> lock(model_mu);
+      model.replace(off, n, data);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) threads.emplace_back(worker, t);
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(bad.load(), 0) << first_bad;
+  EXPECT_GT((*file)->stats().kernel_bytes, 0u);
+  EXPECT_GT((*file)->stats().remaps, 0u);
+
+  // The handle's map (a snapshot shows every completed write), then the
+  // kernel's, after the handle is gone.
+  std::shared_ptr<const MapState> snap = (*file)->snapshot();
+  ASSERT_TRUE((*file)->fast_path()) << (*file)->warning();
+  {
+    // A second pass over a re-mapped block is a fast-path write.
+    const FileStats before = (*file)->stats();
+    AlignedBuf buf = AllocAligned(4096, kBlock);
+    uint64_t off = 0;
+    for (; off < kSize; off += kBlock) {
+      const Segment seg = snap->loaded.map.SegmentAt(off, kBlock);
+      if (seg.kind == SegmentKind::kMapped) break;
+    }
+    ASSERT_LT(off, kSize);
+    std::memcpy(buf.get(), model.data() + off, kBlock);
+    ASSERT_TRUE((*file)->Pwrite(buf.get(), kBlock, off).ok());
+    EXPECT_EQ((*file)->stats().fast_bytes - before.fast_bytes, kBlock);
+  }
+  file->reset();
+
+  int fd = open(f.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  std::vector<uint64_t> fm_storage((sizeof(fiemap) + 512 * sizeof(fiemap_extent)) / 8 + 1);
+  std::vector<int> kernel(kSize / kBlock, 0);  // 0 hole, 1 written, 2 unwritten
+  std::vector<uint64_t> phys(kSize / kBlock, 0);
+  uint64_t start = 0;
+  for (;;) {
+    std::fill(fm_storage.begin(), fm_storage.end(), 0);
+    auto* fm = reinterpret_cast<fiemap*>(fm_storage.data());
+    fm->fm_start = start;
+    fm->fm_length = kSize - start;
+    fm->fm_flags = FIEMAP_FLAG_SYNC;
+    fm->fm_extent_count = 512;
+    ASSERT_EQ(ioctl(fd, FS_IOC_FIEMAP, fm), 0) << strerror(errno);
+    if (fm->fm_mapped_extents == 0) break;
+    bool last = false;
+    for (uint32_t i = 0; i < fm->fm_mapped_extents; ++i) {
+      const fiemap_extent& e = fm->fm_extents[i];
+      for (uint64_t b = e.fe_logical / kBlock;
+           b < (e.fe_logical + e.fe_length) / kBlock && b < kernel.size(); ++b) {
+        kernel[b] = (e.fe_flags & FIEMAP_EXTENT_UNWRITTEN) ? 2 : 1;
+        phys[b] = e.fe_physical / kBlock + (b - e.fe_logical / kBlock);
+      }
+      start = e.fe_logical + e.fe_length;
+      last |= (e.fe_flags & FIEMAP_EXTENT_LAST) != 0;
+    }
+    if (last || start >= kSize) break;
+  }
+  close(fd);
+  int differ = 0;
+  for (uint64_t b = 0; b < kernel.size(); ++b) {
+    const Segment seg = snap->loaded.map.SegmentAt(b * kBlock, kBlock);
+    const int ours = seg.kind == SegmentKind::kMapped      ? 1
+                     : seg.kind == SegmentKind::kUnwritten ? 2
+                                                           : 0;
+    const uint64_t our_phys = ours ? seg.device_offset / kBlock : 0;
+    if (ours != kernel[b] || our_phys != phys[b]) {
+      if (differ++ < 5) {
+        ADD_FAILURE() << "block " << b << ": ours kind " << ours << " at " << our_phys
+                      << ", the kernel's kind " << kernel[b] << " at " << phys[b];
+      }
+    }
+  }
+  EXPECT_EQ(differ, 0) << "blocks whose kind or place differ";
+  EXPECT_TRUE(ReadFileDirect(f) == model) << "O_DIRECT read through the kernel differs";
   FsckAndRemount();
   EXPECT_TRUE(ReadFileBuffered(f) == model) << "content after remount differs";
 }
