@@ -789,33 +789,38 @@ absl::Status Ext4Reader::Validate(const std::vector<Extent>& extents,
       (source_size_ - options_.offset) / fs_->blocksize;
   const uint64_t end_limit = std::min(blocks_count_, device_blocks);
 
+  // Names are made only for a message: a re-map validates thousands.
   struct Piece {
     uint64_t start, end;
-    std::string name;
+    size_t index;  // into extents, or extents.size() + into map_blocks
+  };
+  auto name_of = [&](const Piece& p) -> std::string {
+    if (p.index >= extents.size())
+      return absl::StrFormat("index block %d", map_blocks[p.index - extents.size()]);
+    const Extent& x = extents[p.index];
+    return absl::StrFormat("extent %d (logical %d, %d blocks at physical %d%s)", p.index,
+                           x.logical, x.length, x.physical, x.unwritten ? ", unwritten" : "");
   };
   std::vector<Piece> pieces;
   pieces.reserve(extents.size() + map_blocks.size());
   for (size_t i = 0; i < extents.size(); ++i) {
     const Extent& x = extents[i];
-    std::string name = absl::StrFormat(
-        "extent %d (logical %d, %d blocks at physical %d%s)", i, x.logical,
-        x.length, x.physical, x.unwritten ? ", unwritten" : "");
+    pieces.push_back({x.physical, x.physical + x.length, i});
     if (x.physical < first || x.physical >= end_limit ||
         x.length > end_limit - x.physical) {
       return CorruptMap(absl::StrFormat(
-          "%s lies outside the filesystem (blocks %d..%d)", name, first,
+          "%s lies outside the filesystem (blocks %d..%d)", name_of(pieces.back()), first,
           end_limit - 1));
     }
-    pieces.push_back({x.physical, x.physical + x.length, std::move(name)});
   }
-  for (uint64_t b : map_blocks) {
-    std::string name = absl::StrFormat("index block %d", b);
+  for (size_t i = 0; i < map_blocks.size(); ++i) {
+    const uint64_t b = map_blocks[i];
+    pieces.push_back({b, b + 1, extents.size() + i});
     if (b < first || b >= end_limit) {
       return CorruptMap(absl::StrFormat(
-          "%s lies outside the filesystem (blocks %d..%d)", name, first,
+          "%s lies outside the filesystem (blocks %d..%d)", name_of(pieces.back()), first,
           end_limit - 1));
     }
-    pieces.push_back({b, b + 1, std::move(name)});
   }
 
   std::sort(pieces.begin(), pieces.end(),
@@ -823,7 +828,7 @@ absl::Status Ext4Reader::Validate(const std::vector<Extent>& extents,
   for (size_t i = 1; i < pieces.size(); ++i) {
     if (pieces[i].start < pieces[i - 1].end) {
       return CorruptMap(absl::StrFormat("%s and %s share physical block %d",
-                                        pieces[i - 1].name, pieces[i].name,
+                                        name_of(pieces[i - 1]), name_of(pieces[i]),
                                         pieces[i].start));
     }
   }
@@ -837,7 +842,7 @@ absl::Status Ext4Reader::Validate(const std::vector<Extent>& extents,
     if (it != metadata_.begin() && std::prev(it)->end > p.start) --it;
     if (it != metadata_.end() && it->start < p.end) {
       return CorruptMap(absl::StrFormat(
-          "%s overlaps %s (blocks %d..%d)", p.name, it->what, it->start,
+          "%s overlaps %s (blocks %d..%d)", name_of(p), it->what, it->start,
           it->end - 1));
     }
   }
@@ -876,7 +881,7 @@ absl::Status Ext4Reader::Validate(const std::vector<Extent>& extents,
           (ext2fs_bg_flags(fs_, g) & EXT2_BG_BLOCK_UNINIT)) {
         return CorruptMap(absl::StrFormat(
             "block %d of %s is free: group %d has no blocks in use "
-            "(BLOCK_UNINIT)", b, p.name, g));
+            "(BLOCK_UNINIT)", b, name_of(p), g));
       }
       auto [it, inserted] = bitmaps.try_emplace(g);
       if (inserted) {
@@ -902,7 +907,7 @@ absl::Status Ext4Reader::Validate(const std::vector<Extent>& extents,
         if (bit / 8 >= bits.size() || !(bits[bit / 8] & (1u << (bit % 8)))) {
           return CorruptMap(absl::StrFormat(
               "block %d of %s is free in the block bitmap of group %d", blk,
-              p.name, g));
+              name_of(p), g));
         }
         // Next cluster (or block when there is no bigalloc).
         blk = gfirst + ((bit + 1) << cluster_bits);

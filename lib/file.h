@@ -186,6 +186,8 @@ class File : public std::enable_shared_from_this<File> {
   // may still read: free it inside an Exclusive or after gate_.Synchronize().
   // REQUIRES (mounted): map_mu_.
   std::shared_ptr<const MapState> SetMap(LoadedMap loaded);
+  // The same with its written set already built (the re-map's, by merge).
+  std::shared_ptr<const MapState> SetMap(LoadedMap loaded, WrittenSet written);
   PlanOptions MountedPlan(const MapState& m) const;
 
   // Mounted mode. REQUIRES for the *Locked ones: inside an IoGate::Exclusive.

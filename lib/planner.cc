@@ -45,6 +45,24 @@ WrittenSet::WrittenSet(const ExtentMap& map) {
   SortAndMerge(ranges_);
 }
 
+WrittenSet WrittenSet::With(RangeList added) const {
+  SortAndMerge(added);
+  WrittenSet out;
+  out.ranges_.reserve(ranges_.size() + added.size());
+  size_t a = 0, b = 0;
+  while (a < ranges_.size() || b < added.size()) {
+    const auto& next = (b == added.size() || (a < ranges_.size() && ranges_[a] < added[b]))
+                           ? ranges_[a++]
+                           : added[b++];
+    if (!out.ranges_.empty() && next.first <= out.ranges_.back().second) {
+      out.ranges_.back().second = std::max(out.ranges_.back().second, next.second);
+    } else {
+      out.ranges_.push_back(next);
+    }
+  }
+  return out;
+}
+
 bool WrittenSet::Contains(uint64_t offset, uint64_t length) const {
   if (length == 0) return true;
   if (offset + length < offset) return false;

@@ -25,6 +25,10 @@ class WrittenSet {
   explicit WrittenSet(const ExtentMap& map);
   // Whether [offset, offset + length) lies wholly inside written extents.
   bool Contains(uint64_t offset, uint64_t length) const;
+  // This set and `added` (device byte ranges, any order): one merge, no
+  // re-sort of what is here.
+  WrittenSet With(RangeList added) const;
+  friend bool operator==(const WrittenSet&, const WrittenSet&) = default;
 
  private:
   RangeList ranges_;  // [start, end) device bytes

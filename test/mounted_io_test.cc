@@ -298,6 +298,8 @@ TEST_F(MountedIoTest, BatchedRemapEqualsTheKernelsMapBlockByBlock) {
   // kernel's, after the handle is gone.
   std::shared_ptr<const MapState> snap = (*file)->snapshot();
   ASSERT_TRUE((*file)->fast_path()) << (*file)->warning();
+  // The written set the batches merged is the one the map gives.
+  EXPECT_TRUE(snap->written == WrittenSet(snap->loaded.map));
   {
     // A second pass over a re-mapped block is a fast-path write.
     const FileStats before = (*file)->stats();
