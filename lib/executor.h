@@ -130,6 +130,9 @@ class DeviceExecutor final : public IoGate::Member {
   [[nodiscard]] absl::StatusOr<size_t> Reap(absl::Span<AsyncCompletion> out, size_t min_complete);
   // Waits for every request (their completions stay ready for Reap).
   [[nodiscard]] absl::Status Drain();
+  // Handles whatever completions the ring holds now, without waiting (their
+  // requests end: write ranges released, completions ready for Reap).
+  [[nodiscard]] absl::Status Poll() { return live_ > 0 ? ReapSome(0) : absl::OkStatus(); }
   [[nodiscard]] absl::Status RegisterBuffers(void* base, size_t bytes);
 
   size_t outstanding() const { return live_ + ready_.size() - ready_head_; }

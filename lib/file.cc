@@ -840,6 +840,21 @@ absl::Status File::RunBlocking(DeviceExecutor& ex, const AsyncRequest& req) {
   return absl::OkStatus();
 }
 
+uint32_t File::EnterReaping(DeviceExecutor& ex) {
+  uint32_t token;
+  auto wait = std::chrono::microseconds(20);
+  while (!gate_.TryEnter(&token)) {
+    // The gate is closed: an Exclusive waits for every caller inside, and
+    // one of them may be a read-modify-write waiting for our unreaped
+    // writes to its stripe (write_ranges.h). Blocking here without reaping
+    // would close the cycle; a failed poll surfaces at the next Reap.
+    (void)ex.Poll();
+    std::this_thread::sleep_for(wait);
+    wait = std::min(wait * 2, std::chrono::microseconds(1000));
+  }
+  return token;
+}
+
 size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs,
                          absl::Status* refused) {
   size_t i = 0;
@@ -862,7 +877,7 @@ size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs
   }
   // Mounted: plan and start inside the gate, so no map change or lease
   // release can come between the plan and the device (Flush included).
-  uint32_t token = gate_.Enter();
+  uint32_t token = EnterReaping(ex);
   for (; i < reqs.size(); ++i) {
     const AsyncRequest& rq = reqs[i];
     if (rq.write && !options_.write) {
@@ -882,7 +897,7 @@ size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs
       (void)ex.Flush();
       gate_.Exit(token);
       absl::Status s = RunBlocking(ex, rq);
-      token = gate_.Enter();
+      token = EnterReaping(ex);
       if (!s.ok()) {
         *refused = std::move(s);
         break;

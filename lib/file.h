@@ -269,6 +269,10 @@ class File : public std::enable_shared_from_this<File> {
   absl::StatusOr<size_t> PreadMapped(DeviceExecutor& ex, char* buf, size_t n, uint64_t offset);
   // The status of a failed synchronous request (its first failed op).
   absl::Status FailureStatus(const DeviceExecutor::Failure& f) const;
+  // Enters the gate for an async queue's submission: while it is closed,
+  // keeps handling `ex`'s completions, so the writes it has in flight end
+  // (a read-modify-write inside may wait for them, and the closer for it).
+  uint32_t EnterReaping(DeviceExecutor& ex);
   enum class Started { kStarted, kBlocking };
   absl::StatusOr<Started> StartAsync(DeviceExecutor& ex, const AsyncRequest& r);
   absl::Status RunBlocking(DeviceExecutor& ex, const AsyncRequest& r);

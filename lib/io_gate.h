@@ -53,6 +53,19 @@ class IoGate {
     }
     return EnterSlow();
   }
+  // Enter without waiting: false (nothing counted) while the gate is closed.
+  [[nodiscard]] bool TryEnter(uint32_t* token) {
+    uint32_t s = state_.load(std::memory_order_relaxed);
+    while ((s & kClosed) == 0) {
+      const uint32_t epoch = (s >> kEpochShift) & 1;
+      if (state_.compare_exchange_weak(s, s + One(epoch), std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+        *token = epoch;
+        return true;
+      }
+    }
+    return false;
+  }
   void Exit(uint32_t token) {
     const uint32_t s = state_.fetch_sub(One(token), std::memory_order_release) - One(token);
     // A closer waits for both counts, a synchronizer for the old epoch's.
