@@ -1392,7 +1392,7 @@ TEST(MountedModelTest, RmwBesideAnUnreapedQueueWriteAndAKernelPathWrite) {
     if (out.empty()) out = wb.err;
     return out;
   }, std::chrono::seconds(20));
-  ASSERT_EQ(e, "");
+  ASSERT_TRUE(e.empty()) << e;
   model.Write(0, a);
   model.Write(64 * 4096, a2);
   model.Write(8192 + 10, c);
