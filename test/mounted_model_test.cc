@@ -27,12 +27,24 @@
 //                            in place of the library (checks the model and
 //                            the test: every seed must pass so)
 //
+// ConcurrentKernelPath (issue 11): the same loop, but every writer session
+// is rounds of 4 threads at once on one handle, each in its own region
+// (sync pwrite/pread into aligned and misaligned buffers, and a queue of its
+// own): hole fills and unwritten conversions (after KEEP_SIZE and plain
+// fallocate through the handle), overwrites, a read right after each write
+// (never zeros), punches, truncates by the thread owning the tail; between
+// rounds and sessions another process reads and writes. Each seed runs in a
+// child, so a hang is reported with the threads' stacks. Budget 15 s per
+// block size (EXT4DIO_MODEL_SECONDS), 16 steps per seed
+// (EXT4DIO_MODEL_STEPS), EXT4DIO_MODEL_BLOCK_SIZE=4096|1024 for one.
+//
 // Then issue 9's reproductions, each as a short deterministic test:
 // items 1 (the page at the old EOF), 2 (a device page shared with journaled
 // metadata on 1 KiB blocks), 3 (pages pinned by a pipe) and the
 // multi-threaded extending ext4dio-write of item 1.
 // Needs root and loop devices: exits 77 (skip) saying why when missing.
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -41,6 +53,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -54,6 +67,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -276,6 +290,70 @@ std::string InChild(const std::function<std::string()>& fn) {
   return out;
 }
 
+// InChild with a limit: a child that has not answered within `limit` is
+// taken to hang (a deadlock: the library's threads wait for each other);
+// its threads' stacks (gdb, when installed) are returned in the report and
+// it is killed, so that the caller can still tear its mount down. The limit
+// is a hang detector, not a timing check: what runs there takes a second or
+// two.
+std::string InChildWithin(const std::function<std::string()>& fn, std::chrono::seconds limit) {
+  int p[2];
+  if (pipe(p) != 0) return Errno("pipe");
+  pid_t pid = fork();
+  if (pid < 0) return Errno("fork");
+  if (pid == 0) {
+    close(p[0]);
+    const std::string out = fn();
+    size_t done = 0;
+    while (done < out.size()) {
+      ssize_t w = write(p[1], out.data() + done, out.size() - done);
+      if (w <= 0) break;
+      done += static_cast<size_t>(w);
+    }
+    _exit(0);
+  }
+  close(p[1]);
+  std::string out;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  bool hung = false;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) { hung = true; break; }
+    pollfd pfd{p[0], POLLIN, 0};
+    const int n = poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) continue;
+    char buf[65536];
+    const ssize_t r = read(p[0], buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    out.append(buf, static_cast<size_t>(r));
+  }
+  close(p[0]);
+  std::string stacks;
+  if (hung) {
+    RunResult r = testing::Run({"gdb", "-p", std::to_string(pid), "-batch", "-ex", "thread apply all bt 16"});
+    std::istringstream in(r.out);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("Thread ", 0) == 0 || line.find("ext4dio::") != std::string::npos ||
+          line.find("ext4dio_") != std::string::npos)
+        stacks += "    " + line.substr(0, 240) + "\n";
+    }
+    kill(pid, SIGKILL);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  if (hung) {
+    return "<no answer within " + std::to_string(limit.count()) +
+           " s: the writer hangs (deadlock?); its threads:\n" +
+           (stacks.empty() ? std::string("    (no stacks: gdb missing)\n") : stacks) + ">";
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return "<child died: status " + std::to_string(status) + ">";
+  return out;
+}
+
 // A process that spliced [off, off+len) of the file into a pipe and keeps
 // the pipe unread, pinning those page-cache pages, until Release().
 class SplicePin {
@@ -393,8 +471,10 @@ uint64_t EnvU64(const char* name, uint64_t dflt) {
 
 class ModelRun {
  public:
-  ModelRun(const LoopMount& m, uint64_t seed, uint32_t block_size)
-      : m_(m), seed_(seed), bs_(block_size), rng_(seed * 0x9E3779B97F4A7C15ull + block_size),
+  // `concurrent`: the writer's sessions are ConcurrentSession()s (issue 11).
+  ModelRun(const LoopMount& m, uint64_t seed, uint32_t block_size, bool concurrent = false)
+      : concurrent_(concurrent), m_(m), seed_(seed), bs_(block_size),
+        rng_(seed * 0x9E3779B97F4A7C15ull + block_size + (concurrent ? 0x11 : 0)),
         path_(m / ("model-" + std::to_string(seed))) {}
 
   // "" when every check passed, else the failure report.
@@ -428,6 +508,11 @@ class ModelRun {
                          "-byte blocks) failed at step " + std::to_string(step_) + ":\n  " + err +
                          "\n  last steps:\n";
     for (const std::string& s : log_) report += "    " + s + "\n";
+    if (concurrent_) {
+      return report + "  rerun: EXT4DIO_MODEL_SEED=" + std::to_string(seed_) +
+             " EXT4DIO_MODEL_BLOCK_SIZE=" + std::to_string(bs_) +
+             " mounted_model_test --gtest_filter='MountedModelTest.ConcurrentKernelPath'";
+    }
     return report + "  rerun: EXT4DIO_MODEL_SEED=" + std::to_string(seed_) +
            " mounted_model_test --gtest_filter='*Model" + (bs_ == 1024 ? "1" : "4") + "KiBBlocks'";
   }
@@ -779,11 +864,391 @@ class ModelRun {
   }
 
   std::string Step() {
+    if (concurrent_) return Chance(0.6) ? ConcurrentSession() : External(/*in_child=*/false);
     if (Chance(0.55)) return Session();
     return External(/*in_child=*/false);
   }
 
+  // ---- Issue 11: the kernel path concurrently, 4 threads on one handle ----
+  //
+  // A round: 4 threads at once, thread t owning the bytes [lo_t, lo_t + R)
+  // of 4 consecutive regions (4 KiB-aligned, or with a shift so that
+  // neighbours share a block: byte-disjoint, so the model stays exact).
+  // Before the threads start, the file reaches at least the tail region
+  // (truncate, plain fallocate or a write past EOF through the handle) and
+  // parts of the span are fallocated (KEEP_SIZE, past EOF too, or plain), so
+  // the threads meet holes, unwritten extents and written blocks. Only the
+  // tail thread changes the size (truncates inside its region, writes and
+  // plain fallocates past EOF), so the other regions stay inside EOF. Each
+  // thread keeps its own copy of the model and checks every read against
+  // it: a read right after its own write must return that write, never
+  // zeros; at the end the copies are merged region by region.
+  struct Op {
+    enum Kind { kWrite, kRead, kQueue, kPunch, kAllocKeepSize, kAlloc, kTruncate } kind = kWrite;
+    uint64_t off = 0, len = 0;  // kTruncate: off is the new size
+    std::string data;           // kWrite
+    bool aligned = false;       // 4 KiB-aligned range and buffer (O_DIRECT kernel pieces)
+    bool read_back = false;     // kWrite: read the range right after
+    std::vector<std::pair<uint64_t, std::string>> batch;  // kQueue: writes, then reads
+    std::string What() const {
+      static const char* const kNames[] = {"pwrite", "pread", "queue", "punch",
+                                           "fallocate KEEP_SIZE", "fallocate", "truncate"};
+      std::string w = kNames[kind];
+      if (kind == kTruncate) return w + " to " + std::to_string(off);
+      if (kind == kQueue) {
+        for (const auto& [o, d] : batch) w += " " + std::to_string(o) + "+" + std::to_string(d.size());
+        return w;
+      }
+      w += " " + std::to_string(off) + "+" + std::to_string(len);
+      if (aligned) w += " aligned";
+      if (read_back) w += " +readback";
+      return w;
+    }
+  };
+
+  // A range inside [lo, hi): half the time whole 4 KiB blocks (aligned
+  // buffers: the kernel path's O_DIRECT pieces), else any bytes.
+  std::pair<uint64_t, uint64_t> Pick(uint64_t lo, uint64_t hi, bool* aligned) {
+    const uint64_t a_lo = (lo + 4095) / 4096 * 4096, a_hi = hi / 4096 * 4096;
+    if (a_hi > a_lo && Chance(0.5)) {
+      const uint64_t blocks = (a_hi - a_lo) / 4096;
+      const uint64_t n = Chance(0.6) ? 1 : Uniform(1, std::min<uint64_t>(blocks, 16));
+      *aligned = true;
+      return {a_lo + Uniform(0, blocks - n) * 4096, n * 4096};
+    }
+    *aligned = false;
+    const uint64_t room = hi - lo;
+    const uint64_t len = std::min(Length(std::min<uint64_t>(room, 64 * kKiB)), room);
+    return {lo + Uniform(0, room - len), len};
+  }
+
+  std::vector<Op> PlanThread(uint64_t lo, uint64_t hi, bool tail) {
+    std::vector<Op> ops;
+    std::vector<std::pair<uint64_t, uint64_t>> written;
+    const int n = static_cast<int>(Uniform(3, 10));
+    for (int i = 0; i < n; ++i) {
+      Op op;
+      switch (Uniform(0, 11)) {
+        case 0: case 1: case 2: case 3: case 4: {
+          op.kind = Op::kWrite;
+          if (!written.empty() && Chance(0.3)) {  // overwrite what this thread wrote
+            std::tie(op.off, op.len) = written[Uniform(0, written.size() - 1)];
+            op.aligned = op.off % 4096 == 0 && op.len % 4096 == 0;
+          } else {
+            std::tie(op.off, op.len) = Pick(lo, hi, &op.aligned);
+          }
+          op.data = RandomBytes(op.len, rng_);
+          op.read_back = Chance(0.7);
+          written.emplace_back(op.off, op.len);
+          break;
+        }
+        case 5: case 6: {
+          op.kind = Op::kQueue;
+          const int k = static_cast<int>(Uniform(1, 6));
+          const uint64_t slot = (hi - lo) / k;
+          for (int j = 0; j < k; ++j) {
+            bool aligned;
+            auto [o, l] = Pick(lo + j * slot, lo + (j + 1) * slot, &aligned);
+            op.batch.emplace_back(o, RandomBytes(l, rng_));
+            written.emplace_back(o, l);
+          }
+          break;
+        }
+        case 7: case 8: {
+          op.kind = Op::kRead;
+          if (Chance(0.3)) {
+            op.off = lo;
+            op.len = hi - lo;
+          } else {
+            std::tie(op.off, op.len) = Pick(lo, hi, &op.aligned);
+          }
+          break;
+        }
+        case 9: {
+          op.kind = Op::kPunch;
+          bool aligned;
+          std::tie(op.off, op.len) = Pick(lo, hi, &aligned);
+          if (Chance(0.3)) op.len = hi - op.off;
+          break;
+        }
+        case 10: {
+          // Plain fallocate: inside EOF for all but the tail thread.
+          op.kind = Chance(0.5) ? Op::kAllocKeepSize : Op::kAlloc;
+          bool aligned;
+          std::tie(op.off, op.len) = Pick(lo, hi, &aligned);
+          if (Chance(0.4)) op.len = hi - op.off;
+          break;
+        }
+        default: {
+          if (!tail) {
+            --i;
+            continue;
+          }
+          op.kind = Op::kTruncate;
+          op.off = Uniform(lo, hi);
+          break;
+        }
+      }
+      ops.push_back(std::move(op));
+    }
+    return ops;
+  }
+
+  // Up to len bytes at off through the handle (short at EOF).
+  std::string ReadRange(ext4dio_file* f, uint64_t off, uint64_t len, bool aligned) {
+    auto buf = Aligned(len + 1);
+    char* p = aligned ? buf.get() : buf.get() + 1;  // a misaligned buffer is bounced
+    uint64_t done = 0;
+    while (done < len) {
+      const int64_t r = reference_ ? pread(ref_fd_, p + done, len - done, static_cast<off_t>(off + done))
+                                   : ext4dio_pread(f, p + done, len - done, off + done);
+      if (r < 0) return "<" + (reference_ ? Errno("reference pread") : LibError("ext4dio_pread", r)) + ">";
+      if (r == 0) break;
+      done += static_cast<uint64_t>(r);
+    }
+    return std::string(p, done);
+  }
+
+  static std::string Slice(const Model& m, uint64_t off, uint64_t len) {
+    if (off >= m.bytes.size()) return "";
+    return m.bytes.substr(off, std::min<uint64_t>(len, m.bytes.size() - off));
+  }
+
+  // The queue op: its writes submitted together, reaped, then the same
+  // ranges read back through the queue (each must return its write).
+  std::string QueueOps(ext4dio_file* f, ext4dio_queue** q, const Op& op, Model& local) {
+    if (reference_) {
+      for (const auto& [o, d] : op.batch) {
+        if (std::string e = DoWrite(f, o, d); !e.empty()) return e;
+        local.Write(o, d);
+      }
+      for (const auto& [o, d] : op.batch) {
+        if (std::string e = Describe(d, ReadRange(f, o, d.size(), false), "reference read back at " + std::to_string(o));
+            !e.empty()) return e;
+      }
+      return "";
+    }
+    if (*q == nullptr) {
+      if (int rc = ext4dio_queue_open(f, 8, q); rc < 0) return LibError("ext4dio_queue_open", rc);
+    }
+    const size_t n = op.batch.size();
+    std::vector<std::unique_ptr<char, AlignedFree>> bufs;
+    for (const auto& [o, d] : op.batch) {
+      bufs.push_back(Aligned(d.size()));
+      std::memcpy(bufs.back().get(), d.data(), d.size());
+    }
+    auto run = [&](uint32_t opcode, const char* what) -> std::string {
+      std::string e;
+      size_t submitted = 0;
+      for (size_t i = 0; i < n && e.empty(); ++i) {
+        ext4dio_request r{opcode, bufs[i].get(), op.batch[i].second.size(), op.batch[i].first, i};
+        if (int rc = ext4dio_queue_submit(*q, &r); rc < 0) e = LibError("ext4dio_queue_submit", rc);
+        else ++submitted;
+      }
+      for (size_t got = 0; got < submitted;) {
+        ext4dio_completion c[8];
+        const int rc = ext4dio_queue_reap(*q, c, 8, 1);
+        if (rc < 0) return e.empty() ? LibError("ext4dio_queue_reap", rc) : e;
+        for (int i = 0; i < rc; ++i) {
+          const auto& [o, d] = op.batch[c[i].cookie];
+          if (c[i].result != static_cast<int64_t>(d.size()) && e.empty())
+            e = std::string("queue ") + what + " at " + std::to_string(o) + "+" +
+                std::to_string(d.size()) + ": result " + std::to_string(c[i].result);
+        }
+        got += static_cast<size_t>(rc);
+      }
+      return e;
+    };
+    std::string e = run(EXT4DIO_OP_WRITE, "write");
+    for (const auto& [o, d] : op.batch) local.Write(o, d);  // some may have landed
+    if (!e.empty()) return e;
+    for (size_t i = 0; i < n; ++i) std::memset(bufs[i].get(), 0x5a, op.batch[i].second.size());
+    e = run(EXT4DIO_OP_READ, "read");
+    for (size_t i = 0; i < n && e.empty(); ++i) {
+      const auto& [o, d] = op.batch[i];
+      e = Describe(d, std::string(bufs[i].get(), d.size()),
+                   "queue read right after the queue write at " + std::to_string(o));
+    }
+    return e;
+  }
+
+  // One thread's ops; "" or the first failure.
+  std::string RunOps(ext4dio_file* f, int t, const std::vector<Op>& ops, Model& local) {
+    ext4dio_queue* q = nullptr;
+    std::string e;
+    for (size_t i = 0; i < ops.size() && e.empty(); ++i) {
+      const Op& op = ops[i];
+      const std::string at = std::to_string(op.off);
+      switch (op.kind) {
+        case Op::kWrite: {
+          if (op.aligned && !reference_) {
+            auto buf = Aligned(op.len);
+            std::memcpy(buf.get(), op.data.data(), op.len);
+            const int64_t w = ext4dio_pwrite(f, buf.get(), op.len, op.off);
+            if (w != static_cast<int64_t>(op.len)) e = LibError("ext4dio_pwrite", w);
+          } else {
+            e = DoWrite(f, op.off, op.data);
+          }
+          local.Write(op.off, op.data);
+          if (e.empty() && op.read_back)
+            e = Describe(op.data, ReadRange(f, op.off, op.len, op.aligned),
+                         "read right after this thread's write at " + at);
+          break;
+        }
+        case Op::kRead:
+          e = Describe(Slice(local, op.off, op.len), ReadRange(f, op.off, op.len, op.aligned),
+                       "read at " + at);
+          break;
+        case Op::kQueue: e = QueueOps(f, &q, op, local); break;
+        case Op::kPunch:
+          e = DoFallocate(f, EXT4DIO_FALLOC_PUNCH_HOLE | EXT4DIO_FALLOC_KEEP_SIZE, op.off, op.len);
+          local.Zero(op.off, op.len);
+          break;
+        case Op::kAllocKeepSize:
+          e = DoFallocate(f, EXT4DIO_FALLOC_KEEP_SIZE, op.off, op.len);
+          break;
+        case Op::kAlloc:
+          e = DoFallocate(f, 0, op.off, op.len);
+          local.Extend(op.off + op.len);
+          break;
+        case Op::kTruncate:
+          e = DoTruncate(f, op.off);
+          local.Truncate(op.off);
+          break;
+      }
+      if (!e.empty()) e = "t" + std::to_string(t) + " op " + std::to_string(i) + " (" + op.What() + "): " + e;
+    }
+    if (q != nullptr) ext4dio_queue_close(q);
+    return e;
+  }
+
+  std::string ConcurrentRound(ext4dio_file* f) {
+    constexpr int kThreads = 4;
+    const uint64_t region = Uniform(2, 128) * 4 * kKiB;
+    const uint64_t shift = Chance(0.25) ? Uniform(1, 4095) : 0;
+    const uint64_t top = (kMaxSize - kThreads * region - 4096) / 4096;
+    const uint64_t size = model_.bytes.size();
+    const uint64_t near = size > 3 * region ? (size - 3 * region) / 4096 : 0;
+    // Anywhere, or with the tail region across EOF.
+    const uint64_t base =
+        (Chance(0.5) ? Uniform(0, top) : std::min(top, near + Uniform(0, 2 * region / 4096))) * 4096 + shift;
+    uint64_t lo[kThreads];
+    for (int t = 0; t < kThreads; ++t) lo[t] = base + t * region;
+    const uint64_t tail = lo[kThreads - 1];
+    std::string e;
+    if (model_.bytes.size() < tail) {  // the non-tail regions inside EOF
+      const uint64_t to = tail + Uniform(0, region);
+      switch (Uniform(0, 2)) {
+        case 0:
+          Log("lib: truncate to " + std::to_string(to));
+          e = DoTruncate(f, to);
+          model_.Truncate(to);
+          break;
+        case 1: {
+          const uint64_t from = model_.bytes.size();
+          Log("lib: fallocate " + std::to_string(from) + "+" + std::to_string(to - from));
+          e = DoFallocate(f, 0, from, to - from);
+          model_.Extend(to);
+          break;
+        }
+        default: {
+          const std::string data = RandomBytes(Uniform(1, 4096), rng_);
+          Log("lib: pwrite past EOF " + std::to_string(to) + "+" + std::to_string(data.size()));
+          e = DoWrite(f, to, data);
+          model_.Write(to, data);
+          break;
+        }
+      }
+      if (!e.empty()) return e;
+    }
+    for (int k = static_cast<int>(Uniform(0, 3)); k > 0; --k) {
+      bool aligned;
+      const auto [off, len] = Pick(base, base + (kThreads + 1) * region, &aligned);
+      const bool keep = Chance(0.6);
+      Log("lib: fallocate" + std::string(keep ? " KEEP_SIZE " : " ") + std::to_string(off) + "+" +
+          std::to_string(len));
+      e = DoFallocate(f, keep ? EXT4DIO_FALLOC_KEEP_SIZE : 0, off, len);
+      if (!keep) model_.Extend(off + len);
+      if (!e.empty()) return e;
+    }
+    std::vector<std::vector<Op>> plans;
+    for (int t = 0; t < kThreads; ++t) {
+      plans.push_back(PlanThread(lo[t], lo[t] + region, t == kThreads - 1));
+      std::string what = "lib: t" + std::to_string(t) + " [" + std::to_string(lo[t]) + ", " +
+                         std::to_string(lo[t] + region) + "):";
+      for (const Op& op : plans.back()) what += " " + op.What() + ";";
+      Log(what);
+    }
+    std::vector<Model> local(kThreads, model_);
+    std::vector<std::string> errs(kThreads);
+    {
+      std::vector<std::thread> ts;
+      for (int t = 0; t < kThreads; ++t)
+        ts.emplace_back([&, t] {
+          errs[t] = RunOps(f, t, plans[t], local[t]);
+          // The thread's whole region, while the others may still run.
+          if (errs[t].empty())
+            errs[t] = Describe(Slice(local[t], lo[t], region), ReadRange(f, lo[t], region, false),
+                               "t" + std::to_string(t) + " read of its region at " + std::to_string(lo[t]));
+        });
+      for (auto& t : ts) t.join();
+    }
+    model_ = local[kThreads - 1];  // the size and the tail region
+    for (int t = 0; t < kThreads - 1; ++t)
+      model_.bytes.replace(lo[t], region, local[t].bytes, lo[t], region);
+    for (const std::string& err : errs)
+      if (!err.empty()) return err;
+    return "";
+  }
+
+  // A writer session of concurrent rounds; between rounds, sometimes
+  // another process reads the file or acts on it (breaking the lease).
+  std::string ConcurrentSession() {
+    Log(reference_ ? "reference: open (a kernel descriptor, not the library)" : "lib: open");
+    std::string e;
+    Handle f;
+    if (reference_) {
+      ref_fd_ = open(path_.c_str(), O_RDWR);
+      if (ref_fd_ < 0) return Errno("reference open");
+    } else {
+      f = OpenLib(path_, &e);
+      if (!f) return e;
+    }
+    const int rounds = static_cast<int>(Uniform(1, 3));
+    for (int r = 0; r < rounds && e.empty(); ++r) {
+      if (r > 0) {
+        switch (Uniform(0, 2)) {
+          case 0:
+            Log("(checks by another process during the session)");
+            e = CheckAll(/*session=*/true);
+            break;
+          case 1: e = External(/*in_child=*/true); break;
+          default: break;
+        }
+        if (!e.empty()) break;
+      }
+      e = ConcurrentRound(f.get());
+      if (e.empty())
+        e = Describe(model_.bytes, DoRead(f.get(), model_.bytes.size()),
+                     reference_ ? "reference pread" : "ext4dio_pread of the whole file after the threads");
+    }
+    if (e.empty() && Chance(0.5)) {
+      Log("lib: sync");
+      if (reference_) {
+        if (fsync(ref_fd_) != 0) e = Errno("reference fsync");
+      } else if (int rc = ext4dio_sync(f.get()); rc < 0) {
+        e = LibError("ext4dio_sync", rc);
+      }
+    }
+    Log("lib: close");
+    f.reset();
+    if (ref_fd_ >= 0) close(ref_fd_);
+    ref_fd_ = -1;
+    return e;
+  }
+
   static constexpr uint64_t kMaxSize = 6 * kMiB;
+  const bool concurrent_;
   const bool reference_ = EnvU64("EXT4DIO_MODEL_REFERENCE", 0) != 0;
   int ref_fd_ = -1;
   const LoopMount& m_;
@@ -798,26 +1263,37 @@ class ModelRun {
   std::deque<std::string> log_;
 };
 
-void RunModel(uint32_t block_size, const std::string& fs_size) {
+void RunModel(uint32_t block_size, const std::string& fs_size, bool concurrent = false) {
   LoopMount m({"-b", std::to_string(block_size)}, fs_size);
   ASSERT_TRUE(m.ok()) << m.error();
-  const uint64_t steps = EnvU64("EXT4DIO_MODEL_STEPS", 40);
-  const uint64_t seconds = EnvU64("EXT4DIO_MODEL_SECONDS", 20);
+  const uint64_t steps = EnvU64("EXT4DIO_MODEL_STEPS", concurrent ? 16 : 40);
+  const uint64_t seconds = EnvU64("EXT4DIO_MODEL_SECONDS", concurrent ? 15 : 20);
   const uint64_t only = EnvU64("EXT4DIO_MODEL_SEED", 0);
   const auto start = std::chrono::steady_clock::now();
   const auto budget = start + std::chrono::seconds(seconds);
-  const auto hard = start + std::chrono::seconds(2 * seconds + 30);
+  const auto hard = start + std::chrono::seconds(concurrent ? seconds + 15 : 2 * seconds + 30);
   std::vector<uint64_t> failed;
   uint64_t ran = 0;
   for (uint64_t seed = only ? only : 1;; ++seed) {
     std::printf("[ model ] %u-byte blocks: seed %" PRIu64 ", %" PRIu64 " steps\n", block_size, seed, steps);
     std::fflush(stdout);
-    ModelRun run(m, seed, block_size);
-    const std::string report = run.Go(steps, hard);
+    ModelRun run(m, seed, block_size, concurrent);
+    // Concurrent seeds run in a child, so that a hang is reported (with the
+    // seed and the stacks) and the mount still torn down.
+    const std::string report =
+        concurrent ? InChildWithin([&] { return run.Go(steps, hard); }, std::chrono::seconds(60))
+                   : run.Go(steps, hard);
     ++ran;
     if (!report.empty()) {
       failed.push_back(seed);
-      ADD_FAILURE() << report;
+      ADD_FAILURE() << (concurrent && report[0] == '<'
+                            ? "seed " + std::to_string(seed) + " (" + std::to_string(block_size) +
+                                  "-byte blocks): " + report + "\n  rerun: EXT4DIO_MODEL_SEED=" +
+                                  std::to_string(seed) + " EXT4DIO_MODEL_BLOCK_SIZE=" +
+                                  std::to_string(block_size) +
+                                  " mounted_model_test --gtest_filter='MountedModelTest.ConcurrentKernelPath'"
+                            : report);
+      if (concurrent && report[0] == '<') break;  // a hung child: the file may be in any state
     }
     if (only || std::chrono::steady_clock::now() > budget) break;
   }
@@ -829,6 +1305,101 @@ void RunModel(uint32_t block_size, const std::string& fs_size) {
 
 TEST(MountedModelTest, Model4KiBBlocks) { RunModel(4096, "128M"); }
 TEST(MountedModelTest, Model1KiBBlocks) { RunModel(1024, "96M"); }
+
+// Issue 11: the writer's sessions run 4 threads at once on one handle
+// (sync pwrite/pread and a queue each; hole fills, unwritten conversions,
+// overwrites, reads right after writes, punches, truncates), another process
+// acting between sessions and between rounds; 4 KiB then 1 KiB blocks
+// (EXT4DIO_MODEL_BLOCK_SIZE=N: only that one).
+TEST(MountedModelTest, ConcurrentKernelPath) {
+  const uint64_t only = EnvU64("EXT4DIO_MODEL_BLOCK_SIZE", 0);
+  if (only == 0 || only == 4096) RunModel(4096, "128M", /*concurrent=*/true);
+  if (only == 0 || only == 1024) RunModel(1024, "96M", /*concurrent=*/true);
+}
+
+// Found by ConcurrentKernelPath: a read-modify-write waits, inside the
+// gate, for the counted direct writes of other threads in its stripe to
+// end, and those end only when their owner reaps them. If a third thread's
+// kernel-path write closes the gate meanwhile (it waits for everyone
+// inside: the RMW), the owner's next submit waits at the closed gate and
+// never reaps: a deadlock. Thread A: a queue write of a written block, not
+// reaped; C: 100 bytes into another written block of the same MiB (an RMW,
+// waits for A's write); B: a write into a hole (closes the gate, waits for
+// C); then A submits another write and reaps both.
+TEST(MountedModelTest, RmwBesideAnUnreapedQueueWriteAndAKernelPathWrite) {
+  LoopMount m({"-b", "4096"}, "64M");
+  ASSERT_TRUE(m.ok()) << m.error();
+  const std::string path = m / "f";
+  std::mt19937_64 rng(111);
+  Model model;
+  model.Write(0, RandomBytes(kMiB, rng));
+  testing::WriteFile(path, model.bytes);
+  testing::Run({"sync"});
+  ASSERT_EQ(TruncateFile(path, 2 * kMiB), "");
+  model.Truncate(2 * kMiB);
+  const std::string a = RandomBytes(4096, rng), a2 = RandomBytes(4096, rng),
+                    c = RandomBytes(100, rng), h = RandomBytes(4096, rng);
+  const std::string e = InChildWithin([&]() -> std::string {
+    std::string err;
+    Handle f = OpenLib(path, &err);
+    if (!f) return err;
+    ext4dio_queue* q = nullptr;
+    if (int rc = ext4dio_queue_open(f.get(), 8, &q); rc < 0) return LibError("ext4dio_queue_open", rc);
+    auto abuf = Aligned(4096), a2buf = Aligned(4096);
+    std::memcpy(abuf.get(), a.data(), 4096);
+    std::memcpy(a2buf.get(), a2.data(), 4096);
+    ext4dio_request ra{EXT4DIO_OP_WRITE, abuf.get(), 4096, 0, 1};
+    if (int rc = ext4dio_queue_submit(q, &ra); rc < 0) return LibError("ext4dio_queue_submit", rc);
+    // Starts fn on a thread and returns once it sleeps in `wchan` (or is done).
+    struct Waiter {
+      std::atomic<pid_t> tid{0};
+      std::atomic<bool> done{false};
+      std::string err;
+      std::thread t;
+    };
+    auto start = [](Waiter& w, const char* wchan, std::function<std::string()> fn) {
+      w.t = std::thread([&w, fn] {
+        w.tid.store(static_cast<pid_t>(syscall(SYS_gettid)));
+        w.err = fn();
+        w.done.store(true);
+      });
+      while (!w.done.load()) {
+        const pid_t id = w.tid.load();
+        if (id != 0 && testing::ReadFile("/proc/self/task/" + std::to_string(id) + "/wchan") == wchan)
+          break;
+        std::this_thread::yield();
+      }
+    };
+    Waiter wc, wb;
+    start(wc, "hrtimer_nanosleep", [&] { return LibWrite(f.get(), 8192 + 10, c); });  // the RMW's backoff
+    start(wb, "futex_do_wait", [&] { return LibWrite(f.get(), kMiB + 4096, h); });    // the gate's drain
+    ext4dio_request ra2{EXT4DIO_OP_WRITE, a2buf.get(), 4096, 64 * 4096, 2};
+    std::string out;
+    if (int rc = ext4dio_queue_submit(q, &ra2); rc < 0) out = LibError("ext4dio_queue_submit", rc);
+    for (int got = 0; got < (out.empty() ? 2 : 1);) {
+      ext4dio_completion done[2];
+      const int rc = ext4dio_queue_reap(q, done, 2, 1);
+      if (rc < 0) { out = LibError("ext4dio_queue_reap", rc); break; }
+      for (int i = 0; i < rc; ++i)
+        if (done[i].result != 4096 && out.empty())
+          out = "queue write " + std::to_string(done[i].cookie) + ": " + std::to_string(done[i].result);
+      got += rc;
+    }
+    wc.t.join();
+    wb.t.join();
+    ext4dio_queue_close(q);
+    if (out.empty()) out = wc.err;
+    if (out.empty()) out = wb.err;
+    return out;
+  }, std::chrono::seconds(20));
+  ASSERT_TRUE(e.empty()) << e;
+  model.Write(0, a);
+  model.Write(64 * 4096, a2);
+  model.Write(8192 + 10, c);
+  model.Write(kMiB + 4096, h);
+  EXPECT_OK_TEXT(Describe(model.bytes, ReadDirect(path), "O_DIRECT read after close"));
+  EXPECT_OK_TEXT(Describe(model.bytes, ReadBuffered(path), "buffered read after close"));
+}
 
 // ---- Issue 9's reproductions --------------------------------------------
 
