@@ -482,7 +482,7 @@ command	$cmdline
 date	$(date -u '+%Y-%m-%d %H:%M UTC')
 machine	$(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)
 storage	ext4 (4 KiB blocks, mkfs.ext4 $mkfs_opts) on $backing
-file	a fresh ${file_mib} MiB file per run (sections 1, 3); $ios 4 KiB writes per run ($(( ios * 4 )) KiB, $(awk -v a="$ios" -v f="$file_mib" 'BEGIN { printf "%.2f", a * 400 / (f * 256) }') % of the file)${extents_note:+; $extents_note}
+file	a fresh ${file_mib} MiB file per run (sections 1, 3); $ios 4 KiB writes per run ($(( ios * 4 )) KiB, $(awk -v a="$ios" -v f="$file_mib" 'BEGIN { printf "%.2f", a * 400 / (f * 1024) }') % of the file)${extents_note:+; $extents_note}
 second	${second_desc:-–}; $passes passes over the region per run
 build	$binaries
 runs	$reps interleaved round(s) per point, medians; $(fio --version); total ${elapsed} s
