@@ -348,6 +348,42 @@ class File : public std::enable_shared_from_this<File> {
   mutable std::array<std::atomic<uint64_t>, kStatCount> stats_{};
 };
 
+// File::Borrowed: an executor for one synchronous call: from the pool (given back after),
+// a new one added to it, or (every slot busy) a temporary one.
+class File::Borrowed {
+ public:
+  explicit Borrowed(File& f) : f_(f) {
+    lease_ = f.pool_.Take();
+    if (lease_.executor != nullptr) return;
+    auto made = f.NewExecutor(f.options_.queue_depth, /*for_async=*/false);
+    if (!made.ok()) {
+      error_ = made.status();
+      return;
+    }
+    lease_ = f.pool_.Add(*made);
+    if (lease_.executor == nullptr) temp_ = std::move(*made);
+  }
+  ~Borrowed() {
+    if (temp_ != nullptr) {
+      (void)temp_->Drain();
+      f_.RetireExecutor(std::move(temp_));
+    } else if (lease_.executor != nullptr && !lease_.executor->broken()) {
+      // A broken ring (a failed reap) keeps its slot, never used again.
+      f_.pool_.Give(lease_);
+    }
+  }
+  Borrowed(const Borrowed&) = delete;
+  Borrowed& operator=(const Borrowed&) = delete;
+  DeviceExecutor* get() const { return temp_ ? temp_.get() : lease_.executor; }
+  absl::Status error() const;  // why get() is null
+
+ private:
+  File& f_;
+  ExecutorPool::Lease lease_;
+  std::unique_ptr<DeviceExecutor> temp_;
+  absl::Status error_;
+};
+
 }  // namespace ext4dio
 
 #endif  // EXT4DIO_LIB_FILE_H_
