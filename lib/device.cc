@@ -79,7 +79,7 @@ absl::StatusOr<std::string> DeviceNode(dev_t dev) {
   return node;
 }
 
-absl::Status RefreshMountedFile(int fd, MountedFile& m) {
+absl::Status RefreshMountedFile(Os& os, int fd, MountedFile& m) {
   int flags = 0;
   if (::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0) {
     m.flags = static_cast<uint32_t>(flags);
@@ -90,12 +90,12 @@ absl::Status RefreshMountedFile(int fd, MountedFile& m) {
   if (::fstatvfs(fd, &vfs) != 0) return ErrnoError(errno, "statvfs " + m.path);
   m.read_only = (vfs.f_flag & ST_RDONLY) != 0;
   struct statx sx;
-  if (::statx(fd, "", AT_EMPTY_PATH, 0, &sx) == 0)
+  if (os.Statx(fd, 0, &sx) == 0)
     m.dax = (sx.stx_attributes_mask & STATX_ATTR_DAX) && (sx.stx_attributes & STATX_ATTR_DAX);
   return absl::OkStatus();
 }
 
-std::string FilesystemStopped(int fd) {
+std::string FilesystemStopped(Os& os, int fd) {
   struct statvfs vfs;
   if (::fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) != 0)
     return "the filesystem is now read-only (remounted, or errors=remount-ro after an error)";
@@ -104,10 +104,10 @@ std::string FilesystemStopped(int fd) {
   // shutdown, EROFS once errors=remount-ro struck (since 6.x that no longer
   // sets SB_RDONLY, so statvfs does not show it).
   char byte;
-  if (::pread(fd, &byte, 0, 0) < 0) {
-    if (errno == EIO)
+  if (const ssize_t rc = os.Pread(fd, &byte, 0, 0); rc < 0) {
+    if (rc == -EIO)
       return "the filesystem was shut down (EXT4_IOC_SHUTDOWN, or an I/O error forced it)";
-    if (errno == EROFS)
+    if (rc == -EROFS)
       return "the filesystem is now read-only (errors=remount-ro after an error)";
   }
   return "";

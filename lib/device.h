@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "os.h"
 
 namespace ext4dio {
 
@@ -47,13 +48,17 @@ absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path, int path
 
 // Re-reads what may change while a file is open (per-file flags, read-only
 // mount, DAX) into `m`, from the open descriptor `fd`.
-absl::Status RefreshMountedFile(int fd, MountedFile& m);
+absl::Status RefreshMountedFile(Os& os, int fd, MountedFile& m);
+inline absl::Status RefreshMountedFile(int fd, MountedFile& m) {
+  return RefreshMountedFile(*RealOs(), fd, m);
+}
 
 // Why the fast path must stop now even though the lease is held: the
 // filesystem was remounted read-only (also errors=remount-ro) or shut down
 // (EXT4_IOC_SHUTDOWN: every file operation fails with EIO). "" when neither.
 // Two cheap system calls on the open descriptor `fd`.
-std::string FilesystemStopped(int fd);
+std::string FilesystemStopped(Os& os, int fd);
+inline std::string FilesystemStopped(int fd) { return FilesystemStopped(*RealOs(), fd); }
 
 // Why I/O through ext4dio on this mounted file would be unsafe (or OK):
 // EXT4DIO_E_UNSUPPORTED_FILE for encrypted, verity, DAX, inline-data and

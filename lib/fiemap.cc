@@ -2,7 +2,6 @@
 
 #include <linux/fiemap.h>
 #include <linux/fs.h>
-#include <sys/ioctl.h>
 
 #include <cerrno>
 #include <memory>
@@ -13,12 +12,12 @@
 
 namespace ext4dio {
 
-absl::StatusOr<std::vector<FiemapExtent>> ReadFiemap(int fd, bool sync,
+absl::StatusOr<std::vector<FiemapExtent>> ReadFiemap(Os& os, int fd, bool sync,
                                                       absl::string_view name) {
-  return ReadFiemapRange(fd, 0, FIEMAP_MAX_OFFSET, sync, name);
+  return ReadFiemapRange(os, fd, 0, FIEMAP_MAX_OFFSET, sync, name);
 }
 
-absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(int fd, uint64_t offset,
+absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(Os& os, int fd, uint64_t offset,
                                                            uint64_t length, bool sync,
                                                            absl::string_view name) {
   const uint64_t end = length > FIEMAP_MAX_OFFSET - offset ? FIEMAP_MAX_OFFSET : offset + length;
@@ -35,8 +34,8 @@ absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(int fd, uint64_t offse
     fm->fm_length = end - start;
     fm->fm_flags = (sync && first) ? FIEMAP_FLAG_SYNC : 0;
     fm->fm_extent_count = kBatch;
-    if (::ioctl(fd, FS_IOC_FIEMAP, fm) != 0)
-      return ErrnoError(errno, absl::StrFormat("FIEMAP on %s", name));
+    if (int rc = os.Fiemap(fd, fm); rc < 0)
+      return ErrnoError(-rc, absl::StrFormat("FIEMAP on %s", name));
     first = false;
     if (fm->fm_mapped_extents == 0) break;
     bool last = false;

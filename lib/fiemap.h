@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "extent_map.h"
+#include "os.h"
 
 namespace ext4dio {
 
@@ -23,15 +24,27 @@ struct FiemapExtent {
   uint32_t flags = 0;     // FIEMAP_EXTENT_*
 };
 
-// All extents of the open file `fd` (`name` for messages). With `sync` the
-// kernel first writes back dirty pages, so delayed allocations are real.
-absl::StatusOr<std::vector<FiemapExtent>> ReadFiemap(int fd, bool sync,
+// All extents of the open file `fd` (`name` for messages), the ioctl through
+// `os`. With `sync` the kernel first writes back dirty pages, so delayed
+// allocations are real.
+absl::StatusOr<std::vector<FiemapExtent>> ReadFiemap(Os& os, int fd, bool sync,
                                                       absl::string_view name);
 
 // The extents overlapping [offset, offset + length) (whole, not clipped).
-absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(int fd, uint64_t offset,
+absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(Os& os, int fd, uint64_t offset,
                                                            uint64_t length, bool sync,
                                                            absl::string_view name);
+
+// The same through RealOs().
+inline absl::StatusOr<std::vector<FiemapExtent>> ReadFiemap(int fd, bool sync,
+                                                             absl::string_view name) {
+  return ReadFiemap(*RealOs(), fd, sync, name);
+}
+inline absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(int fd, uint64_t offset,
+                                                                  uint64_t length, bool sync,
+                                                                  absl::string_view name) {
+  return ReadFiemapRange(*RealOs(), fd, offset, length, sync, name);
+}
 
 // Converts to filesystem blocks of `block_size`, physical counted from the
 // filesystem start, which lies `device_offset` bytes into the device.

@@ -27,17 +27,16 @@ int QuietSignal() {
 
 absl::Status Lease::Take(int fd, int type) {
   Release();
-  if (::fcntl(fd, F_SETSIG, QuietSignal()) != 0) return ErrnoError(errno, "F_SETSIG");
-  if (::fcntl(fd, F_SETLEASE, type) != 0) {
-    const int err = errno;
-    (void)::fcntl(fd, F_SETSIG, 0);
-    return ErrnoError(err, type == F_WRLCK ? "taking a write lease" : "taking a read lease");
+  if (int rc = os_.Fcntl(fd, F_SETSIG, QuietSignal()); rc < 0)
+    return ErrnoError(-rc, "F_SETSIG");
+  if (int rc = os_.Fcntl(fd, F_SETLEASE, type); rc < 0) {
+    (void)os_.Fcntl(fd, F_SETSIG, 0);
+    return ErrnoError(-rc, type == F_WRLCK ? "taking a write lease" : "taking a read lease");
   }
   // F_SETLEASE made us the owner: clear it so a break sends no signal.
-  if (::fcntl(fd, F_SETOWN, 0) != 0) {
-    const int err = errno;
-    (void)::fcntl(fd, F_SETLEASE, F_UNLCK);
-    return ErrnoError(err, "F_SETOWN 0 after taking the lease");
+  if (int rc = os_.Fcntl(fd, F_SETOWN, 0); rc < 0) {
+    (void)os_.Fcntl(fd, F_SETLEASE, F_UNLCK);
+    return ErrnoError(-rc, "F_SETOWN 0 after taking the lease");
   }
   fd_ = fd;
   type_ = type;
@@ -46,12 +45,12 @@ absl::Status Lease::Take(int fd, int type) {
 
 bool Lease::Held() const {
   if (fd_ < 0) return false;
-  return ::fcntl(fd_, F_GETLEASE) == type_;
+  return os_.Fcntl(fd_, F_GETLEASE, 0) == type_;
 }
 
 void Lease::Release() {
   if (fd_ < 0) return;
-  (void)::fcntl(fd_, F_SETLEASE, F_UNLCK);
+  (void)os_.Fcntl(fd_, F_SETLEASE, F_UNLCK);
   fd_ = -1;
   type_ = 0;
 }

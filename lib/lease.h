@@ -14,12 +14,15 @@
 #define EXT4DIO_LIB_LEASE_H_
 
 #include "absl/status/status.h"
+#include "os.h"
 
 namespace ext4dio {
 
 class Lease {
  public:
-  Lease() = default;
+  Lease() : os_(*RealOs()) {}
+  // Every fcntl through `os` (which must outlive the lease).
+  explicit Lease(Os& os) : os_(os) {}
   Lease(const Lease&) = delete;
   Lease& operator=(const Lease&) = delete;
   ~Lease() { Release(); }
@@ -35,6 +38,7 @@ class Lease {
   void Release();
 
  private:
+  Os& os_;
   int fd_ = -1;
   int type_ = 0;
 };

@@ -106,13 +106,14 @@ absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
 
 }  // namespace
 
-absl::StatusOr<LoadedMap> LoadFiemapOnly(int fd, const MountedFile& mf, std::string warning) {
-  auto fiemap = ReadFiemap(fd, /*sync=*/true, mf.path);
+absl::StatusOr<LoadedMap> LoadFiemapOnly(Os& os, int fd, const MountedFile& mf,
+                                         std::string warning) {
+  auto fiemap = ReadFiemap(os, fd, /*sync=*/true, mf.path);
   if (!fiemap.ok()) return fiemap.status();
   auto extents = FiemapToExtents(*fiemap, mf.block_size, 0, mf.path);
   if (!extents.ok()) return extents.status();
   struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoError(errno, "stat " + mf.path);
+  if (int rc = os.Fstat(fd, &st); rc < 0) return ErrnoError(-rc, "stat " + mf.path);
   FileLayout layout;
   layout.inode = mf.inode;
   layout.size = static_cast<uint64_t>(st.st_size);
@@ -125,7 +126,8 @@ absl::StatusOr<LoadedMap> LoadFiemapOnly(int fd, const MountedFile& mf, std::str
   return FromLayout(std::move(layout), MapSource::kFiemap, mf.device, std::move(warning));
 }
 
-absl::StatusOr<LoadedMap> LoadMountedMap(Ext4Reader& reader, int fd, const MountedFile& mf) {
+absl::StatusOr<LoadedMap> LoadMountedMap(Os& os, Ext4Reader& reader, int fd,
+                                         const MountedFile& mf) {
   if (reader.fsid() != mf.fsid) {
     return LibError(EXT4DIO_E_MAP_MISMATCH,
                     absl::StrFormat("%s does not hold the filesystem of %s "
@@ -135,7 +137,7 @@ absl::StatusOr<LoadedMap> LoadMountedMap(Ext4Reader& reader, int fd, const Mount
   for (int attempt = 1; attempt <= kCrossCheckAttempts; ++attempt) {
     // FIEMAP first, with SYNC: delayed allocations become real blocks that
     // the on-disk tree then shows.
-    auto fiemap = ReadFiemap(fd, /*sync=*/true, mf.path);
+    auto fiemap = ReadFiemap(os, fd, /*sync=*/true, mf.path);
     if (!fiemap.ok()) return fiemap.status();
     auto layout = reader.ReadFile(mf.inode);
     if (!layout.ok()) return layout.status();

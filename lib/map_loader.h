@@ -7,9 +7,11 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "extent_map.h"
+#include "os.h"
 
 namespace ext4dio {
 
@@ -57,10 +59,23 @@ struct MountedFile;
 
 // Mounted mode, for a caller that keeps its own descriptor `fd` of the file
 // and a live reader of its device: the on-disk map cross-checked with FIEMAP
-// (retried kCrossCheckAttempts times while the file changes).
-absl::StatusOr<LoadedMap> LoadMountedMap(Ext4Reader& reader, int fd, const MountedFile& mf);
+// (retried kCrossCheckAttempts times while the file changes); the file's
+// system calls (FIEMAP, stat) through `os`.
+absl::StatusOr<LoadedMap> LoadMountedMap(Os& os, Ext4Reader& reader, int fd,
+                                         const MountedFile& mf);
 // The map from FIEMAP alone (the device cannot be read), with `warning`.
-absl::StatusOr<LoadedMap> LoadFiemapOnly(int fd, const MountedFile& mf, std::string warning);
+absl::StatusOr<LoadedMap> LoadFiemapOnly(Os& os, int fd, const MountedFile& mf,
+                                         std::string warning);
+
+// The same through RealOs().
+inline absl::StatusOr<LoadedMap> LoadMountedMap(Ext4Reader& reader, int fd,
+                                                const MountedFile& mf) {
+  return LoadMountedMap(*RealOs(), reader, fd, mf);
+}
+inline absl::StatusOr<LoadedMap> LoadFiemapOnly(int fd, const MountedFile& mf,
+                                                std::string warning) {
+  return LoadFiemapOnly(*RealOs(), fd, mf, std::move(warning));
+}
 
 }  // namespace ext4dio
 

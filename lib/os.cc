@@ -1,11 +1,15 @@
 #include "os.h"
 
 #include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <liburing.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -264,11 +268,77 @@ ssize_t Os::Pwrite(int fd, const void* buf, size_t n, uint64_t offset) {
   return rc < 0 ? -errno : rc;
 }
 
+int Os::Fcntl(int fd, int cmd, long arg) {
+  int rc;
+  do {
+    rc = ::fcntl(fd, cmd, arg);
+  } while (rc < 0 && errno == EINTR);
+  return rc < 0 ? -errno : rc;
+}
+
+int Os::Fiemap(int fd, struct ::fiemap* fm) {
+  return ::ioctl(fd, FS_IOC_FIEMAP, fm) == 0 ? 0 : -errno;
+}
+
+int Os::Ftruncate(int fd, uint64_t size) {
+  int rc;
+  do {
+    rc = ::ftruncate(fd, static_cast<off_t>(size));
+  } while (rc != 0 && errno == EINTR);
+  return rc == 0 ? 0 : -errno;
+}
+
+int Os::Fallocate(int fd, int mode, uint64_t offset, uint64_t length) {
+  int rc;
+  do {
+    rc = ::fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length));
+  } while (rc != 0 && errno == EINTR);
+  return rc == 0 ? 0 : -errno;
+}
+
+int Os::Fsync(int fd) {
+  int rc;
+  do {
+    rc = ::fsync(fd);
+  } while (rc != 0 && errno == EINTR);
+  return rc == 0 ? 0 : -errno;
+}
+
+int Os::Fstat(int fd, struct stat* st) { return ::fstat(fd, st) == 0 ? 0 : -errno; }
+
+int Os::Statx(int fd, unsigned mask, struct statx* sx) {
+  return ::statx(fd, "", AT_EMPTY_PATH, mask, sx) == 0 ? 0 : -errno;
+}
+
+int Os::Futimens(int fd, const struct timespec times[2]) {
+  return ::futimens(fd, times) == 0 ? 0 : -errno;
+}
+
+int Os::Fchmod(int fd, mode_t mode) { return ::fchmod(fd, mode) == 0 ? 0 : -errno; }
+
+ssize_t Os::Fgetxattr(int fd, const char* name, void* value, size_t size) {
+  const ssize_t rc = ::fgetxattr(fd, name, value, size);
+  return rc < 0 ? -errno : rc;
+}
+
+int Os::Fremovexattr(int fd, const char* name) {
+  return ::fremovexattr(fd, name) == 0 ? 0 : -errno;
+}
+
+int Os::SyncFileRange(int fd, uint64_t offset, uint64_t n, unsigned flags) {
+  int rc;
+  do {
+    rc = ::sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(n), flags);
+  } while (rc != 0 && errno == EINTR);
+  return rc == 0 ? 0 : -errno;
+}
+
 int Os::WritebackAndDrop(int fd, uint64_t offset, uint64_t n) {
-  if (::sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(n),
-                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                            SYNC_FILE_RANGE_WAIT_AFTER) != 0)
-    return -errno;
+  if (int rc = SyncFileRange(fd, offset, n,
+                             SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                 SYNC_FILE_RANGE_WAIT_AFTER);
+      rc < 0)
+    return rc;
   // The data is written back: dropping the pages is only for coherence with
   // later direct reads, so a failure here is not an I/O error.
   (void)::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(n),

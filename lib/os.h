@@ -8,13 +8,17 @@
 #ifndef EXT4DIO_LIB_OS_H_
 #define EXT4DIO_LIB_OS_H_
 
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include <cstdint>
 #include <memory>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+
+struct fiemap;  // <linux/fiemap.h>
 
 namespace ext4dio {
 
@@ -112,6 +116,30 @@ class Os {
   // cachestat is missing (Linux < 6.5). Never assume a drop worked: ask
   // this. -errno when neither can tell.
   virtual int64_t CachedBytes(int fd, uint64_t offset, uint64_t n);
+  // What the mounted mode does to the file itself, one virtual each so a
+  // test can script a failure or a different answer per call (FakeOs).
+  // Each is the real call; the result (>= 0) or -errno. EINTR is retried
+  // where the call can be interrupted.
+  //
+  // fcntl(2) with an integer argument: F_SETSIG, F_SETLEASE, F_GETLEASE
+  // (returns the lease type), F_SETOWN, F_GETFL (returns the flags), F_SETFL.
+  virtual int Fcntl(int fd, int cmd, long arg);
+  // ioctl(FS_IOC_FIEMAP) on `fm` (its header filled in; extents written back).
+  virtual int Fiemap(int fd, struct ::fiemap* fm);
+  virtual int Ftruncate(int fd, uint64_t size);
+  virtual int Fallocate(int fd, int mode, uint64_t offset, uint64_t length);
+  // fsync(2): data and metadata (Flush is fdatasync).
+  virtual int Fsync(int fd);
+  virtual int Fstat(int fd, struct stat* st);
+  // statx(fd, "", AT_EMPTY_PATH, mask, sx).
+  virtual int Statx(int fd, unsigned mask, struct statx* sx);
+  virtual int Futimens(int fd, const struct timespec times[2]);
+  virtual int Fchmod(int fd, mode_t mode);
+  // Bytes of the attribute's value (size 0: its size), or -errno.
+  virtual ssize_t Fgetxattr(int fd, const char* name, void* value, size_t size);
+  virtual int Fremovexattr(int fd, const char* name);
+  virtual int SyncFileRange(int fd, uint64_t offset, uint64_t n, unsigned flags);
+
   // A queue of kind kUring or kSync on `fd`.
   virtual absl::StatusOr<std::unique_ptr<IoQueue>> NewQueue(
       int fd, const QueueOptions& options);

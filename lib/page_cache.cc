@@ -67,7 +67,7 @@ absl::StatusOr<RangeList> DropFileCache(Os& os, int fd, uint64_t granule) {
     if (cached == 0) return RangeList{};
   }
   struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoError(errno, "stat");
+  if (int rc = os.Fstat(fd, &st); rc < 0) return ErrnoError(-rc, "stat");
   const uint64_t end = AlignUp(std::max<uint64_t>(static_cast<uint64_t>(st.st_size), 1), granule);
   Finder f{os, fd, granule};
   if (absl::Status s = f.Find(0, end); !s.ok()) return s;

@@ -610,5 +610,37 @@ TEST(WriteRangesTest, ManyThreadsComeAndGo) {
   }
 }
 
+TEST(WriteRangesTest, DirectRegisteredByAnotherThreadForUsIsOurs) {
+  // Another thread registers a write on our behalf (owner != its own
+  // ThreadOwner(): the exact path). Our RMW over it is a wait for our own
+  // unreaped write: EDEADLK; beside it, fine; once it ends, fine.
+  WriteRanges wr;
+  const uint64_t me = WriteRanges::ThreadOwner();
+  const Range r{3 * kMiB + 4 * kUnit, 3 * kMiB + 6 * kUnit};
+  OnOtherThread([&] { wr.BeginDirect({&r, 1}, me); });
+  EXPECT_EQ(ErrnoOf(wr.BeginRmw(3 * kMiB + 5 * kUnit, kUnit, me)), EDEADLK);
+  ASSERT_TRUE(wr.BeginRmw(3 * kMiB + 6 * kUnit, kUnit, me).ok());
+  wr.EndRmw(3 * kMiB + 6 * kUnit, kUnit, me);
+  OnOtherThread([&] { wr.EndDirect({&r, 1}, me); });
+  ASSERT_TRUE(wr.BeginRmw(3 * kMiB + 5 * kUnit, kUnit, me).ok());
+  wr.EndRmw(3 * kMiB + 5 * kUnit, kUnit, me);
+}
+
+TEST(WriteRangesTest, OwnWriteAcrossTwoRegionsEndedElsewhere) {
+  // One write over the boundary of two 1 MiB regions (two stripes): EDEADLK
+  // in both until another thread ends it, then RMWs in both go through.
+  WriteRanges wr;
+  const uint64_t me = WriteRanges::ThreadOwner();
+  const Range r{5 * kMiB - 2 * kUnit, 5 * kMiB + 2 * kUnit};
+  wr.BeginDirect({&r, 1}, me);
+  EXPECT_EQ(ErrnoOf(wr.BeginRmw(5 * kMiB - kUnit, kUnit, me)), EDEADLK);
+  EXPECT_EQ(ErrnoOf(wr.BeginRmw(5 * kMiB, kUnit, me)), EDEADLK);
+  OnOtherThread([&] { wr.EndDirect({&r, 1}, me); });
+  for (uint64_t unit : {5 * kMiB - kUnit, 5 * kMiB}) {
+    ASSERT_TRUE(wr.BeginRmw(unit, kUnit, me).ok());
+    wr.EndRmw(unit, kUnit, me);
+  }
+}
+
 }  // namespace
 }  // namespace ext4dio
