@@ -50,40 +50,41 @@ bool HasCapFsetid() {
 }  // namespace
 
 absl::Status File::StartFastPathLocked() {
-  if (absl::Status s = lease_.Take(fd_file_, options_.write ? F_WRLCK : F_RDLCK); !s.ok())
+  if (absl::Status s = lease_->Take(fd_file_, options_.write ? F_WRLCK : F_RDLCK); !s.ok())
     return s;
   // Nobody can open the file now to change its flags: check what may have
   // changed while we were away (chattr +i/+a/+j, a read-only remount, a
   // shutdown) before the device is written again.
   if (absl::Status s = RecheckFileLocked(); !s.ok()) {
-    lease_.Release();
+    lease_->Release();
     return s;
   }
   // Nothing else has the file open now. Write back (and, for writers, drop)
   // its cached pages: delayed allocations become real blocks the map shows,
   // and no stale page can shadow what we write to the device. What cannot
   // be dropped (pinned pages) stays on the kernel path.
-  absl::Status dropped = options_.write
-                             ? DropCacheLocked()
-                             : (::sync_file_range(fd_file_, 0, 0,
-                                                  SYNC_FILE_RANGE_WAIT_BEFORE |
-                                                      SYNC_FILE_RANGE_WRITE |
-                                                      SYNC_FILE_RANGE_WAIT_AFTER) == 0
-                                    ? absl::OkStatus()
-                                    : ErrnoError(errno, name_ + ": writing back cached pages"));
+  absl::Status dropped;
+  if (options_.write) {
+    dropped = DropCacheLocked();
+  } else if (int rc = os_->SyncFileRange(fd_file_, 0, 0,
+                                         SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                             SYNC_FILE_RANGE_WAIT_AFTER);
+             rc < 0) {
+    dropped = ErrnoError(-rc, name_ + ": writing back cached pages");
+  }
   if (!dropped.ok()) {
-    lease_.Release();
+    lease_->Release();
     return dropped;
   }
   {
     std::lock_guard<std::mutex> map_lock(map_mu_);
     if (absl::Status s = ReloadLocked(); !s.ok()) {
-      lease_.Release();
+      lease_->Release();
       return s;
     }
   }
-  if (!lease_.Held()) {
-    lease_.Release();
+  if (!lease_->Held()) {
+    lease_->Release();
     return ErrnoError(EAGAIN, "the lease was broken while the map was read");
   }
   // Kernel-path writes are O_DIRECT on our descriptor while the fast path
@@ -106,7 +107,7 @@ void File::StopFastPathLocked(const std::string& why, bool lease_break) {
     if (lease_break) ++stats_[kLeaseBreaks];
   }
   (void)SetFileDirect(false);  // the kernel path alone: as any other opener
-  lease_.Release();
+  lease_->Release();
   std::lock_guard<std::mutex> lock(warning_mu_);
   warning_ = why;
 }
@@ -115,8 +116,8 @@ void File::TouchNow() {
   // mtime to now (ctime follows). Setting only mtime needs ownership; a
   // writer who is not the owner may still set both to now.
   const timespec times[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
-  if (::futimens(fd_file_, times) != 0 && (errno == EPERM || errno == EACCES))
-    (void)::futimens(fd_file_, nullptr);
+  if (int rc = os_->Futimens(fd_file_, times); rc == -EPERM || rc == -EACCES)
+    (void)os_->Futimens(fd_file_, nullptr);
   last_touch_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::steady_clock::now().time_since_epoch())
                            .count(),
@@ -163,7 +164,7 @@ int64_t File::ErrorsCount() const {
 }
 
 absl::Status File::RecheckFileLocked() {
-  if (absl::Status s = RefreshMountedFile(fd_file_, info_); !s.ok()) return s;
+  if (absl::Status s = RefreshMountedFile(*os_, fd_file_, info_); !s.ok()) return s;
   if (absl::Status s = MountedRefusal(info_, options_.write); !s.ok()) return s;
   if (options_.write) {
     if (std::string why = WhyStopped(); !why.empty())
@@ -178,7 +179,7 @@ absl::Status File::RecheckFileLocked() {
 }
 
 std::string File::WhyStopped() const {
-  std::string why = FilesystemStopped(fd_file_);
+  std::string why = FilesystemStopped(*os_, fd_file_);
   if (why.empty() && errors_baseline_ >= 0) {
     if (const int64_t errors = ErrorsCount(); errors > errors_baseline_) {
       why = absl::StrFormat("the filesystem recorded %d error(s) since it was opened "
@@ -205,9 +206,9 @@ void File::PollWhileFast() {
   // kernel clears them on every write. Written since the last poll: clear
   // them now; else before the next write.
   struct stat st;
-  if ((::fstat(fd_file_, &st) == 0 &&
+  if ((os_->Fstat(fd_file_, &st) == 0 &&
        ((st.st_mode & S_ISUID) || ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP)))) ||
-      ::fgetxattr(fd_file_, "security.capability", nullptr, 0) >= 0) {
+      os_->Fgetxattr(fd_file_, "security.capability", nullptr, 0) >= 0) {
     privileges_done_ = false;
     if (wrote_since_poll_.exchange(false)) (void)DropPrivilegesOnce();
   } else {
@@ -223,17 +224,17 @@ absl::Status File::DropPrivilegesOnce() {
   // group-executable, unless the writer has CAP_FSETID; file capabilities
   // always.
   struct stat st;
-  if (::fstat(fd_file_, &st) != 0) return ErrnoError(errno, "stat " + name_);
+  if (int rc = os_->Fstat(fd_file_, &st); rc < 0) return ErrnoError(-rc, "stat " + name_);
   mode_t kill = 0;
   if (st.st_mode & S_ISUID) kill |= S_ISUID;
   if ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP)) kill |= S_ISGID;
   if (kill != 0 && !HasCapFsetid()) {
-    if (::fchmod(fd_file_, st.st_mode & 07777 & ~kill) != 0)
-      return ErrnoError(errno, name_ + ": clearing set-user/group-ID before writing");
+    if (int rc = os_->Fchmod(fd_file_, st.st_mode & 07777 & ~kill); rc < 0)
+      return ErrnoError(-rc, name_ + ": clearing set-user/group-ID before writing");
   }
-  if (::fgetxattr(fd_file_, "security.capability", nullptr, 0) >= 0 &&
-      ::fremovexattr(fd_file_, "security.capability") != 0 && errno != ENODATA) {
-    return ErrnoError(errno, name_ + ": removing file capabilities before writing");
+  if (os_->Fgetxattr(fd_file_, "security.capability", nullptr, 0) >= 0) {
+    if (int rc = os_->Fremovexattr(fd_file_, "security.capability"); rc < 0 && rc != -ENODATA)
+      return ErrnoError(-rc, name_ + ": removing file capabilities before writing");
   }
   privileges_done_.store(true, std::memory_order_release);
   return absl::OkStatus();
@@ -257,12 +258,12 @@ void File::Monitor() {
       // Off the hot path, at most a ninth of a core: a batch that took d
       // waits 8 d before the next one (ranges coalesce meanwhile).
       const int64_t t0 = MonotonicNs();
-      RemapPending();
+      RemapPending(/*wait=*/false);
       const int64_t t1 = MonotonicNs();
       remap_not_before_ns_ = t1 + 8 * (t1 - t0);
     }
     if (fast_.load()) {
-      if (!lease_.Held()) {
+      if (!lease_->Held()) {
         IoGate::Exclusive exclusive(gate_);
         StopFastPathLocked(
             "another process opened or truncated the file: the lease was given up and I/O "

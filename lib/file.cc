@@ -167,7 +167,7 @@ File::~File() {
   if (mounted_) {
     IoGate::Exclusive exclusive(gate_);
     TouchTimes();
-    lease_.Release();
+    lease_->Release();
   }
   pool_.Clear();  // rings go before the descriptor they registered
   // The rings unregistered the descriptor before they went (os.cc), so this
@@ -322,7 +322,7 @@ uint64_t File::WritableUntil(uint64_t offset, uint64_t n) const {
 uint64_t File::size() const {
   if (mounted_) {
     struct stat st;
-    if (::fstat(fd_file_, &st) == 0) return static_cast<uint64_t>(st.st_size);
+    if (os_->Fstat(fd_file_, &st) == 0) return static_cast<uint64_t>(st.st_size);
   }
   return snapshot()->loaded.map.file_size();
 }

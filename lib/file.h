@@ -213,8 +213,10 @@ class File : public std::enable_shared_from_this<File> {
   bool SetFileDirect(bool direct);
   // The deferred re-map (the monitor): the ranges the kernel path wrote and
   // that have completed, from FIEMAP into a new map, published without
-  // closing the gate. Fast path off when it fails.
-  void RemapPending();
+  // closing the gate. Fast path off when it fails. `wait`: false (the
+  // monitor) skips the round when another thread is replacing the map, so
+  // the monitor is never held from a lease break by someone else's re-map.
+  void RemapPending(bool wait = true);
   absl::Status ReloadLocked();
   // After truncate/fallocate on the file: write back and drop its pages,
   // re-read the map (fast path off if that fails).
@@ -324,7 +326,7 @@ class File : public std::enable_shared_from_this<File> {
   std::atomic<uint64_t> known_size_{0};
   int64_t remap_not_before_ns_ = 0;  // monitor only
   IoGate gate_;
-  Lease lease_;                   // touched only inside the gate's Exclusive
+  std::unique_ptr<Lease> lease_;  // through os_; touched only inside the gate's Exclusive
   std::atomic<bool> fast_{false};
   std::atomic<bool> times_dirty_{false};    // fast writes since the last touch
   std::atomic<bool> kernel_dirty_{false};   // kernel writes since the last Sync

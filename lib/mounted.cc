@@ -70,6 +70,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   f->os_ = options.os ? options.os : RealOs();
   f->mounted_ = true;
   f->name_ = t.path;
+  f->lease_ = std::make_unique<Lease>(*f->os_);
   auto inspected = InspectMountedFile(t.path, path_fd);
   if (!inspected.ok()) return inspected.status();
   MountedFile& mf = *inspected;  // the inode of path_fd, so of `key`
@@ -90,13 +91,13 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
     return ErrnoError(err, "open " + t.path);
   }
   struct stat fst;
-  if (::fstat(f->fd_file_, &fst) != 0) return ErrnoError(errno, "stat " + t.path);
+  if (int rc = f->os_->Fstat(f->fd_file_, &fst); rc < 0) return ErrnoError(-rc, "stat " + t.path);
   if (fst.st_dev != mf.dev || fst.st_ino != mf.inode)
     return ErrnoError(ESTALE, t.path + " changed while it was being opened");
   ::close(std::exchange(mf.fd, -1));  // before the lease: it must be our only one
   f->info_ = std::move(mf);
   struct statx sx;
-  if (::statx(f->fd_file_, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+  if (f->os_->Statx(f->fd_file_, STATX_DIOALIGN, &sx) == 0 &&
       (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align != 0) {
     f->kernel_align_ = Alignment{sx.stx_dio_offset_align, std::max(sx.stx_dio_mem_align, 1u)};
   }
@@ -179,8 +180,8 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
       // The map for information (plans, ext4dio_file_map): from the device
       // when it can be read, else from FIEMAP.
       absl::StatusOr<LoadedMap> loaded =
-          f->reader_ ? LoadMountedMap(*f->reader_, f->fd_file_, f->info_)
-                     : LoadFiemapOnly(f->fd_file_, f->info_, "");
+          f->reader_ ? LoadMountedMap(*f->os_, *f->reader_, f->fd_file_, f->info_)
+                     : LoadFiemapOnly(*f->os_, f->fd_file_, f->info_, "");
       if (!loaded.ok()) return loaded.status();
       {
         std::lock_guard<std::mutex> map_lock(f->map_mu_);
@@ -295,15 +296,15 @@ size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs
 
 bool File::SetFileDirect(bool direct) {
   if (file_direct_.load() == direct) return true;
-  const int fl = ::fcntl(fd_file_, F_GETFL);
-  if (fl < 0 || ::fcntl(fd_file_, F_SETFL, direct ? (fl | O_DIRECT) : (fl & ~O_DIRECT)) != 0)
+  const int fl = os_->Fcntl(fd_file_, F_GETFL, 0);
+  if (fl < 0 || os_->Fcntl(fd_file_, F_SETFL, direct ? (fl | O_DIRECT) : (fl & ~O_DIRECT)) < 0)
     return false;
   file_direct_.store(direct, std::memory_order_release);
   return true;
 }
 
 absl::Status File::ReloadLocked() {
-  auto loaded = LoadMountedMap(*reader_, fd_file_, info_);
+  auto loaded = LoadMountedMap(*os_, *reader_, fd_file_, info_);
   if (!loaded.ok()) return loaded.status();
   known_size_.store(loaded->map.file_size(), std::memory_order_release);
   SetMap(std::move(*loaded));
@@ -317,8 +318,13 @@ void File::KernelWriteEnded(void* file, uint64_t offset, uint64_t length, bool c
   static_cast<File*>(file)->pending_.End(offset, offset + length, clean);
 }
 
-void File::RemapPending() {
-  std::unique_lock<std::mutex> map_lock(map_mu_);
+void File::RemapPending(bool wait) {
+  std::unique_lock<std::mutex> map_lock(map_mu_, std::defer_lock);
+  if (wait) {
+    map_lock.lock();
+  } else if (!map_lock.try_lock()) {
+    return;
+  }
   if (!fast_.load(std::memory_order_acquire)) return;  // a restart re-reads it all
   // What has ended so far; FIEMAP, read after this, shows all of it (the
   // kernel converts unwritten extents before it completes a write).
@@ -335,13 +341,13 @@ void File::RemapPending() {
                        false);
   };
   struct stat st;
-  if (::fstat(fd_file_, &st) != 0) return fail(ErrnoError(errno, "stat " + name_));
+  if (int rc = os_->Fstat(fd_file_, &st); rc < 0) return fail(ErrnoError(-rc, "stat " + name_));
   RemapInput in;
   in.old = &old;
   in.batch = &batch;
   in.file_size = static_cast<uint64_t>(st.st_size);
   in.fiemap = [&](uint64_t offset, uint64_t length) -> absl::StatusOr<std::vector<Extent>> {
-    auto fiemap = ReadFiemapRange(fd_file_, offset, length, /*sync=*/true, name_);
+    auto fiemap = ReadFiemapRange(*os_, fd_file_, offset, length, /*sync=*/true, name_);
     if (!fiemap.ok()) return fiemap.status();
     return FiemapToExtents(*fiemap, static_cast<uint32_t>(bs), 0, name_);
   };
@@ -389,7 +395,7 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
   std::lock_guard<std::mutex> map_lock(map_mu_);
   if (append_only_.load()) {
     struct stat st;
-    if (::fstat(fd_file_, &st) != 0) return ErrnoError(errno, "stat " + name_);
+    if (int rc = os_->Fstat(fd_file_, &st); rc < 0) return ErrnoError(-rc, "stat " + name_);
     if (offset != static_cast<uint64_t>(st.st_size)) {
       return LibError(EXT4DIO_E_WRITE_REFUSED,
                       absl::StrFormat("%s is append-only (chattr +a): a write must start at "
@@ -442,7 +448,7 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
       err = -rc;
     }
   }
-  if (struct stat st; ::fstat(fd_file_, &st) == 0)
+  if (struct stat st; os_->Fstat(fd_file_, &st) == 0)
     known_size_.store(static_cast<uint64_t>(st.st_size), std::memory_order_release);
   if (done > 0) {
     kernel_dirty_ = true;
@@ -677,11 +683,8 @@ absl::Status File::Fsync() {
   if (!mounted_) return Sync();
   TouchTimes();
   touch_needed_ = true;
-  int rc;
-  do {
-    rc = ::fsync(fd_file_);
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) return ErrnoError(errno, absl::StrCat(name_, ": fsync"));
+  if (int rc = os_->Fsync(fd_file_); rc < 0)
+    return ErrnoError(-rc, absl::StrCat(name_, ": fsync"));
   kernel_dirty_ = false;
   if (fd_direct_ >= 0) {
     if (int f = os_->Flush(fd_direct_); f < 0)
@@ -699,8 +702,8 @@ absl::Status File::Truncate(uint64_t size) {
   if (size > static_cast<uint64_t>(INT64_MAX)) return ErrnoError(EFBIG, "size too large");
   IoGate::Exclusive exclusive(gate_);
   std::lock_guard<std::mutex> map_lock(map_mu_);
-  if (::ftruncate(fd_file_, static_cast<off_t>(size)) != 0)
-    return ErrnoError(errno, absl::StrFormat("%s: truncate to %d", name_, size));
+  if (int rc = os_->Ftruncate(fd_file_, size); rc < 0)
+    return ErrnoError(-rc, absl::StrFormat("%s: truncate to %d", name_, size));
   return AfterMetadataChangeLocked("truncate");
 }
 
@@ -746,8 +749,8 @@ absl::Status File::Fallocate(int mode, uint64_t offset, uint64_t length) {
   }
   IoGate::Exclusive exclusive(gate_);
   std::lock_guard<std::mutex> map_lock(map_mu_);
-  if (::fallocate(fd_file_, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
-    return ErrnoError(errno, absl::StrFormat("%s: fallocate mode 0x%x at %d, %d bytes", name_,
+  if (int rc = os_->Fallocate(fd_file_, mode, offset, length); rc < 0) {
+    return ErrnoError(-rc, absl::StrFormat("%s: fallocate mode 0x%x at %d, %d bytes", name_,
                                              mode, offset, length));
   }
   return AfterMetadataChangeLocked("fallocate");

@@ -12,7 +12,16 @@
 #include <memory>
 #include <string>
 
+#include <sys/wait.h>
+
+#include <atomic>
+#include <thread>
+#include <cstring>
+
+#include "aligned.h"
 #include "device.h"
+#include "file.h"
+#include "map_state.h"
 #include "errors.h"
 #include "ext4_reader.h"
 #include "fake_os.h"
@@ -159,6 +168,179 @@ TEST_F(CrossCheckTest, FiemapOnlyMapTakesTheSizeFromFstat) {
   EXPECT_EQ(loaded->warning, "why");
   EXPECT_EQ(os.calls("fstat"), 1);
   EXPECT_EQ(loaded->map.file_size(), (1u << 20) + 16 * kB);
+}
+
+
+// ---------------------------------------------------------------------------
+// A File's deferred re-map with a FakeOs (issue 11): the failures it must
+// survive without writing a byte where it should not.
+
+class FileRemapTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mount_ = std::make_unique<LoopMount>(std::vector<std::string>{"-b", "4096"}, "64M");
+    ASSERT_TRUE(mount_->ok()) << mount_->error();
+    path_ = *mount_ / "f";
+    // [0, 1M) written, [1M, 2M) a hole.
+    const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    model_ = testing::RandomBytes(1 << 20, 3);
+    ASSERT_EQ(::pwrite(fd, model_.data(), model_.size(), 0), static_cast<ssize_t>(model_.size()));
+    ASSERT_EQ(::ftruncate(fd, 2 << 20), 0);
+    ASSERT_EQ(::fsync(fd), 0);
+    ::close(fd);
+    model_.resize(2 << 20, '\0');
+  }
+  std::shared_ptr<File> Open(FakeOs& os) {
+    OpenOptions o;
+    o.target.path = path_;
+    o.write = true;
+    o.os = &os;
+    auto f = File::Open(o);
+    EXPECT_TRUE(f.ok()) << f.status();
+    return f.ok() ? *f : nullptr;
+  }
+  // Writes one block of fresh bytes at `off` through the handle and the model.
+  void Write(File& f, uint64_t off, uint32_t seed) {
+    const std::string d = testing::RandomBytes(kB, seed);
+    AlignedBuf buf = AllocAligned(4096, kB);
+    std::memcpy(buf.get(), d.data(), kB);
+    auto w = f.Pwrite(buf.get(), kB, off);
+    ASSERT_TRUE(w.ok()) << w.status();
+    model_.replace(off, kB, d);
+  }
+  void ExpectContent(File& f) {
+    AlignedBuf buf = AllocAligned(4096, model_.size());
+    auto r = f.Pread(buf.get(), model_.size(), 0);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(*r, model_.size());
+    EXPECT_TRUE(std::memcmp(buf.get(), model_.data(), model_.size()) == 0)
+        << "read through the handle differs";
+  }
+  void ExpectOnDisk() {
+    std::string back(model_.size(), 'x');
+    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pread(fd, back.data(), back.size(), 0), static_cast<ssize_t>(back.size()));
+    ::close(fd);
+    EXPECT_TRUE(back == model_) << "the file's content differs";
+    ASSERT_EQ(testing::Run({"umount", mount_->mount_point()}).exit_code, 0);
+    testing::RunResult r = testing::Run({"e2fsck", "-fn", mount_->device()});
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    ASSERT_EQ(testing::Run({"mount", mount_->device(), mount_->mount_point()}).exit_code, 0);
+  }
+
+  std::unique_ptr<LoopMount> mount_;
+  std::string path_;
+  std::string model_;
+};
+
+// FIEMAP places a filled hole on a block the bitmaps say is free: the
+// re-map's validation refuses it, the fast path stops (nothing goes to that
+// block), and I/O goes on through the kernel with nothing lost.
+TEST_F(FileRemapTest, AFiemapAnswerThatFailsValidationStopsTheFastPath) {
+  FakeOs os;
+  os.fiemap_rewrite = [](struct ::fiemap* fm, int) {
+    for (uint32_t i = 0; i < fm->fm_mapped_extents; ++i) {
+      fiemap_extent& e = fm->fm_extents[i];
+      // The filled hole (logical 1M + 8K) claimed 40 MiB into the fs: free.
+      if (e.fe_logical >= (1u << 20)) e.fe_physical = 40ull << 20;
+    }
+  };
+  std::shared_ptr<File> f = Open(os);
+  ASSERT_NE(f, nullptr);
+  ASSERT_TRUE(f->fast_path()) << f->warning();
+  Write(*f, (1 << 20) + 2 * kB, 1);      // a hole: kernel path, pending
+  (void)f->snapshot();                   // re-maps now: FIEMAP lies
+  EXPECT_FALSE(f->fast_path());
+  EXPECT_THAT(f->warning(), HasSubstr("re-mapping after kernel-path writes failed"));
+  const FileStats before = f->stats();
+  Write(*f, 4 * kB, 2);  // a written block: through the kernel now
+  EXPECT_EQ(f->stats().fast_bytes, before.fast_bytes);
+  EXPECT_EQ(f->stats().kernel_bytes - before.kernel_bytes, kB);
+  ExpectContent(*f);
+  f.reset();
+  ExpectOnDisk();
+}
+
+// Another process opens the file while a re-map is running (inside its
+// FIEMAP): the monitor gives the lease up meanwhile (the re-map holds no
+// gate), the re-map finishes, I/O continues through the kernel, and when the
+// other process is gone the fast path comes back with a map that is the
+// file's.
+TEST_F(FileRemapTest, ALeaseBreakDuringARemap) {
+  FakeOs os;
+  std::atomic<File*> file{nullptr};
+  std::atomic<int> broke{0};
+  const std::string path = path_;
+  const std::thread::id self = std::this_thread::get_id();
+  os.fiemap_rewrite = [&](struct ::fiemap*, int) {
+    // Only in the re-map this thread runs (snapshot): the monitor, which
+    // gives the lease up, must be free meanwhile.
+    File* f = file.load();
+    if (f == nullptr || std::this_thread::get_id() != self || broke.exchange(1) != 0) return;
+    // Break the lease from a child (its open waits for our release).
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+      _exit(fd >= 0 ? 0 : 1);
+    }
+    for (int i = 0; i < 10000 && f->fast_path(); ++i) ::usleep(1000);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    broke = WIFEXITED(status) && WEXITSTATUS(status) == 0 && !f->fast_path() ? 2 : 3;
+  };
+  std::shared_ptr<File> f = Open(os);
+  ASSERT_NE(f, nullptr);
+  ASSERT_TRUE(f->fast_path()) << f->warning();
+  file = f.get();
+  // A hole: pending; the re-map runs here unless the monitor's poll got to
+  // it first (then try the next block).
+  for (int i = 0; i < 50 && broke.load() == 0; ++i) {
+    Write(*f, (1 << 20) + (5 + 2 * i) * kB, 3 + i);
+    (void)f->snapshot();  // the re-map, during which the lease breaks
+  }
+  ASSERT_EQ(broke.load(), 2) << "the lease was not given up during the re-map";
+  EXPECT_GE(f->stats().lease_breaks, 1u);
+  file = nullptr;
+  Write(*f, (1 << 20) + 6 * kB, 100);  // kernel path (fast path off)
+  Write(*f, 8 * kB, 101);
+  ExpectContent(*f);
+  // The other process is gone: the monitor retakes the lease (every 200 ms).
+  for (int i = 0; i < 10000 && !f->fast_path(); ++i) ::usleep(1000);
+  ASSERT_TRUE(f->fast_path()) << f->warning();
+  // The map it re-read shows the filled blocks written.
+  std::shared_ptr<const MapState> snap = f->snapshot();
+  for (uint64_t off : {(1ull << 20) + 5 * kB, (1ull << 20) + 6 * kB}) {
+    EXPECT_EQ(snap->loaded.map.SegmentAt(off, kB).kind, SegmentKind::kMapped) << off;
+  }
+  const FileStats before = f->stats();
+  Write(*f, (1 << 20) + 5 * kB, 102);  // now a fast-path overwrite
+  EXPECT_EQ(f->stats().fast_bytes - before.fast_bytes, kB);
+  ExpectContent(*f);
+  f.reset();
+  ExpectOnDisk();
+}
+
+// No lease to be had (F_SETLEASE: EAGAIN, as when the file is open
+// elsewhere): the file opens with the fast path off, says why, and every
+// write and read goes through the kernel, byte-exact.
+TEST_F(FileRemapTest, NoLeaseMeansTheKernelPathForEverything) {
+  FakeOs os;
+  os.setlease_errno = EAGAIN;
+  std::shared_ptr<File> f = Open(os);
+  ASSERT_NE(f, nullptr);
+  EXPECT_FALSE(f->fast_path());
+  EXPECT_THAT(f->warning(), HasSubstr("no lease"));
+  Write(*f, 4 * kB, 7);
+  Write(*f, (1 << 20) + 4 * kB, 8);
+  ExpectContent(*f);
+  const FileStats s = f->stats();
+  EXPECT_EQ(s.fast_bytes, 0u);
+  EXPECT_EQ(s.kernel_bytes, 2 * kB);
+  EXPECT_GE(os.calls("fcntl"), 1);
+  f.reset();
+  ExpectOnDisk();
 }
 
 }  // namespace
