@@ -85,6 +85,7 @@ DeviceExecutor::DeviceExecutor(const Context& context, std::unique_ptr<IoQueue> 
   ready_.reserve(2 * d);
   bounces_.reserve(16);
   pieces_.reserve(16);
+  kernel_ended_.reserve(d);
 }
 
 DeviceExecutor::~DeviceExecutor() { (void)Drain(); }
@@ -255,7 +256,7 @@ void DeviceExecutor::Abort(uint32_t r) {
   for (uint32_t i : q.ops) {
     Op& op = ops_[i];
     if (op.on_file)
-      ctx_.kernel_write_ended(ctx_.kernel_arg, op.kernel_offset, op.kernel_length, false);
+      kernel_ended_.push_back({op.kernel_offset, op.kernel_offset + op.kernel_length, false});
     op.live = false;
     ++op.gen;
     GiveBounce(op);
@@ -263,6 +264,7 @@ void DeviceExecutor::Abort(uint32_t r) {
   }
   q.ops.clear();
   free_reqs_.push_back(r);
+  FlushKernelEnded();
 }
 
 void DeviceExecutor::Complete(const AsyncCompletion& c) { ready_.push_back(c); }
@@ -285,8 +287,8 @@ void DeviceExecutor::FinishOp(uint32_t i) {
   op.live = false;
   ++op.gen;
   if (op.on_file) {
-    ctx_.kernel_write_ended(ctx_.kernel_arg, op.kernel_offset, op.kernel_length,
-                            op.wrote_all);
+    kernel_ended_.push_back(
+        {op.kernel_offset, op.kernel_offset + op.kernel_length, op.wrote_all});
   }
   if (op.bounce) {
     if (op.copy_dst != nullptr && reqs_[r].error == 0)
@@ -368,7 +370,10 @@ absl::Status DeviceExecutor::Pump(size_t wait_nr) {
     queued_.clear();
     queued_head_ = 0;
   }
-  if (batch_.empty()) return absl::OkStatus();
+  if (batch_.empty()) {
+    FlushKernelEnded();
+    return absl::OkStatus();
+  }
   const uint32_t before = queue_->in_flight();
   issued_.fetch_add(batch_.size(), std::memory_order_seq_cst);
   absl::Status s = wait_nr > 0 ? queue_->SubmitAndWait(batch_, wait_nr) : queue_->Submit(batch_);
@@ -388,6 +393,7 @@ absl::Status DeviceExecutor::Pump(size_t wait_nr) {
       FinishOp(i);
     }
   }
+  FlushKernelEnded();
   return absl::OkStatus();  // reported through the requests
 }
 
@@ -426,6 +432,7 @@ absl::Status DeviceExecutor::ReapSome(size_t min_complete) {
   // ops queued and nothing in flight while it holds write ranges.
   absl::Status s = Pump(0);
   completed_.fetch_add(*got, std::memory_order_seq_cst);
+  FlushKernelEnded();  // before any of their completions is handed out
   return s;
 }
 

@@ -30,6 +30,7 @@
 #include "aligned.h"
 #include "io_gate.h"
 #include "os.h"
+#include "pending_remap.h"
 #include "planner.h"
 #include "write_ranges.h"
 
@@ -65,12 +66,11 @@ class DeviceExecutor final : public IoGate::Member {
     int write_flags = 0;  // RWF_DSYNC for FUA writes
     uint32_t offset_alignment = 4096;
     uint32_t memory_alignment = 4096;
-    // Mounted mode: called (on the reaping thread) when a kernel-path write
-    // of [file_offset, file_offset + length) has ended, whatever its result
-    // (also when it was aborted or never submitted); `clean`: all of it
-    // was written.
-    void (*kernel_write_ended)(void* arg, uint64_t file_offset, uint64_t length,
-                               bool clean) = nullptr;
+    // Mounted mode: called (on the reaping thread, before any of their
+    // completions is handed out) with the kernel-path writes that have
+    // ended, whatever their result (also aborted or never submitted);
+    // `clean`: all of it was written. One call per reap.
+    void (*kernel_writes_ended)(void* arg, const PendingRemap::WriteEnd* ends, size_t n) = nullptr;
     void* kernel_arg = nullptr;
   };
   struct Stats {
@@ -97,9 +97,8 @@ class DeviceExecutor final : public IoGate::Member {
   // Mounted mode: a kernel-path O_DIRECT write of `length` bytes of `src`
   // at file_offset on the file's own descriptor (the queue's file_fd).
   // REQUIRES: offset, length and src aligned for O_DIRECT on the file, and
-  // the caller's pending-re-map record of the range begun (the context's
-  // kernel_write_ended ends it). Not checked against the map: the kernel
-  // allocates.
+  // the context's kernel_writes_ended told when it ends. Not checked
+  // against the map: the kernel allocates.
   void AddKernelWrite(uint32_t r, uint64_t file_offset, const char* src, uint64_t length);
   // A device read into dst; an unaligned range or buffer goes through an
   // enclosing aligned bounce read.
@@ -133,6 +132,12 @@ class DeviceExecutor final : public IoGate::Member {
   // Handles whatever completions the ring holds now, without waiting (their
   // requests end: write ranges released, completions ready for Reap).
   [[nodiscard]] absl::Status Poll() { return live_ > 0 ? ReapSome(0) : absl::OkStatus(); }
+  // A kernel-path write this executor's owner made itself (pwrite), for
+  // the statistics.
+  void CountKernelWrite(uint64_t bytes) {
+    Add(kernel_bytes_, bytes);
+    Add(kernel_ops_, 1);
+  }
   [[nodiscard]] absl::Status RegisterBuffers(void* base, size_t bytes);
 
   size_t outstanding() const { return live_ + ready_.size() - ready_head_; }
@@ -188,6 +193,12 @@ class DeviceExecutor final : public IoGate::Member {
   std::vector<std::pair<uint64_t, AlignedBuf>> bounces_;  // free bounce buffers by size
   bool broken_ = false;
   Failure last_failure_;
+  std::vector<PendingRemap::WriteEnd> kernel_ended_;  // told at the next FlushKernelEnded
+  void FlushKernelEnded() {
+    if (kernel_ended_.empty()) return;
+    ctx_.kernel_writes_ended(ctx_.kernel_arg, kernel_ended_.data(), kernel_ended_.size());
+    kernel_ended_.clear();
+  }
   // Device ops handed to the ring, and those reaped and fully handled
   // (short ones resubmitted): see PendingDeviceIo.
   std::atomic<uint64_t> issued_{0};

@@ -235,7 +235,7 @@ DeviceExecutor::Context File::ExecContext() const {
   c.write_flags = options_.dsync ? RWF_DSYNC : 0;
   c.offset_alignment = align_.offset;
   c.memory_alignment = align_.memory;
-  c.kernel_write_ended = &File::KernelWriteEnded;
+  c.kernel_writes_ended = &File::KernelWritesEnded;
   c.kernel_arg = const_cast<File*>(this);
   return c;
 }
@@ -340,8 +340,7 @@ absl::StatusOr<uint32_t> File::CommitDirectWrite(DeviceExecutor& ex, uint64_t co
   for (const Piece& p : pieces) {
     if (p.kind == Piece::kKernel) {
       // A concurrent kernel-path write (ConcurrentKernel said so): pending
-      // from now until the executor reports its end.
-      pending_.Begin(p.file_offset, p.file_offset + p.length);
+      // once the executor reports its end.
       ex.AddKernelWrite(r, p.file_offset, buf + (p.file_offset - offset), p.length);
       bytes += p.length;
       continue;
@@ -558,7 +557,7 @@ absl::StatusOr<File::Started> File::StartAsync(DeviceExecutor& ex, const AsyncRe
       if (absl::Status s = PrepareFastWrite(); !s.ok()) return s;
       NoteFastWrite();
     }
-    if (kernel) kernel_dirty_ = true;
+    if (kernel) NoteKernelWrite();
     // Every piece is direct or a concurrent kernel write here: the
     // request's result is req.length.
     absl::StatusOr<uint32_t> r =

@@ -203,8 +203,12 @@ class File : public std::enable_shared_from_this<File> {
   // extent (it allocates or converts, moving no block), fast path on.
   bool ConcurrentKernel(const Piece& p, const char* src, const MapState& m) const;
   // Runs such a piece now (REQUIRES: inside the gate), registered in pending_.
-  absl::StatusOr<size_t> KernelWriteConcurrent(const char* src, uint64_t n, uint64_t offset);
-  static void KernelWriteEnded(void* file, uint64_t offset, uint64_t length, bool clean);
+  absl::StatusOr<size_t> KernelWriteConcurrent(DeviceExecutor& ex, const char* src, uint64_t n,
+                                               uint64_t offset);
+  void NoteKernelWrite() {
+    if (!kernel_dirty_.load(std::memory_order_relaxed)) kernel_dirty_.store(true);
+  }
+  static void KernelWritesEnded(void* file, const PendingRemap::WriteEnd* ends, size_t n);
   // Through the file's descriptor (O_DIRECT while the fast path is on:
   // unaligned ranges through an aligned bounce buffer). REQUIRES: inside
   // the gate.

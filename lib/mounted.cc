@@ -314,8 +314,8 @@ absl::Status File::ReloadLocked() {
   return absl::OkStatus();
 }
 
-void File::KernelWriteEnded(void* file, uint64_t offset, uint64_t length, bool clean) {
-  static_cast<File*>(file)->pending_.End(offset, offset + length, clean);
+void File::KernelWritesEnded(void* file, const PendingRemap::WriteEnd* ends, size_t n) {
+  static_cast<File*>(file)->pending_.EndAll(ends, n);
 }
 
 void File::RemapPending(bool wait) {
@@ -487,10 +487,9 @@ bool File::ConcurrentKernel(const Piece& p, const char* src, const MapState& m) 
   return true;
 }
 
-absl::StatusOr<size_t> File::KernelWriteConcurrent(const char* src, uint64_t n,
-                                                   uint64_t offset) {
-  pending_.Begin(offset, offset + n);
-  kernel_dirty_ = true;
+absl::StatusOr<size_t> File::KernelWriteConcurrent(DeviceExecutor& ex, const char* src,
+                                                   uint64_t n, uint64_t offset) {
+  NoteKernelWrite();
   uint64_t done = 0;
   int err = 0;
   while (done < n) {
@@ -502,10 +501,7 @@ absl::StatusOr<size_t> File::KernelWriteConcurrent(const char* src, uint64_t n,
     done += static_cast<uint64_t>(r);
   }
   pending_.End(offset, offset + n, done == n);
-  if (done > 0) {
-    stats_[kKernelBytes] += done;
-    ++stats_[kKernelReq];
-  }
+  if (done > 0) ex.CountKernelWrite(done);  // the executor's own counters: no shared line
   if (err != 0 && done == 0) {
     return ErrnoError(err, absl::StrFormat("%s: kernel-path write of %d bytes at file offset "
                                            "%d failed",
@@ -589,7 +585,7 @@ absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* bu
     if (ConcurrentKernel(kp, src, m)) {
       // A hole fill or unwritten conversion: beside the fast path and
       // other such writes, without draining anything.
-      auto r = KernelWriteConcurrent(src, kp.length, pos);
+      auto r = KernelWriteConcurrent(*ex, src, kp.length, pos);
       gate_.Exit(token);
       if (!r.ok()) return partial(r.status());
       pos += *r;

@@ -36,15 +36,25 @@ RangeList PendingRemap::Ranges(const absl::btree_map<uint64_t, uint64_t>& cover)
 }
 
 void PendingRemap::End(uint64_t lo, uint64_t hi, bool clean) {
+  const WriteEnd e{lo, hi, clean};
+  EndAll(&e, 1);
+}
+
+void PendingRemap::EndAll(const WriteEnd* ends, size_t n) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = std::find(in_flight_.begin(), in_flight_.end(), std::make_pair(lo, hi));
-  if (it != in_flight_.end()) {
-    *it = in_flight_.back();
-    in_flight_.pop_back();
+  for (size_t k = 0; k < n; ++k) {
+    const auto [lo, hi, clean] = ends[k];
+    if (!in_flight_.empty()) {
+      auto it = std::find(in_flight_.begin(), in_flight_.end(), std::make_pair(lo, hi));
+      if (it != in_flight_.end()) {
+        *it = in_flight_.back();
+        in_flight_.pop_back();
+      }
+    }
+    ended_.push_back({lo, hi, ++seq_, clean});
+    Insert(cover_, lo, hi);
+    if (!clean) Insert(suspect_, lo, hi);
   }
-  ended_.push_back({lo, hi, ++seq_, clean});
-  Insert(cover_, lo, hi);
-  if (!clean) Insert(suspect_, lo, hi);
   Recount();
 }
 

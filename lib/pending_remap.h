@@ -28,14 +28,23 @@ namespace ext4dio {
 
 class PendingRemap {
  public:
-  // A kernel-path write of file bytes [lo, hi) is about to start.
+  // A kernel-path write of file bytes [lo, hi) is about to start. Only
+  // the locked path announces its writes: a read concurrent with a write
+  // may see either content, and one after it (after its End) sees it
+  // pending; so concurrent writes just End.
   void Begin(uint64_t lo, uint64_t hi);
   // It has ended (whatever its result: blocks may have been allocated).
   // `clean`: an aligned O_DIRECT write that wrote all of it, so unwritten
   // blocks in it are now written in place (ext4 converts, never moves) and
   // the re-map may say so without asking FIEMAP; else (failed, short,
-  // buffered) it asks. REQUIRES: a Begin of the same range.
+  // buffered) it asks. Ends a Begin of the same range, if there was one.
   void End(uint64_t lo, uint64_t hi, bool clean);
+  struct WriteEnd {
+    uint64_t lo, hi;
+    bool clean;
+  };
+  // Several at once, under one lock (an executor's reap).
+  void EndAll(const WriteEnd* ends, size_t n);
   // Whether [lo, hi) overlaps a write in flight or one not re-mapped yet.
   // Without any: one atomic load.
   bool Overlaps(uint64_t lo, uint64_t hi) const;
