@@ -305,7 +305,7 @@ EXT4DIO_EXPORT int ext4dio_file_get_info(const ext4dio_file* f, ext4dio_file_inf
   ext4dio_file_info_init(&full);
   const ext4dio::File& file = *f->file;
   full.size = file.size();
-  full.block_size = file.snapshot()->loaded.map.block_size();
+  full.block_size = file.current()->loaded.map.block_size();
   full.offset_align = file.alignment().offset;
   full.memory_align = file.alignment().memory;
   full.backend = std::strcmp(file.backend_name(), "io_uring") == 0 ? EXT4DIO_BACKEND_URING

@@ -56,6 +56,11 @@ std::shared_ptr<const MapState> File::SetMap(LoadedMap loaded, WrittenSet writte
   return old;
 }
 
+std::shared_ptr<const MapState> File::current() const {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  return state_;
+}
+
 std::shared_ptr<const MapState> File::snapshot() const {
   // A view shows every kernel-path write that has completed: re-map them
   // now rather than at the monitor's next round.
@@ -316,7 +321,7 @@ absl::StatusOr<std::vector<Piece>> File::PlanWrite(uint64_t offset, uint64_t n,
 
 uint64_t File::WritableUntil(uint64_t offset, uint64_t n) const {
   if (mounted_ && !options_.no_fallback) return offset + n;  // the kernel allocates
-  return ext4dio::WritableUntil(snapshot()->loaded.map, offset, n);
+  return ext4dio::WritableUntil(current()->loaded.map, offset, n);
 }
 
 uint64_t File::size() const {
@@ -324,7 +329,7 @@ uint64_t File::size() const {
     struct stat st;
     if (os_->Fstat(fd_file_, &st) == 0) return static_cast<uint64_t>(st.st_size);
   }
-  return snapshot()->loaded.map.file_size();
+  return current()->loaded.map.file_size();
 }
 
 std::string File::warning() const {

@@ -141,6 +141,8 @@ class File : public std::enable_shared_from_this<File> {
   // which it shows once they completed; a snapshot stays valid as long as
   // it is held). Not from inside the gate (it may re-map).
   std::shared_ptr<const MapState> snapshot() const;
+  // The map as published now, without re-mapping first (geometry, sizes).
+  std::shared_ptr<const MapState> current() const;
   // Image mode: the map, fixed for the File's life (mounted: use snapshot()).
   const ExtentMap& map() const { return cur().loaded.map; }
   uint64_t size() const;
