@@ -26,9 +26,9 @@
 
 namespace ext4dio {
 
-MountedFile::MountedFile(MountedFile&& o) noexcept { *this = std::move(o); }
+MountedFileInfo::MountedFileInfo(MountedFileInfo&& o) noexcept { *this = std::move(o); }
 
-MountedFile& MountedFile::operator=(MountedFile&& o) noexcept {
+MountedFileInfo& MountedFileInfo::operator=(MountedFileInfo&& o) noexcept {
   if (this != &o) {
     if (fd >= 0) ::close(fd);
     fd = std::exchange(o.fd, -1);
@@ -50,7 +50,7 @@ MountedFile& MountedFile::operator=(MountedFile&& o) noexcept {
   return *this;
 }
 
-MountedFile::~MountedFile() {
+MountedFileInfo::~MountedFileInfo() {
   if (fd >= 0) ::close(fd);
 }
 
@@ -79,7 +79,7 @@ absl::StatusOr<std::string> DeviceNode(dev_t dev) {
   return node;
 }
 
-absl::Status RefreshMountedFile(Os& os, int fd, MountedFile& m) {
+absl::Status RefreshMountedFile(Os& os, int fd, MountedFileInfo& m) {
   int flags = 0;
   if (::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0) {
     m.flags = static_cast<uint32_t>(flags);
@@ -113,8 +113,8 @@ std::string FilesystemStopped(Os& os, int fd) {
   return "";
 }
 
-absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path, int path_fd) {
-  MountedFile m;
+absl::StatusOr<MountedFileInfo> InspectMountedFile(const std::string& path, int path_fd) {
+  MountedFileInfo m;
   m.path = path;
   // Never open a FIFO or device node for reading: that may block forever
   // (a FIFO without writer) or have side effects. O_PATH opens nothing.
@@ -185,7 +185,7 @@ absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path, int path
   return m;
 }
 
-absl::Status MountedRefusal(const MountedFile& m, bool write) {
+absl::Status MountedRefusal(const MountedFileInfo& m, bool write) {
   auto refuse = [&](ext4dio_error code, const std::string& why) {
     return LibError(code, absl::StrFormat("%s: %s", m.path, why));
   };

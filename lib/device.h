@@ -14,7 +14,7 @@
 
 namespace ext4dio {
 
-struct MountedFile {
+struct MountedFileInfo {
   int fd = -1;                 // O_RDONLY descriptor of the file (owned)
   std::string path;
   dev_t dev = 0;               // st_dev of the file
@@ -31,10 +31,10 @@ struct MountedFile {
   bool read_only = false;      // statvfs ST_RDONLY (also after errors=remount-ro)
   bool dax = false;            // STATX_ATTR_DAX
 
-  MountedFile() = default;
-  MountedFile(MountedFile&& o) noexcept;
-  MountedFile& operator=(MountedFile&& o) noexcept;
-  ~MountedFile();
+  MountedFileInfo() = default;
+  MountedFileInfo(MountedFileInfo&& o) noexcept;
+  MountedFileInfo& operator=(MountedFileInfo&& o) noexcept;
+  ~MountedFileInfo();
 };
 
 // Opens `path` read-only and finds out where it lives. EXT4DIO_E_NOT_EXT4
@@ -44,12 +44,12 @@ struct MountedFile {
 // a container with its own /dev), `device` is empty and `device_error` says
 // why. With `path_fd` >= 0 (an O_PATH descriptor of `path`), that very
 // inode is inspected, whatever the path names by now.
-absl::StatusOr<MountedFile> InspectMountedFile(const std::string& path, int path_fd = -1);
+absl::StatusOr<MountedFileInfo> InspectMountedFile(const std::string& path, int path_fd = -1);
 
 // Re-reads what may change while a file is open (per-file flags, read-only
 // mount, DAX) into `m`, from the open descriptor `fd`.
-absl::Status RefreshMountedFile(Os& os, int fd, MountedFile& m);
-inline absl::Status RefreshMountedFile(int fd, MountedFile& m) {
+absl::Status RefreshMountedFile(Os& os, int fd, MountedFileInfo& m);
+inline absl::Status RefreshMountedFile(int fd, MountedFileInfo& m) {
   return RefreshMountedFile(*RealOs(), fd, m);
 }
 
@@ -65,7 +65,7 @@ inline std::string FilesystemStopped(int fd) { return FilesystemStopped(*RealOs(
 // data-journaled files (per-file flag or data=journal mount) — their data
 // is not (only) where the extent map says; with `write` also
 // EXT4DIO_E_WRITE_REFUSED for immutable files and read-only mounts.
-absl::Status MountedRefusal(const MountedFile& m, bool write);
+absl::Status MountedRefusal(const MountedFileInfo& m, bool write);
 
 // The first line of a small text file (sysfs attributes), "" if unreadable.
 std::string ReadFirstLine(const std::string& path);

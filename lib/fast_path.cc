@@ -3,7 +3,7 @@
 // monitor thread that polls the lease, the filesystem's state and the
 // pending re-maps, and what the kernel's own write would do to the inode
 // (times, set-ID bits, capabilities).
-#include "file.h"
+#include "mounted_file.h"
 
 #include <linux/capability.h>
 #include <sys/syscall.h>
@@ -49,7 +49,7 @@ bool HasCapFsetid() {
 
 }  // namespace
 
-absl::Status File::StartFastPathLocked() {
+absl::Status MountedFile::StartFastPathLocked() {
   if (absl::Status s = lease_->Take(fd_file_, options_.write ? F_WRLCK : F_RDLCK); !s.ok())
     return s;
   // Nobody can open the file now to change its flags: check what may have
@@ -100,7 +100,7 @@ absl::Status File::StartFastPathLocked() {
   return absl::OkStatus();
 }
 
-void File::StopFastPathLocked(const std::string& why, bool lease_break) {
+void MountedFile::StopFastPathLocked(const std::string& why, bool lease_break) {
   if (fast_.load()) {
     TouchTimes();
     fast_.store(false, std::memory_order_release);
@@ -112,7 +112,7 @@ void File::StopFastPathLocked(const std::string& why, bool lease_break) {
   warning_ = why;
 }
 
-void File::TouchNow() {
+void MountedFile::TouchNow() {
   // mtime to now (ctime follows). Setting only mtime needs ownership; a
   // writer who is not the owner may still set both to now.
   const timespec times[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
@@ -124,14 +124,14 @@ void File::TouchNow() {
                        std::memory_order_relaxed);
 }
 
-void File::TouchTimes() {
+void MountedFile::TouchTimes() {
   // After fast-path writes, at sync/close/lease release and at least once a
   // second while writing (the monitor): mtime and ctime to now.
   if (!times_dirty_.exchange(false)) return;
   TouchNow();
 }
 
-absl::Status File::PrepareFastWrite() {
+absl::Status MountedFile::PrepareFastWrite() {
   // The kernel updates the times before the data lands (file_modified()):
   // so do we, once after open or sync, so a writer killed mid-write still
   // leaves a changed mtime; the monitor refreshes them while writing.
@@ -145,7 +145,7 @@ absl::Status File::PrepareFastWrite() {
   return DropPrivilegesOnce();
 }
 
-absl::Status File::DropCacheLocked() {
+absl::Status MountedFile::DropCacheLocked() {
   const uint64_t granule = std::max<uint64_t>({4096, static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)),
                                                info_.block_size, align_.offset});
   auto kept = DropFileCache(*os_, fd_file_, granule);
@@ -154,7 +154,7 @@ absl::Status File::DropCacheLocked() {
   return absl::OkStatus();
 }
 
-int64_t File::ErrorsCount() const {
+int64_t MountedFile::ErrorsCount() const {
   if (errors_count_fd_ < 0) return -1;
   char buf[32];
   const ssize_t n = ::pread(errors_count_fd_, buf, sizeof buf - 1, 0);
@@ -163,7 +163,7 @@ int64_t File::ErrorsCount() const {
   return std::strtoll(buf, nullptr, 10);
 }
 
-absl::Status File::RecheckFileLocked() {
+absl::Status MountedFile::RecheckFileLocked() {
   if (absl::Status s = RefreshMountedFile(*os_, fd_file_, info_); !s.ok()) return s;
   if (absl::Status s = MountedRefusal(info_, options_.write); !s.ok()) return s;
   if (options_.write) {
@@ -178,7 +178,7 @@ absl::Status File::RecheckFileLocked() {
   return absl::OkStatus();
 }
 
-std::string File::WhyStopped() const {
+std::string MountedFile::WhyStopped() const {
   std::string why = FilesystemStopped(*os_, fd_file_);
   if (why.empty() && errors_baseline_ >= 0) {
     if (const int64_t errors = ErrorsCount(); errors > errors_baseline_) {
@@ -190,7 +190,7 @@ std::string File::WhyStopped() const {
   return why;
 }
 
-void File::PollWhileFast() {
+void MountedFile::PollWhileFast() {
   if (!options_.write) return;
   if (std::string why = WhyStopped(); !why.empty()) {
     IoGate::Exclusive exclusive(gate_);
@@ -216,7 +216,7 @@ void File::PollWhileFast() {
   }
 }
 
-absl::Status File::DropPrivilegesOnce() {
+absl::Status MountedFile::DropPrivilegesOnce() {
   if (privileges_done_.load(std::memory_order_acquire)) return absl::OkStatus();
   std::lock_guard<std::mutex> lock(privileges_mu_);
   if (privileges_done_.load()) return absl::OkStatus();
@@ -240,7 +240,7 @@ absl::Status File::DropPrivilegesOnce() {
   return absl::OkStatus();
 }
 
-void File::Monitor() {
+void MountedFile::Monitor() {
   using Clock = std::chrono::steady_clock;
   const auto poll = std::chrono::milliseconds(std::max<uint32_t>(options_.lease_poll_ms, 1));
   const auto retry = std::chrono::milliseconds(options_.lease_retry_ms);

@@ -25,7 +25,8 @@
 
 #include "async_queue.h"
 #include "ext4_reader.h"
-#include "image_lock.h"
+#include "image_file.h"
+#include "mounted_file.h"
 
 namespace ext4dio {
 
@@ -33,11 +34,21 @@ const char* File::backend_name() const {
   return backend_ == BackendKind::kUring ? "io_uring" : "psync";
 }
 
+File::~File() { CloseDevice(); }
+
+void File::CloseDevice() {
+  pool_.Clear();  // rings go before the descriptor they registered
+  // The rings unregistered the descriptor before they went (os.cc), so this
+  // close drops the last reference: an O_EXCL device claim ends here.
+  if (fd_direct_ >= 0) os_->Close(std::exchange(fd_direct_, -1));
+  if (fd_buffered_ >= 0) os_->Close(std::exchange(fd_buffered_, -1));
+}
+
 absl::StatusOr<std::shared_ptr<File>> File::Open(const OpenOptions& options) {
   if (options.queue_depth == 0 || options.queue_depth > 4096)
     return ErrnoError(EINVAL, absl::StrFormat("queue depth %d (1..4096)", options.queue_depth));
-  if (options.target.image.empty()) return OpenMounted(options);
-  return OpenImage(options);
+  if (options.target.image.empty()) return MountedFile::Open(options);
+  return ImageFile::Open(options);
 }
 
 std::shared_ptr<const MapState> File::SetMap(LoadedMap loaded) {
@@ -64,7 +75,7 @@ std::shared_ptr<const MapState> File::current() const {
 std::shared_ptr<const MapState> File::snapshot() const {
   // A view shows every kernel-path write that has completed: re-map them
   // now rather than at the monitor's next round.
-  if (mounted_ && pending_.ended() != 0) const_cast<File*>(this)->RemapPending();
+  BeforeView();
   std::lock_guard<std::mutex> lock(state_mu_);
   return state_;
 }
@@ -98,91 +109,7 @@ absl::Status File::SetUpBackend(const std::string& device_path) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<File>> File::OpenImage(const OpenOptions& options) {
-  std::shared_ptr<File> f(new File());
-  f->options_ = options;
-  f->os_ = options.os ? options.os : RealOs();
-  const Target& t = options.target;
-  f->name_ = t.inode ? absl::StrFormat("%s: inode %d", t.image, t.inode)
-                     : absl::StrCat(t.image, ":", t.path);
 
-  // Open and claim before reading the map, so no other writer changes what
-  // we read.
-  const int flags = (options.write ? O_RDWR : O_RDONLY);
-  struct stat st;
-  if (::stat(t.image.c_str(), &st) != 0) return ErrnoError(errno, "stat " + t.image);
-  if (absl::Status s = CheckImageKind(t.image); !s.ok()) return s;  // before any open
-  const bool is_blk = S_ISBLK(st.st_mode);
-  f->fd_direct_ = f->os_->Open(t.image.c_str(), flags | O_DIRECT | (options.write && is_blk ? O_EXCL : 0), 0);
-  if (f->fd_direct_ < 0) {
-    const int err = -f->fd_direct_;
-    if (err == EBUSY) {
-      return LibError(EXT4DIO_E_IN_USE,
-                      absl::StrCat(t.image, " is in use (mounted in some mount namespace, lazily "
-                                            "unmounted with a file still open, or opened "
-                                            "exclusively by another program)"));
-    }
-    if (options.write && (err == EACCES || err == EROFS || err == EPERM)) {
-      return LibError(EXT4DIO_E_WRITE_REFUSED,
-                      absl::StrCat(t.image, " cannot be opened for writing: ", strerror(err)));
-    }
-    return ErrnoError(err, "open " + t.image);
-  }
-  struct stat opened;
-  if (::fstat(f->fd_direct_, &opened) != 0) return ErrnoError(errno, "stat " + t.image);
-  if ((opened.st_mode & S_IFMT) != (st.st_mode & S_IFMT) || opened.st_dev != st.st_dev ||
-      opened.st_ino != st.st_ino || opened.st_rdev != st.st_rdev)
-    return ErrnoError(ESTALE, t.image + " changed while it was being opened");
-  f->fd_buffered_ = f->os_->Open(t.image.c_str(), flags, 0);
-  if (f->fd_buffered_ < 0) return ErrnoError(-f->fd_buffered_, "open " + t.image);
-  std::string claim_warning;
-  if (options.write) {
-    // Locks on the image file and exclusive opens of the loop devices over
-    // it (image_lock.h): every other writer and every mount, seen or not.
-    auto claim = ImageClaim::Acquire(f->fd_direct_, t.image, &claim_warning);
-    if (!claim.ok()) return claim.status();
-    f->claim_ = std::move(*claim);
-  }
-
-  LoadOptions load;
-  load.for_write = options.write;
-  load.skip_ownership_check = options.skip_ownership_check;
-  auto loaded = LoadMap(t, load);
-  if (!loaded.ok()) return loaded.status();
-  if (options.write && !loaded->write_status.ok()) return loaded->write_status;
-  f->warning_ = loaded->warning;
-  if (!claim_warning.empty()) {
-    f->warning_ =
-        f->warning_.empty() ? claim_warning : absl::StrCat(f->warning_, "; ", claim_warning);
-  }
-  f->SetMap(std::move(*loaded));
-  if (absl::Status s = f->SetUpBackend(t.image); !s.ok()) return s;
-  return f;
-}
-
-File::~File() {
-  if (monitor_.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(monitor_mu_);
-      monitor_stop_ = true;
-    }
-    monitor_cv_.notify_all();
-    monitor_.join();
-  }
-  if (mounted_) {
-    IoGate::Exclusive exclusive(gate_);
-    TouchTimes();
-    lease_->Release();
-  }
-  pool_.Clear();  // rings go before the descriptor they registered
-  // The rings unregistered the descriptor before they went (os.cc), so this
-  // close drops the last reference: an O_EXCL device claim ends here, and
-  // claim_ (the image's locks) right after this body.
-  if (fd_direct_ >= 0) os_->Close(fd_direct_);
-  if (fd_buffered_ >= 0) os_->Close(fd_buffered_);
-  if (fd_file_ >= 0) os_->Close(fd_file_);
-  if (errors_count_fd_ >= 0) ::close(errors_count_fd_);
-}
 
 FileStats File::stats() const {
   FileStats s;
@@ -228,7 +155,7 @@ absl::StatusOr<std::unique_ptr<IoQueue>> File::NewIoQueue(uint32_t depth,
   // lease break's gate still sees an idle owner's completions within a
   // timer tick (QueueOptions), so neither for_async nor
   // EXT4DIO_OPEN_REAP_PROMPTLY changes the ring any more.
-  qo.file_fd = mounted_ ? fd_file_ : -1;  // kernel-path writes (AddKernelWrite)
+  qo.file_fd = KernelFd();  // mounted: kernel-path writes (AddKernelWrite)
   return os_->NewQueue(fd_direct_, qo);
 }
 
@@ -240,8 +167,7 @@ DeviceExecutor::Context File::ExecContext() const {
   c.write_flags = options_.dsync ? RWF_DSYNC : 0;
   c.offset_alignment = align_.offset;
   c.memory_alignment = align_.memory;
-  c.kernel_writes_ended = &File::KernelWritesEnded;
-  c.kernel_arg = const_cast<File*>(this);
+  AdjustContext(c);
   return c;
 }
 
@@ -267,7 +193,7 @@ void File::RetireExecutor(std::unique_ptr<DeviceExecutor> ex) {
   }
   // Not for a pool's temporary executor: its caller may be inside the gate,
   // and RemoveMember waits for a closer, which waits for that caller.
-  if (member && mounted_) gate_.RemoveMember(ex.get());
+  if (member) AsyncExecutorRetired(ex.get());
   const DeviceExecutor::Stats s = ex->stats();
   {
     std::lock_guard<std::mutex> lock(exec_mu_);
@@ -298,39 +224,8 @@ absl::Status File::FailureStatus(const DeviceExecutor::Failure& f) const {
   return ErrnoError(static_cast<int>(-f.code), what);
 }
 
-absl::StatusOr<std::vector<Piece>> File::PlanWrite(uint64_t offset, uint64_t n,
-                                                   bool show_refused) const {
-  std::shared_ptr<const MapState> state = snapshot();
-  if (mounted_ && !fast_path()) {
-    if (n > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
-    std::vector<Piece> all;
-    if (n > 0) {
-      all.push_back(Piece{options_.no_fallback ? Piece::kRefused : Piece::kKernel, offset, n, 0});
-      if (options_.no_fallback && !show_refused) {
-        return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
-                        "the fast path is off (" + warning() +
-                            ") and no_fallback forbids the kernel path");
-      }
-    }
-    return all;
-  }
-  PlanOptions options = mounted_ ? MountedPlan(*state) : plan_;
-  options.show_refused = show_refused;
-  return ext4dio::PlanWrite(state->loaded.map, state->written, offset, n, options);
-}
 
-uint64_t File::WritableUntil(uint64_t offset, uint64_t n) const {
-  if (mounted_ && !options_.no_fallback) return offset + n;  // the kernel allocates
-  return ext4dio::WritableUntil(current()->loaded.map, offset, n);
-}
 
-uint64_t File::size() const {
-  if (mounted_) {
-    struct stat st;
-    if (os_->Fstat(fd_file_, &st) == 0) return static_cast<uint64_t>(st.st_size);
-  }
-  return current()->loaded.map.file_size();
-}
 
 std::string File::warning() const {
   std::lock_guard<std::mutex> lock(warning_mu_);
@@ -484,30 +379,7 @@ absl::Status File::WritePieces(DeviceExecutor& ex, absl::Span<const Piece> piece
   return s;
 }
 
-absl::StatusOr<size_t> File::Pwrite(const void* buf, size_t n, uint64_t offset) {
-  if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
-  if (mounted_) return PwriteMounted(nullptr, static_cast<const char*>(buf), n, offset);
-  Borrowed ex(*this);
-  if (ex.get() == nullptr) return ex.error();
-  std::vector<Piece>& pieces = ex.get()->pieces();
-  if (absl::Status s = ext4dio::PlanWriteInto(cur().loaded.map, cur().written, offset, n, plan_,
-                                              &pieces);
-      !s.ok()) {
-    return Prefixed(name_ + ": ", s);
-  }
-  if (n == 0) return 0;
-  if (absl::Status s = WritePieces(*ex.get(), pieces, static_cast<const char*>(buf), offset);
-      !s.ok())
-    return s;
-  return n;
-}
 
-absl::StatusOr<size_t> File::Pread(void* buf, size_t n, uint64_t offset) {
-  if (mounted_) return PreadMounted(nullptr, static_cast<char*>(buf), n, offset);
-  Borrowed ex(*this);
-  if (ex.get() == nullptr) return ex.error();
-  return PreadMapped(*ex.get(), static_cast<char*>(buf), n, offset);
-}
 
 absl::StatusOr<size_t> File::PreadMapped(DeviceExecutor& ex, char* buf, size_t n,
                                          uint64_t offset) {
@@ -516,86 +388,7 @@ absl::StatusOr<size_t> File::PreadMapped(DeviceExecutor& ex, char* buf, size_t n
   return WaitFor(ex, *r);
 }
 
-absl::StatusOr<File::Started> File::StartAsync(DeviceExecutor& ex, const AsyncRequest& req) {
-  char* base = static_cast<char*>(req.buf);
-  std::vector<Piece>& pieces = ex.pieces();
-  if (req.write) {
-    const MapState& m = cur();
-    absl::Status planned =
-        mounted_ ? ext4dio::PlanWriteInto(m.loaded.map, m.written, req.offset, req.length,
-                                          MountedPlan(m), &pieces)
-                 : ext4dio::PlanWriteInto(m.loaded.map, m.written, req.offset, req.length, plan_,
-                                          &pieces);
-    if (!planned.ok()) return Prefixed(name_ + ": ", planned);
-    bool unaligned = false, direct = false, kernel = false;
-    for (const Piece& p : pieces) {
-      if (p.kind == Piece::kDirect) {
-        direct = true;
-      } else if (p.kind == Piece::kKernel &&
-                 ConcurrentKernel(p, base + (p.file_offset - req.offset), m)) {
-        kernel = true;  // an O_DIRECT write on the file, in this ring
-      } else {
-        unaligned = true;
-      }
-    }
-    if (unaligned && mounted_) return Started::kBlocking;
-    if (unaligned) {
-      // Blocking: finish what is in flight, then run the whole request
-      // here on this queue's ring, exactly as a synchronous write.
-      if (absl::Status s = ex.Drain(); !s.ok()) return s;
-      AsyncCompletion c;
-      c.cookie = req.cookie;
-      const Piece* failed = nullptr;
-      absl::Status s = WritePieces(ex, pieces, base, req.offset, &failed);
-      if (s.ok()) {
-        c.result = static_cast<int64_t>(req.length);
-      } else {
-        c.result = CodeOf(s);
-        // The unaligned piece that failed, or the direct pieces as a group.
-        c.error_offset = failed ? failed->file_offset : req.offset;
-        c.error_length = failed ? failed->length : req.length;
-      }
-      ex.Complete(c);
-      return Started::kStarted;
-    }
-    if (mounted_ && direct) {
-      if (absl::Status s = PrepareFastWrite(); !s.ok()) return s;
-      NoteFastWrite();
-    }
-    if (kernel) NoteKernelWrite();
-    // Every piece is direct or a concurrent kernel write here: the
-    // request's result is req.length.
-    absl::StatusOr<uint32_t> r =
-        CommitDirectWrite(ex, req.cookie, /*sync=*/false, pieces, base, req.offset);
-    if (!r.ok()) return r.status();
-    return Started::kStarted;
-  }
-  // A range the kernel path wrote and the map does not show yet reads
-  // through the kernel (pending_remap.h: checked before the map is read).
-  if (mounted_ && pending_.Overlaps(req.offset, req.offset + req.length))
-    return Started::kBlocking;
-  absl::StatusOr<uint32_t> r =
-      CommitRead(ex, req.cookie, /*sync=*/false, base, req.length, req.offset);
-  if (!r.ok()) return r.status();
-  return Started::kStarted;
-}
 
-absl::Status File::Sync() {
-  if (mounted_) {
-    TouchTimes();
-    touch_needed_ = true;  // the next fast write bumps them first again
-    if (kernel_dirty_.exchange(false) || fd_direct_ < 0) {
-      if (int rc = os_->Flush(fd_file_); rc < 0) {
-        kernel_dirty_ = true;
-        return ErrnoError(-rc, absl::StrCat(name_, ": fdatasync"));
-      }
-    }
-    if (fd_direct_ < 0) return absl::OkStatus();
-  }
-  if (int rc = os_->Flush(fd_direct_); rc < 0)
-    return ErrnoError(-rc, absl::StrCat(name_, ": flushing the device cache"));
-  return absl::OkStatus();
-}
 
 absl::StatusOr<std::unique_ptr<AsyncQueue>> File::NewAsyncQueue(uint32_t depth) {
   auto ex = NewExecutor(depth, /*for_async=*/true);
@@ -604,7 +397,7 @@ absl::StatusOr<std::unique_ptr<AsyncQueue>> File::NewAsyncQueue(uint32_t depth) 
     std::lock_guard<std::mutex> lock(exec_mu_);
     async_executors_.push_back(ex->get());
   }
-  if (mounted_) gate_.AddMember(ex->get());
+  AsyncExecutorAdded(ex->get());
   return std::make_unique<AsyncQueue>(shared_from_this(), std::move(*ex));
 }
 

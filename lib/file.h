@@ -1,4 +1,6 @@
-// File: an open file for direct I/O at its mapped device offsets.
+// File: an open file for direct I/O at its mapped device offsets: the
+// interface both modes implement (ImageFile, image_file.h; MountedFile,
+// mounted_file.h), and what they share.
 //
 // Image mode: an image file or unmounted device plus a path or inode inside
 // it. The map is read and validated once at open; every write is planned in
@@ -30,12 +32,10 @@
 
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -44,18 +44,13 @@
 #include "executor_pool.h"
 #include "extent_map.h"
 #include "io_gate.h"
-#include "lease.h"
 #include "map_loader.h"
 #include "map_state.h"
 #include "os.h"
-#include "page_cache.h"
-#include "pending_remap.h"
 #include "planner.h"
 #include "write_ranges.h"
 
 namespace ext4dio {
-
-class ImageClaim;  // image_lock.h
 
 struct OpenOptions {
   Target target;
@@ -85,8 +80,6 @@ struct FileStats {
   uint64_t remaps = 0;         // ranges re-mapped after kernel-path changes
 };
 
-class Ext4Reader;
-
 class AsyncQueue;
 
 class File : public std::enable_shared_from_this<File> {
@@ -94,8 +87,10 @@ class File : public std::enable_shared_from_this<File> {
   // Mounted mode: when this process already has the file open, returns the
   // same File if the options agree (write, dsync, no_fallback, backend),
   // else EXT4DIO_E_IN_USE: a second descriptor would break our own lease.
+  // Picks the mode: ImageFile (image_file.h) when options.target names an
+  // image or device, else MountedFile (mounted_file.h).
   [[nodiscard]] static absl::StatusOr<std::shared_ptr<File>> Open(const OpenOptions& options);
-  ~File();
+  virtual ~File();
   File(const File&) = delete;
   File& operator=(const File&) = delete;
 
@@ -108,34 +103,35 @@ class File : public std::enable_shared_from_this<File> {
   // some bytes were written returns that shorter count (like pwrite), the
   // next call reports the error. With no_fallback, a request that would
   // need the kernel is refused before anything is written.
-  [[nodiscard]] absl::StatusOr<size_t> Pwrite(const void* buf, size_t n, uint64_t offset);
+  [[nodiscard]] virtual absl::StatusOr<size_t> Pwrite(const void* buf, size_t n,
+                                                      uint64_t offset) = 0;
   // Reads up to n bytes; holes and unwritten extents read as zeros, a read
   // reaching EOF is short.
-  [[nodiscard]] absl::StatusOr<size_t> Pread(void* buf, size_t n, uint64_t offset);
+  [[nodiscard]] virtual absl::StatusOr<size_t> Pread(void* buf, size_t n, uint64_t offset) = 0;
   // Makes written data durable: flushes the device's write cache; mounted,
   // also updates mtime/ctime after fast-path writes and fdatasyncs the file
   // when the kernel path allocated since the last Sync.
-  [[nodiscard]] absl::Status Sync();
+  [[nodiscard]] virtual absl::Status Sync() = 0;
   // Mounted mode, on the kernel path (the file's descriptor is ours alone
   // while the lease is held), followed by a re-read of the map.
-  [[nodiscard]] absl::Status Fsync();
-  [[nodiscard]] absl::Status Truncate(uint64_t size);
+  [[nodiscard]] virtual absl::Status Fsync() = 0;
+  [[nodiscard]] virtual absl::Status Truncate(uint64_t size) = 0;
   // fallocate(2) modes: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE |
   // FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE [| KEEP_SIZE].
-  [[nodiscard]] absl::Status Fallocate(int mode, uint64_t offset, uint64_t length);
+  [[nodiscard]] virtual absl::Status Fallocate(int mode, uint64_t offset, uint64_t length) = 0;
 
   bool mounted() const { return mounted_; }
   // Whether I/O currently goes straight to the device (image mode: always).
-  bool fast_path() const { return !mounted_ || fast_.load(std::memory_order_acquire); }
+  virtual bool fast_path() const = 0;
   // Why the fast path is off (or the map less trusted); "" if nothing.
   std::string warning() const;
 
   // The plan Pwrite would follow; with show_refused, ranges needing
   // allocation are kRefused pieces instead of an error.
-  [[nodiscard]] absl::StatusOr<std::vector<Piece>> PlanWrite(uint64_t offset, uint64_t n,
-                                                             bool show_refused = false) const;
+  [[nodiscard]] virtual absl::StatusOr<std::vector<Piece>> PlanWrite(
+      uint64_t offset, uint64_t n, bool show_refused = false) const = 0;
   // First byte from offset that cannot be written without allocation.
-  uint64_t WritableUntil(uint64_t offset, uint64_t n) const;
+  virtual uint64_t WritableUntil(uint64_t offset, uint64_t n) const = 0;
 
   // The current map (mounted mode: replaced after kernel-path changes,
   // which it shows once they completed; a snapshot stays valid as long as
@@ -145,7 +141,7 @@ class File : public std::enable_shared_from_this<File> {
   std::shared_ptr<const MapState> current() const;
   // Image mode: the map, fixed for the File's life (mounted: use snapshot()).
   const ExtentMap& map() const { return cur().loaded.map; }
-  uint64_t size() const;
+  virtual uint64_t size() const = 0;
   // The alignment (device offsets/lengths, buffer addresses) that avoids
   // read-modify-write and bounce buffers.
   Alignment alignment() const { return align_; }
@@ -165,13 +161,13 @@ class File : public std::enable_shared_from_this<File> {
   // Blocking requests (see async_queue.h) run here and complete like the
   // rest. Returns how many were started; when fewer, *refused says why the
   // next was not (nothing of it written).
-  size_t SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs,
-                     absl::Status* refused);
+  virtual size_t SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs,
+                             absl::Status* refused) = 0;
   // For AsyncQueue: its executor is done (drained): no longer a member of
   // the gate, its statistics kept.
   void RetireExecutor(std::unique_ptr<DeviceExecutor> ex);
 
- private:
+ protected:
   class Borrowed;  // an executor of the pool, for one synchronous call
 
   enum Stat {
@@ -179,76 +175,27 @@ class File : public std::enable_shared_from_this<File> {
     kZeroBytes, kKernelBytes, kKernelReq, kKernelReadBytes, kLeaseBreaks, kRemaps, kStatCount
   };
 
-  File() = default;
-  static absl::StatusOr<std::shared_ptr<File>> OpenImage(const OpenOptions& options);
-  static absl::StatusOr<std::shared_ptr<File>> OpenMounted(const OpenOptions& options);
+  explicit File(bool mounted) : mounted_(mounted) {}
+  // The mode's hooks: before a map view (mounted: re-map what ended); the
+  // descriptor kernel-path ops use in a ring (-1: none); an executor's
+  // context; an AsyncQueue's executor made or retired.
+  virtual void BeforeView() const {}
+  virtual int KernelFd() const { return -1; }
+  virtual void AdjustContext(DeviceExecutor::Context& c) const { (void)c; }
+  virtual void AsyncExecutorAdded(DeviceExecutor* ex) { (void)ex; }
+  virtual void AsyncExecutorRetired(DeviceExecutor* ex) { (void)ex; }
+  // Rings go, then the device descriptors close (derived destructors call
+  // it before closing what the rings registered). Idempotent.
+  void CloseDevice();
   absl::Status SetUpBackend(const std::string& device_path);
   const MapState& cur() const { return *current_.load(std::memory_order_acquire); }
   // Publishes a new map; returns the old one, which callers inside the gate
   // may still read: free it inside an Exclusive or after gate_.Synchronize().
-  // REQUIRES (mounted): map_mu_.
+  // REQUIRES (mounted): MountedFile::map_mu_.
   std::shared_ptr<const MapState> SetMap(LoadedMap loaded);
   // The same with its written set already built (the re-map's, by merge).
   std::shared_ptr<const MapState> SetMap(LoadedMap loaded, WrittenSet written);
-  PlanOptions MountedPlan(const MapState& m) const;
 
-  // Mounted mode. REQUIRES for the *Locked ones: inside an IoGate::Exclusive.
-  // `ex`: an idle executor to use, or nullptr (one from the pool).
-  absl::StatusOr<size_t> PwriteMounted(DeviceExecutor* ex, const char* buf, size_t n,
-                                       uint64_t offset);
-  absl::StatusOr<size_t> PreadMounted(DeviceExecutor* ex, char* buf, size_t n, uint64_t offset);
-  // The locked kernel path: inside the gate's Exclusive (extending,
-  // unaligned or buffered writes, append-only files, the fast path off).
-  absl::StatusOr<size_t> KernelWrite(const char* buf, size_t n, uint64_t offset);
-  // Whether kernel-path piece p (of `src`) may run concurrently, inside the
-  // gate: an aligned O_DIRECT write within EOF into a hole or unwritten
-  // extent (it allocates or converts, moving no block), fast path on.
-  bool ConcurrentKernel(const Piece& p, const char* src, const MapState& m) const;
-  // Runs such a piece now (REQUIRES: inside the gate), registered in pending_.
-  absl::StatusOr<size_t> KernelWriteConcurrent(DeviceExecutor& ex, const char* src, uint64_t n,
-                                               uint64_t offset);
-  void NoteKernelWrite() {
-    if (!kernel_dirty_.load(std::memory_order_relaxed)) kernel_dirty_.store(true);
-  }
-  static void KernelWritesEnded(void* file, const PendingRemap::WriteEnd* ends, size_t n);
-  // Through the file's descriptor (O_DIRECT while the fast path is on:
-  // unaligned ranges through an aligned bounce buffer). REQUIRES: inside
-  // the gate.
-  absl::StatusOr<size_t> KernelRead(char* buf, size_t n, uint64_t offset);
-  // Sets or clears O_DIRECT on fd_file_. REQUIRES: inside an Exclusive.
-  bool SetFileDirect(bool direct);
-  // The deferred re-map (the monitor): the ranges the kernel path wrote and
-  // that have completed, from FIEMAP into a new map, published without
-  // closing the gate. Fast path off when it fails. `wait`: false (the
-  // monitor) skips the round when another thread is replacing the map, so
-  // the monitor is never held from a lease break by someone else's re-map.
-  void RemapPending(bool wait = true);
-  absl::Status ReloadLocked();
-  // After truncate/fallocate on the file: write back and drop its pages,
-  // re-read the map (fast path off if that fails).
-  absl::Status AfterMetadataChangeLocked(const char* what);
-  absl::Status StartFastPathLocked();
-  // Writes back and drops all of the file's cached pages and records what
-  // could not be dropped for the next SetMap (kernel_only_next_).
-  absl::Status DropCacheLocked();
-  // Re-reads flags, read-only state and shutdown: the fast path (re)starts
-  // only on a file it may write. Updates append_only_.
-  absl::Status RecheckFileLocked();
-  // Before a fast-path write: mtime/ctime bumped once after open/sync, and
-  // set-ID bits and capabilities removed as the kernel's write would.
-  absl::Status PrepareFastWrite();
-  void NoteFastWrite() {
-    if (!times_dirty_.load(std::memory_order_relaxed)) times_dirty_.store(true);
-    if (!wrote_since_poll_.load(std::memory_order_relaxed)) wrote_since_poll_.store(true);
-  }
-  // Monitor, while the fast path is on: timestamps at least once a second
-  // while writing, set-ID bits that appeared meanwhile, read-only/shutdown.
-  void PollWhileFast();
-  void StopFastPathLocked(const std::string& why, bool lease_break);
-  void TouchTimes();
-  void TouchNow();
-  absl::Status DropPrivilegesOnce();
-  void Monitor();
   DeviceExecutor::Context ExecContext() const;
   // `for_async`: the executor keeps I/O in flight between calls (AsyncQueue).
   absl::StatusOr<std::unique_ptr<DeviceExecutor>> NewExecutor(uint32_t depth, bool for_async);
@@ -277,23 +224,12 @@ class File : public std::enable_shared_from_this<File> {
   absl::StatusOr<size_t> PreadMapped(DeviceExecutor& ex, char* buf, size_t n, uint64_t offset);
   // The status of a failed synchronous request (its first failed op).
   absl::Status FailureStatus(const DeviceExecutor::Failure& f) const;
-  // Enters the gate for an async queue's submission: while it is closed,
-  // keeps handling `ex`'s completions, so the writes it has in flight end
-  // (a read-modify-write inside may wait for them, and the closer for it).
-  uint32_t EnterReaping(DeviceExecutor& ex);
-  enum class Started { kStarted, kBlocking };
-  absl::StatusOr<Started> StartAsync(DeviceExecutor& ex, const AsyncRequest& r);
-  absl::Status RunBlocking(DeviceExecutor& ex, const AsyncRequest& r);
 
   OpenOptions options_;
   Os* os_ = nullptr;
   std::string name_;
+  const bool mounted_;
   mutable std::mutex state_mu_;  // guards state_ (the owner of *current_)
-  // Mounted: held by whoever replaces the map (the deferred re-map, and the
-  // Exclusive sections that change the file or re-read the map), so a re-map
-  // computed before a truncate is never published after its reload. Order:
-  // the gate's Exclusive, then map_mu_.
-  std::mutex map_mu_;
   std::shared_ptr<const MapState> state_;
   std::atomic<const MapState*> current_{nullptr};
   Alignment align_;
@@ -301,53 +237,12 @@ class File : public std::enable_shared_from_this<File> {
   BackendKind backend_ = BackendKind::kSync;
   int fd_direct_ = -1;    // O_DIRECT on the image/device
   int fd_buffered_ = -1;  // the same without O_DIRECT (unaligned pieces)
-  std::unique_ptr<ImageClaim> claim_;  // image-mode writers: locks, loop devices
   WriteRanges ranges_;
-
-  // Mounted mode.
-  bool mounted_ = false;
-  int fd_file_ = -1;              // the file itself: our only descriptor of it
-  MountedFile info_;              // where it lives (its fd is closed)
-  std::unique_ptr<Ext4Reader> reader_;  // live reader of the device
-  bool can_fast_ = false;         // device and metadata readable and writable
-  std::atomic<bool> append_only_{false};
-  RangeList kernel_only_next_;    // inside the gate's Exclusive only
-  // /sys/fs/ext4/DEV/errors_count, read at fast-path start and polled: since
-  // Linux 6.x errors=remount-ro marks the filesystem "emergency_ro" without
-  // SB_RDONLY, so only the error count shows it cheaply.
-  int errors_count_fd_ = -1;
-  int64_t errors_baseline_ = -1;
-  int64_t ErrorsCount() const;
-  // Why a writer's fast path must stop now: read-only, shut down
-  // (FilesystemStopped), or an error recorded since open. "" if none.
-  std::string WhyStopped() const;
-  Alignment kernel_align_{512, 512};  // O_DIRECT on the file itself
-  // Kernel-path writes not in the map yet (pending_remap.h).
-  PendingRemap pending_;
-  // O_DIRECT is set on fd_file_ (changed only inside an Exclusive, so
-  // stable for whoever is inside the gate): while the fast path is on.
-  std::atomic<bool> file_direct_{false};
-  // The file's size while the fast path is on (only Exclusive sections
-  // change it then: extending writes, truncate, fallocate).
-  std::atomic<uint64_t> known_size_{0};
-  int64_t remap_not_before_ns_ = 0;  // monitor only
-  IoGate gate_;
-  std::unique_ptr<Lease> lease_;  // through os_; touched only inside the gate's Exclusive
-  std::atomic<bool> fast_{false};
-  std::atomic<bool> times_dirty_{false};    // fast writes since the last touch
-  std::atomic<bool> kernel_dirty_{false};   // kernel writes since the last Sync
-  std::atomic<bool> privileges_done_{false};
-  std::atomic<bool> touch_needed_{true};     // no touch since open/sync yet
-  std::atomic<bool> wrote_since_poll_{false};
-  std::atomic<int64_t> last_touch_ns_{0};    // steady clock
-  std::mutex touch_mu_;
-  std::mutex privileges_mu_;
   mutable std::mutex warning_mu_;
-  std::string warning_;
-  std::mutex monitor_mu_;
-  std::condition_variable monitor_cv_;
-  bool monitor_stop_ = false;
-  std::thread monitor_;
+  std::string warning_;  // what warning() says
+  // Mounted: file ranges the page cache kept after a drop, for the next
+  // SetMap (MapState::kernel_only). Inside the gate's Exclusive only.
+  RangeList kernel_only_next_;
 
   ExecutorPool pool_;  // synchronous callers' executors
   mutable std::mutex exec_mu_;

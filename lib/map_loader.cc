@@ -83,7 +83,7 @@ absl::StatusOr<LoadedMap> LoadImage(const Target& t, const LoadOptions& lo) {
 absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
   auto file = InspectMountedFile(t.path);
   if (!file.ok()) return file.status();
-  MountedFile& mf = *file;
+  MountedFileInfo& mf = *file;
   if (mf.device.empty()) {
     return LoadFiemapOnly(mf.fd, mf, absl::StrCat("no device node for the filesystem (",
                                                   mf.device_error,
@@ -106,7 +106,7 @@ absl::StatusOr<LoadedMap> LoadMounted(const Target& t) {
 
 }  // namespace
 
-absl::StatusOr<LoadedMap> LoadFiemapOnly(Os& os, int fd, const MountedFile& mf,
+absl::StatusOr<LoadedMap> LoadFiemapOnly(Os& os, int fd, const MountedFileInfo& mf,
                                          std::string warning) {
   auto fiemap = ReadFiemap(os, fd, /*sync=*/true, mf.path);
   if (!fiemap.ok()) return fiemap.status();
@@ -127,7 +127,7 @@ absl::StatusOr<LoadedMap> LoadFiemapOnly(Os& os, int fd, const MountedFile& mf,
 }
 
 absl::StatusOr<LoadedMap> LoadMountedMap(Os& os, Ext4Reader& reader, int fd,
-                                         const MountedFile& mf) {
+                                         const MountedFileInfo& mf) {
   if (reader.fsid() != mf.fsid) {
     return LibError(EXT4DIO_E_MAP_MISMATCH,
                     absl::StrFormat("%s does not hold the filesystem of %s "

@@ -55,24 +55,24 @@ struct LoadOptions {
 absl::StatusOr<LoadedMap> LoadMap(const Target& target, const LoadOptions& options = {});
 
 class Ext4Reader;
-struct MountedFile;
+struct MountedFileInfo;
 
 // Mounted mode, for a caller that keeps its own descriptor `fd` of the file
 // and a live reader of its device: the on-disk map cross-checked with FIEMAP
 // (retried kCrossCheckAttempts times while the file changes); the file's
 // system calls (FIEMAP, stat) through `os`.
 absl::StatusOr<LoadedMap> LoadMountedMap(Os& os, Ext4Reader& reader, int fd,
-                                         const MountedFile& mf);
+                                         const MountedFileInfo& mf);
 // The map from FIEMAP alone (the device cannot be read), with `warning`.
-absl::StatusOr<LoadedMap> LoadFiemapOnly(Os& os, int fd, const MountedFile& mf,
+absl::StatusOr<LoadedMap> LoadFiemapOnly(Os& os, int fd, const MountedFileInfo& mf,
                                          std::string warning);
 
 // The same through RealOs().
 inline absl::StatusOr<LoadedMap> LoadMountedMap(Ext4Reader& reader, int fd,
-                                                const MountedFile& mf) {
+                                                const MountedFileInfo& mf) {
   return LoadMountedMap(*RealOs(), reader, fd, mf);
 }
-inline absl::StatusOr<LoadedMap> LoadFiemapOnly(int fd, const MountedFile& mf,
+inline absl::StatusOr<LoadedMap> LoadFiemapOnly(int fd, const MountedFileInfo& mf,
                                                 std::string warning) {
   return LoadFiemapOnly(*RealOs(), fd, mf, std::move(warning));
 }

@@ -3,7 +3,7 @@
 // gate, the locked path under its Exclusive), the deferred re-map that
 // brings what it wrote into the map (remap.h), and metadata changes through
 // the handle. The fast path's state machine: fast_path.cc.
-#include "file.h"
+#include "mounted_file.h"
 
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -32,7 +32,7 @@
 
 namespace ext4dio {
 
-absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& options) {
+absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& options) {
   const Target& t = options.target;
   if (t.path.empty()) return ErrnoError(EINVAL, "no file given");
   if (t.inode != 0) return ErrnoError(EINVAL, "an inode number needs an image (--image)");
@@ -52,7 +52,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   std::unique_lock<std::mutex> registry_lock = OpenRegistry::Lock();
   {
     if (std::shared_ptr<File> open = OpenRegistry::Find(st.st_dev, st.st_ino)) {
-      const OpenOptions& o = open->options_;
+      const OpenOptions& o = open->options();
       // A reader may share a writer's File (its C handle stays read-only).
       const bool same = o.write == options.write && o.dsync == options.dsync &&
                         o.no_fallback == options.no_fallback && o.backend == options.backend &&
@@ -61,19 +61,18 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
       return LibError(EXT4DIO_E_IN_USE,
                       absl::StrFormat("%s is already open in this process (as %s) with other "
                                       "options; close it first or open it the same way",
-                                      t.path, open->name_));
+                                      t.path, open->name()));
     }
   }
 
-  std::shared_ptr<File> f(new File());
+  std::shared_ptr<MountedFile> f(new MountedFile());
   f->options_ = options;
   f->os_ = options.os ? options.os : RealOs();
-  f->mounted_ = true;
   f->name_ = t.path;
   f->lease_ = std::make_unique<Lease>(*f->os_);
   auto inspected = InspectMountedFile(t.path, path_fd);
   if (!inspected.ok()) return inspected.status();
-  MountedFile& mf = *inspected;  // the inode of path_fd, so of `key`
+  MountedFileInfo& mf = *inspected;  // the inode of path_fd, so of `key`
   if (absl::Status s = MountedRefusal(mf, options.write); !s.ok()) return s;
   f->append_only_ = (mf.flags & FS_APPEND_FL) != 0;
 
@@ -196,7 +195,7 @@ absl::StatusOr<std::shared_ptr<File>> File::OpenMounted(const OpenOptions& optio
   return f;
 }
 
-PlanOptions File::MountedPlan(const MapState& m) const {
+PlanOptions MountedFile::MountedPlan(const MapState& m) const {
   PlanOptions options = plan_;
   options.kernel_only = &m.kernel_only;
   options.kernel_path = !options_.no_fallback;
@@ -204,7 +203,7 @@ PlanOptions File::MountedPlan(const MapState& m) const {
   return options;
 }
 
-absl::Status File::RunBlocking(DeviceExecutor& ex, const AsyncRequest& req) {
+absl::Status MountedFile::RunBlocking(DeviceExecutor& ex, const AsyncRequest& req) {
   if (absl::Status s = ex.Drain(); !s.ok()) return s;
   absl::StatusOr<size_t> r =
       req.write ? PwriteMounted(&ex, static_cast<const char*>(req.buf), req.length, req.offset)
@@ -225,7 +224,7 @@ absl::Status File::RunBlocking(DeviceExecutor& ex, const AsyncRequest& req) {
   return absl::OkStatus();
 }
 
-uint32_t File::EnterReaping(DeviceExecutor& ex) {
+uint32_t MountedFile::EnterReaping(DeviceExecutor& ex) {
   uint32_t token;
   auto wait = std::chrono::microseconds(20);
   while (!gate_.TryEnter(&token)) {
@@ -240,26 +239,9 @@ uint32_t File::EnterReaping(DeviceExecutor& ex) {
   return token;
 }
 
-size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs,
-                         absl::Status* refused) {
+size_t MountedFile::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs,
+                                absl::Status* refused) {
   size_t i = 0;
-  if (!mounted_) {
-    for (; i < reqs.size(); ++i) {
-      if (reqs[i].write && !options_.write) {
-        *refused = ErrnoError(EBADF, name_ + ": opened read-only");
-        break;
-      }
-      absl::StatusOr<Started> st = StartAsync(ex, reqs[i]);
-      if (!st.ok()) {
-        *refused = st.status();
-        break;
-      }
-    }
-    // One submission for the batch. A failure here is a broken ring, which
-    // the next Reap reports.
-    (void)ex.Flush();
-    return i;
-  }
   // Mounted: plan and start inside the gate, so no map change or lease
   // release can come between the plan and the device (Flush included).
   uint32_t token = EnterReaping(ex);
@@ -294,7 +276,7 @@ size_t File::SubmitAsync(DeviceExecutor& ex, absl::Span<const AsyncRequest> reqs
   return i;
 }
 
-bool File::SetFileDirect(bool direct) {
+bool MountedFile::SetFileDirect(bool direct) {
   if (file_direct_.load() == direct) return true;
   const int fl = os_->Fcntl(fd_file_, F_GETFL, 0);
   if (fl < 0 || os_->Fcntl(fd_file_, F_SETFL, direct ? (fl | O_DIRECT) : (fl & ~O_DIRECT)) < 0)
@@ -303,7 +285,7 @@ bool File::SetFileDirect(bool direct) {
   return true;
 }
 
-absl::Status File::ReloadLocked() {
+absl::Status MountedFile::ReloadLocked() {
   auto loaded = LoadMountedMap(*os_, *reader_, fd_file_, info_);
   if (!loaded.ok()) return loaded.status();
   known_size_.store(loaded->map.file_size(), std::memory_order_release);
@@ -314,11 +296,11 @@ absl::Status File::ReloadLocked() {
   return absl::OkStatus();
 }
 
-void File::KernelWritesEnded(void* file, const PendingRemap::WriteEnd* ends, size_t n) {
-  static_cast<File*>(file)->pending_.EndAll(ends, n);
+void MountedFile::KernelWritesEnded(void* file, const PendingRemap::WriteEnd* ends, size_t n) {
+  static_cast<MountedFile*>(file)->pending_.EndAll(ends, n);
 }
 
-void File::RemapPending(bool wait) {
+void MountedFile::RemapPending(bool wait) {
   std::unique_lock<std::mutex> map_lock(map_mu_, std::defer_lock);
   if (wait) {
     map_lock.lock();
@@ -390,7 +372,7 @@ void File::RemapPending(bool wait) {
   retired.reset();
 }
 
-absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t offset) {
+absl::StatusOr<size_t> MountedFile::KernelWrite(const char* buf, size_t n, uint64_t offset) {
   IoGate::Exclusive exclusive(gate_);
   std::lock_guard<std::mutex> map_lock(map_mu_);
   if (append_only_.load()) {
@@ -468,7 +450,7 @@ absl::StatusOr<size_t> File::KernelWrite(const char* buf, size_t n, uint64_t off
   return done;
 }
 
-bool File::ConcurrentKernel(const Piece& p, const char* src, const MapState& m) const {
+bool MountedFile::ConcurrentKernel(const Piece& p, const char* src, const MapState& m) const {
   // Holes and unwritten extents inside EOF only: ext4 allocates or converts
   // without moving a block the map shows (so fast-path I/O elsewhere goes
   // on), and caches no page for an aligned O_DIRECT write. Extending,
@@ -487,7 +469,7 @@ bool File::ConcurrentKernel(const Piece& p, const char* src, const MapState& m) 
   return true;
 }
 
-absl::StatusOr<size_t> File::KernelWriteConcurrent(DeviceExecutor& ex, const char* src,
+absl::StatusOr<size_t> MountedFile::KernelWriteConcurrent(DeviceExecutor& ex, const char* src,
                                                    uint64_t n, uint64_t offset) {
   NoteKernelWrite();
   uint64_t done = 0;
@@ -510,7 +492,7 @@ absl::StatusOr<size_t> File::KernelWriteConcurrent(DeviceExecutor& ex, const cha
   return done;
 }
 
-absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* buf, size_t n,
+absl::StatusOr<size_t> MountedFile::PwriteMounted(DeviceExecutor* given, const char* buf, size_t n,
                                            uint64_t offset) {
   if (n == 0) return 0;
   if (n > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
@@ -602,7 +584,7 @@ absl::StatusOr<size_t> File::PwriteMounted(DeviceExecutor* given, const char* bu
   return n;
 }
 
-absl::StatusOr<size_t> File::KernelRead(char* buf, size_t n, uint64_t offset) {
+absl::StatusOr<size_t> MountedFile::KernelRead(char* buf, size_t n, uint64_t offset) {
   auto read_all = [&](char* dst, uint64_t len, uint64_t at) -> absl::StatusOr<uint64_t> {
     uint64_t got = 0;
     while (got < len) {
@@ -654,7 +636,7 @@ absl::StatusOr<size_t> File::KernelRead(char* buf, size_t n, uint64_t offset) {
   return done;
 }
 
-absl::StatusOr<size_t> File::PreadMounted(DeviceExecutor* given, char* buf, size_t n,
+absl::StatusOr<size_t> MountedFile::PreadMounted(DeviceExecutor* given, char* buf, size_t n,
                                           uint64_t offset) {
   // Inside the gate either way: the kernel path's exclusive section
   // switches O_DIRECT on the descriptor we read through.
@@ -675,8 +657,7 @@ absl::StatusOr<size_t> File::PreadMounted(DeviceExecutor* given, char* buf, size
   return r;
 }
 
-absl::Status File::Fsync() {
-  if (!mounted_) return Sync();
+absl::Status MountedFile::Fsync() {
   TouchTimes();
   touch_needed_ = true;
   if (int rc = os_->Fsync(fd_file_); rc < 0)
@@ -689,12 +670,8 @@ absl::Status File::Fsync() {
   return absl::OkStatus();
 }
 
-absl::Status File::Truncate(uint64_t size) {
+absl::Status MountedFile::Truncate(uint64_t size) {
   if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
-  if (!mounted_) {
-    return LibError(EXT4DIO_E_WRITE_REFUSED,
-                    name_ + ": truncating needs the filesystem; image mode never changes metadata");
-  }
   if (size > static_cast<uint64_t>(INT64_MAX)) return ErrnoError(EFBIG, "size too large");
   IoGate::Exclusive exclusive(gate_);
   std::lock_guard<std::mutex> map_lock(map_mu_);
@@ -703,7 +680,7 @@ absl::Status File::Truncate(uint64_t size) {
   return AfterMetadataChangeLocked("truncate");
 }
 
-absl::Status File::AfterMetadataChangeLocked(const char* what) {
+absl::Status MountedFile::AfterMetadataChangeLocked(const char* what) {
   kernel_dirty_ = true;
   // ext4 zeroes partial blocks (a truncated last block's tail, the ends of
   // a punched or zeroed range) in the page cache, not on the device: write
@@ -731,12 +708,8 @@ absl::Status File::AfterMetadataChangeLocked(const char* what) {
   return absl::OkStatus();
 }
 
-absl::Status File::Fallocate(int mode, uint64_t offset, uint64_t length) {
+absl::Status MountedFile::Fallocate(int mode, uint64_t offset, uint64_t length) {
   if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
-  if (!mounted_) {
-    return LibError(EXT4DIO_E_WRITE_REFUSED,
-                    name_ + ": fallocate needs the filesystem; image mode never changes metadata");
-  }
   const int allowed = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
   if ((mode & ~allowed) != 0 || length == 0 || offset > static_cast<uint64_t>(INT64_MAX) ||
       length > static_cast<uint64_t>(INT64_MAX) - offset) {
@@ -750,6 +723,134 @@ absl::Status File::Fallocate(int mode, uint64_t offset, uint64_t length) {
                                              mode, offset, length));
   }
   return AfterMetadataChangeLocked("fallocate");
+}
+
+MountedFile::~MountedFile() {
+  if (monitor_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(monitor_mu_);
+      monitor_stop_ = true;
+    }
+    monitor_cv_.notify_all();
+    monitor_.join();
+  }
+  {
+    IoGate::Exclusive exclusive(gate_);
+    TouchTimes();
+    lease_->Release();
+  }
+  CloseDevice();  // the rings, which registered fd_file_ too, before it
+  if (fd_file_ >= 0) os_->Close(fd_file_);
+  if (errors_count_fd_ >= 0) ::close(errors_count_fd_);
+}
+
+absl::StatusOr<size_t> MountedFile::Pwrite(const void* buf, size_t n, uint64_t offset) {
+  if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
+  return PwriteMounted(nullptr, static_cast<const char*>(buf), n, offset);
+}
+
+absl::StatusOr<size_t> MountedFile::Pread(void* buf, size_t n, uint64_t offset) {
+  return PreadMounted(nullptr, static_cast<char*>(buf), n, offset);
+}
+
+uint64_t MountedFile::WritableUntil(uint64_t offset, uint64_t n) const {
+  if (!options_.no_fallback) return offset + n;  // the kernel allocates
+  return ext4dio::WritableUntil(current()->loaded.map, offset, n);
+}
+
+uint64_t MountedFile::size() const {
+  struct stat st;
+  if (os_->Fstat(fd_file_, &st) == 0) return static_cast<uint64_t>(st.st_size);
+  return current()->loaded.map.file_size();
+}
+
+void MountedFile::BeforeView() const {
+  if (pending_.ended() != 0) const_cast<MountedFile*>(this)->RemapPending();
+}
+
+void MountedFile::AdjustContext(DeviceExecutor::Context& c) const {
+  c.kernel_writes_ended = &MountedFile::KernelWritesEnded;
+  c.kernel_arg = const_cast<MountedFile*>(this);
+}
+
+absl::Status MountedFile::Sync() {
+  {
+    TouchTimes();
+    touch_needed_ = true;  // the next fast write bumps them first again
+    if (kernel_dirty_.exchange(false) || fd_direct_ < 0) {
+      if (int rc = os_->Flush(fd_file_); rc < 0) {
+        kernel_dirty_ = true;
+        return ErrnoError(-rc, absl::StrCat(name_, ": fdatasync"));
+      }
+    }
+    if (fd_direct_ < 0) return absl::OkStatus();
+  }
+  if (int rc = os_->Flush(fd_direct_); rc < 0)
+    return ErrnoError(-rc, absl::StrCat(name_, ": flushing the device cache"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MountedFile::Started> MountedFile::StartAsync(DeviceExecutor& ex, const AsyncRequest& req) {
+  char* base = static_cast<char*>(req.buf);
+  std::vector<Piece>& pieces = ex.pieces();
+  if (req.write) {
+    const MapState& m = cur();
+    absl::Status planned = ext4dio::PlanWriteInto(m.loaded.map, m.written, req.offset,
+                                                  req.length, MountedPlan(m), &pieces);
+    if (!planned.ok()) return Prefixed(name_ + ": ", planned);
+    bool unaligned = false, direct = false, kernel = false;
+    for (const Piece& p : pieces) {
+      if (p.kind == Piece::kDirect) {
+        direct = true;
+      } else if (p.kind == Piece::kKernel &&
+                 ConcurrentKernel(p, base + (p.file_offset - req.offset), m)) {
+        kernel = true;  // an O_DIRECT write on the file, in this ring
+      } else {
+        unaligned = true;
+      }
+    }
+    if (unaligned) return Started::kBlocking;  // the locked path, or RMW
+    if (direct) {
+      if (absl::Status s = PrepareFastWrite(); !s.ok()) return s;
+      NoteFastWrite();
+    }
+    if (kernel) NoteKernelWrite();
+    // Every piece is direct or a concurrent kernel write here: the
+    // request's result is req.length.
+    absl::StatusOr<uint32_t> r =
+        CommitDirectWrite(ex, req.cookie, /*sync=*/false, pieces, base, req.offset);
+    if (!r.ok()) return r.status();
+    return Started::kStarted;
+  }
+  // A range the kernel path wrote and the map does not show yet reads
+  // through the kernel (pending_remap.h: checked before the map is read).
+  if (pending_.Overlaps(req.offset, req.offset + req.length))
+    return Started::kBlocking;
+  absl::StatusOr<uint32_t> r =
+      CommitRead(ex, req.cookie, /*sync=*/false, base, req.length, req.offset);
+  if (!r.ok()) return r.status();
+  return Started::kStarted;
+}
+
+absl::StatusOr<std::vector<Piece>> MountedFile::PlanWrite(uint64_t offset, uint64_t n,
+                                                   bool show_refused) const {
+  std::shared_ptr<const MapState> state = snapshot();
+  if (!fast_path()) {
+    if (n > UINT64_MAX - offset) return ErrnoError(EINVAL, "offset + length overflows");
+    std::vector<Piece> all;
+    if (n > 0) {
+      all.push_back(Piece{options_.no_fallback ? Piece::kRefused : Piece::kKernel, offset, n, 0});
+      if (options_.no_fallback && !show_refused) {
+        return LibError(EXT4DIO_E_NEEDS_ALLOCATION,
+                        "the fast path is off (" + warning() +
+                            ") and no_fallback forbids the kernel path");
+      }
+    }
+    return all;
+  }
+  PlanOptions options = MountedPlan(*state);
+  options.show_refused = show_refused;
+  return ext4dio::PlanWrite(state->loaded.map, state->written, offset, n, options);
 }
 
 }  // namespace ext4dio

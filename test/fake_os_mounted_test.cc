@@ -65,7 +65,7 @@ class CrossCheckTest : public ::testing::Test {
   }
   void TearDown() override {
     reader_.reset();
-    mf_ = MountedFile();  // closes its descriptor before the unmount
+    mf_ = MountedFileInfo();  // closes its descriptor before the unmount
     mount_.reset();
   }
 
@@ -75,7 +75,7 @@ class CrossCheckTest : public ::testing::Test {
 
   std::unique_ptr<LoopMount> mount_;
   std::string path_;
-  MountedFile mf_;
+  MountedFileInfo mf_;
   std::unique_ptr<Ext4Reader> reader_;
 };
 

@@ -405,8 +405,8 @@ TEST(MountedContractRefusal, FileOnTmpfsIsNotExt4) {
 }
 
 // What cannot be made on a loop device here: a synthetic inspection.
-MountedFile Synthetic(uint32_t flags) {
-  MountedFile m;
+MountedFileInfo Synthetic(uint32_t flags) {
+  MountedFileInfo m;
   m.path = "/synthetic/mnt/file";
   m.mount_point = "/synthetic/mnt";
   m.device = "/dev/synthetic";
@@ -432,13 +432,13 @@ TEST(MountedRefusalTest, UnsupportedFilesForReadersAndWriters) {
       EXPECT_THAT(std::string(s.message()), HasSubstr("/synthetic/mnt/file"));
     }
   }
-  MountedFile dax = Synthetic(0);
+  MountedFileInfo dax = Synthetic(0);
   dax.dax = true;  // STATX_ATTR_DAX (dax=inode with the flag on the inode)
   for (bool write : {false, true})
     EXPECT_EQ(CodeOf(MountedRefusal(dax, write)), -EXT4DIO_E_UNSUPPORTED_FILE);
   for (const char* opts : {"data=journal", "rw,data=journal", "rw,data=journal,errors=continue",
                            "rw,dax=always", "rw,dax"}) {
-    MountedFile m = Synthetic(0);
+    MountedFileInfo m = Synthetic(0);
     m.super_options = opts;
     for (bool write : {false, true}) {
       absl::Status s = MountedRefusal(m, write);
@@ -446,16 +446,16 @@ TEST(MountedRefusalTest, UnsupportedFilesForReadersAndWriters) {
     }
   }
   // Unsupported beats read-only/immutable: the reason is the real one.
-  MountedFile both = Synthetic(FS_ENCRYPT_FL | FS_IMMUTABLE_FL);
+  MountedFileInfo both = Synthetic(FS_ENCRYPT_FL | FS_IMMUTABLE_FL);
   both.read_only = true;
   EXPECT_EQ(CodeOf(MountedRefusal(both, true)), -EXT4DIO_E_UNSUPPORTED_FILE);
 }
 
 TEST(MountedRefusalTest, ImmutableAndReadOnlyRefuseOnlyWriters) {
-  MountedFile m = Synthetic(FS_IMMUTABLE_FL);
+  MountedFileInfo m = Synthetic(FS_IMMUTABLE_FL);
   EXPECT_EQ(CodeOf(MountedRefusal(m, true)), -EXT4DIO_E_WRITE_REFUSED);
   EXPECT_TRUE(MountedRefusal(m, false).ok());
-  MountedFile ro = Synthetic(0);
+  MountedFileInfo ro = Synthetic(0);
   ro.read_only = true;
   EXPECT_EQ(CodeOf(MountedRefusal(ro, true)), -EXT4DIO_E_WRITE_REFUSED);
   EXPECT_TRUE(MountedRefusal(ro, false).ok());
@@ -470,7 +470,7 @@ TEST(MountedRefusalTest, OrdinaryFilesAndLookalikeOptionsPass) {
     EXPECT_TRUE(MountedRefusal(Synthetic(FS_NOATIME_FL | FS_EXTENT_FL), write).ok());
     for (const char* opts : {"rw,data=ordered", "rw,data=writeback", "rw,journal_checksum",
                              "rw,dax=never", "rw,nodelalloc"}) {
-      MountedFile m = Synthetic(0);
+      MountedFileInfo m = Synthetic(0);
       m.super_options = opts;
       EXPECT_TRUE(MountedRefusal(m, write).ok()) << opts;
     }
