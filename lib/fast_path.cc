@@ -254,11 +254,12 @@ void MountedFile::Monitor() {
     if (fast_.load()) {
       PollWhileFast();
     }
-    if (!getenv("NOREMAP") && fast_.load() && pending_.ended() != 0 && MonotonicNs() >= remap_not_before_ns_) {
+    FreeRetiredMaps();
+    if (fast_.load() && pending_.ended() != 0 && MonotonicNs() >= remap_not_before_ns_) {
       // Off the hot path, at most a ninth of a core: a batch that took d
       // waits 8 d before the next one (ranges coalesce meanwhile).
       const int64_t t0 = MonotonicNs();
-      RemapPending(/*wait=*/false);
+      RemapPending(/*monitor=*/true);
       const int64_t t1 = MonotonicNs();
       remap_not_before_ns_ = t1 + 8 * (t1 - t0);
     }

@@ -300,9 +300,9 @@ void MountedFile::KernelWritesEnded(void* file, const PendingRemap::WriteEnd* en
   static_cast<MountedFile*>(file)->pending_.EndAll(ends, n);
 }
 
-void MountedFile::RemapPending(bool wait) {
+void MountedFile::RemapPending(bool monitor) {
   std::unique_lock<std::mutex> map_lock(map_mu_, std::defer_lock);
-  if (wait) {
+  if (!monitor) {
     map_lock.lock();
   } else if (!map_lock.try_lock()) {
     return;
@@ -317,6 +317,7 @@ void MountedFile::RemapPending(bool wait) {
   const uint64_t bs = m.block_size();
   auto fail = [&](const absl::Status& s) {
     map_lock.unlock();
+    if (!monitor) return;  // the monitor's next round fails the same way, and stops
     IoGate::Exclusive exclusive(gate_);
     StopFastPathLocked(absl::StrCat("re-mapping after kernel-path writes failed (", s.message(),
                                     "): fast path off"),
@@ -345,6 +346,7 @@ void MountedFile::RemapPending(bool wait) {
   if (const int64_t cached = os_->CachedBytes(fd_file_, 0, 0);
       cached < 0 || static_cast<uint64_t>(cached) > pinned) {
     map_lock.unlock();
+    if (!monitor) return;  // left to the monitor's next round
     IoGate::Exclusive exclusive(gate_);
     if (!fast_.load()) return;
     absl::Status dropped = DropCacheLocked();
@@ -368,8 +370,24 @@ void MountedFile::RemapPending(bool wait) {
   ++stats_[kRemaps];
   map_lock.unlock();
   // Callers inside the gate may still read the old map.
+  if (!monitor) {
+    std::lock_guard<std::mutex> lock(retired_mu_);
+    retired_.push_back(std::move(retired));
+    return;
+  }
   gate_.Synchronize();
   retired.reset();
+  FreeRetiredMaps();
+}
+
+void MountedFile::FreeRetiredMaps() {
+  std::vector<std::shared_ptr<const MapState>> old;
+  {
+    std::lock_guard<std::mutex> lock(retired_mu_);
+    old.swap(retired_);
+  }
+  if (old.empty()) return;
+  gate_.Synchronize();  // every caller that may still read them has left
 }
 
 absl::StatusOr<size_t> MountedFile::KernelWrite(const char* buf, size_t n, uint64_t offset) {
@@ -765,7 +783,7 @@ uint64_t MountedFile::size() const {
 }
 
 void MountedFile::BeforeView() const {
-  if (pending_.ended() != 0) const_cast<MountedFile*>(this)->RemapPending();
+  if (pending_.ended() != 0) const_cast<MountedFile*>(this)->RemapPending(/*monitor=*/false);
 }
 
 void MountedFile::AdjustContext(DeviceExecutor::Context& c) const {

@@ -101,10 +101,19 @@ class MountedFile final : public File {
   bool SetFileDirect(bool direct);
   // The deferred re-map (the monitor): the ranges the kernel path wrote and
   // that have completed, from FIEMAP into a new map, published without
-  // closing the gate. Fast path off when it fails. `wait`: false (the
-  // monitor) skips the round when another thread is replacing the map, so
-  // the monitor is never held from a lease break by someone else's re-map.
-  void RemapPending(bool wait = true);
+  // closing the gate. `monitor`: the monitor's round, which skips when
+  // another thread is replacing the map (so a lease break never waits for
+  // someone else's re-map), stops the fast path when a batch fails, and
+  // frees retired maps after gate_.Synchronize(). Otherwise (a map view,
+  // on the caller's thread) it waits for map_mu_ but never for the gate:
+  // that caller may own an async queue whose unreaped writes a
+  // read-modify-write inside the gate waits for. A failed or unclean batch
+  // is then left to the monitor, and the old map to its next round.
+  void RemapPending(bool monitor);
+  // The monitor: frees the maps views retired (after gate_.Synchronize()).
+  void FreeRetiredMaps();
+  std::mutex retired_mu_;
+  std::vector<std::shared_ptr<const MapState>> retired_;  // for the monitor to free
   absl::Status ReloadLocked();
   // After truncate/fallocate on the file: write back and drop its pages,
   // re-read the map (fast path off if that fails).
