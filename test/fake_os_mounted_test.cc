@@ -192,11 +192,7 @@ class FileRemapTest : public ::testing::Test {
     model_.resize(2 << 20, '\0');
   }
   std::shared_ptr<File> Open(FakeOs& os) {
-    OpenOptions o;
-    o.target.path = path_;
-    o.write = true;
-    o.os = &os;
-    auto f = File::Open(o);
+    auto f = File::Open(testing::MountedWriterOptions(path_, &os));
     EXPECT_TRUE(f.ok()) << f.status();
     return f.ok() ? *f : nullptr;
   }

@@ -226,10 +226,7 @@ TEST_F(MountedIoTest, BatchedRemapEqualsTheKernelsMapBlockByBlock) {
     ASSERT_EQ(fsync(fd), 0);
     close(fd);
   }
-  OpenOptions o;
-  o.target.path = f;
-  o.write = true;
-  auto file = File::Open(o);
+  auto file = File::Open(testing::MountedWriterOptions(f));
   ASSERT_TRUE(file.ok()) << file.status();
   ASSERT_TRUE((*file)->fast_path()) << (*file)->warning();
 
@@ -412,11 +409,7 @@ TEST_F(MountedIoTest, RefusedDeviceMeansKernelPathOnlyWithAWarning) {
     WriteFileBuffered(f, RandomBytes(256 * 1024, 4), 0);
     std::string model = ReadFileBuffered(f);
     RefuseDeviceOs os(err);
-    OpenOptions oo;
-    oo.target.path = f;
-    oo.write = true;
-    oo.os = &os;
-    auto file = File::Open(oo);
+    auto file = File::Open(testing::MountedWriterOptions(f, &os));
     ASSERT_TRUE(file.ok()) << file.status();
     EXPECT_FALSE((*file)->fast_path());
     EXPECT_THAT((*file)->warning(), HasSubstr("cannot open"));

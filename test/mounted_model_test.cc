@@ -154,6 +154,12 @@ std::unique_ptr<char, AlignedFree> Aligned(size_t n) {
   if (posix_memalign(&p, 4096, std::max<size_t>(n, 4096)) != 0) return nullptr;
   return std::unique_ptr<char, AlignedFree>(static_cast<char*>(p));
 }
+// A 4 KiB-aligned copy of data (for O_DIRECT and the fast path's pieces).
+std::unique_ptr<char, AlignedFree> AlignedCopy(const std::string& data) {
+  auto buf = Aligned(data.size());
+  std::memcpy(buf.get(), data.data(), data.size());
+  return buf;
+}
 
 std::string Errno(const std::string& what) { return "<" + what + ": " + strerror(errno) + ">"; }
 
@@ -229,8 +235,7 @@ std::string WriteBuffered(const std::string& path, uint64_t off, const std::stri
 std::string WriteDirect(const std::string& path, uint64_t off, const std::string& data) {
   int fd = open(path.c_str(), O_WRONLY | O_DIRECT);
   if (fd < 0) return Errno("open O_DIRECT");
-  auto buf = Aligned(data.size());
-  std::memcpy(buf.get(), data.data(), data.size());
+  auto buf = AlignedCopy(data);
   ssize_t w = pwrite(fd, buf.get(), data.size(), static_cast<off_t>(off));
   close(fd);
   return w == static_cast<ssize_t>(data.size()) ? "" : Errno("O_DIRECT pwrite");
@@ -257,16 +262,22 @@ void CloseAllBut(std::initializer_list<int> keep) {
     if (!k.count(fd)) close(fd);
 }
 
-// Runs fn in a forked child (another process: its opens break the
-// library's lease, as another program's would) and returns its result
-// string. The child uses only system calls and malloc (fork-safe in glibc).
-std::string InChild(const std::function<std::string()>& fn) {
+// Forks a child that runs fn, writes its result into a pipe and exits 0:
+// "" with the child's pid and the pipe's read end, or what failed.
+// `close_others`: the child first closes every other descriptor.
+std::string Spawn(const std::function<std::string()>& fn, bool close_others, pid_t* pid,
+                  int* from) {
   int p[2];
   if (pipe(p) != 0) return Errno("pipe");
-  pid_t pid = fork();
-  if (pid < 0) return Errno("fork");
-  if (pid == 0) {
-    CloseAllBut({p[1]});
+  *pid = fork();
+  if (*pid < 0) {
+    const std::string err = Errno("fork");
+    close(p[0]);
+    close(p[1]);
+    return err;
+  }
+  if (*pid == 0) {
+    if (close_others) CloseAllBut({p[1]}); else close(p[0]);
     const std::string out = fn();
     size_t done = 0;
     while (done < out.size()) {
@@ -277,17 +288,34 @@ std::string InChild(const std::function<std::string()>& fn) {
     _exit(0);
   }
   close(p[1]);
-  std::string out;
-  char buf[65536];
-  ssize_t r;
-  while ((r = read(p[0], buf, sizeof buf)) > 0 || (r < 0 && errno == EINTR))
-    if (r > 0) out.append(buf, static_cast<size_t>(r));
-  close(p[0]);
+  *from = p[0];
+  return "";
+}
+
+// Waits for a Spawn()ed child: "" when it exited 0, else how it ended.
+std::string WaitChild(pid_t pid) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
     return "<child died: status " + std::to_string(status) + ">";
-  return out;
+  return "";
+}
+
+// Runs fn in a forked child (another process: its opens break the
+// library's lease, as another program's would) and returns its result
+// string. The child uses only system calls and malloc (fork-safe in glibc).
+std::string InChild(const std::function<std::string()>& fn) {
+  pid_t pid;
+  int from;
+  if (std::string e = Spawn(fn, /*close_others=*/true, &pid, &from); !e.empty()) return e;
+  std::string out;
+  char buf[65536];
+  ssize_t r;
+  while ((r = read(from, buf, sizeof buf)) > 0 || (r < 0 && errno == EINTR))
+    if (r > 0) out.append(buf, static_cast<size_t>(r));
+  close(from);
+  const std::string died = WaitChild(pid);
+  return died.empty() ? out : died;
 }
 
 // InChild with a limit: a child that has not answered within `limit` is
@@ -297,22 +325,9 @@ std::string InChild(const std::function<std::string()>& fn) {
 // is a hang detector, not a timing check: what runs there takes a second or
 // two.
 std::string InChildWithin(const std::function<std::string()>& fn, std::chrono::seconds limit) {
-  int p[2];
-  if (pipe(p) != 0) return Errno("pipe");
-  pid_t pid = fork();
-  if (pid < 0) return Errno("fork");
-  if (pid == 0) {
-    close(p[0]);
-    const std::string out = fn();
-    size_t done = 0;
-    while (done < out.size()) {
-      ssize_t w = write(p[1], out.data() + done, out.size() - done);
-      if (w <= 0) break;
-      done += static_cast<size_t>(w);
-    }
-    _exit(0);
-  }
-  close(p[1]);
+  pid_t pid;
+  int from;
+  if (std::string e = Spawn(fn, /*close_others=*/false, &pid, &from); !e.empty()) return e;
   std::string out;
   const auto deadline = std::chrono::steady_clock::now() + limit;
   bool hung = false;
@@ -320,17 +335,17 @@ std::string InChildWithin(const std::function<std::string()>& fn, std::chrono::s
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) { hung = true; break; }
-    pollfd pfd{p[0], POLLIN, 0};
+    pollfd pfd{from, POLLIN, 0};
     const int n = poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) continue;
     char buf[65536];
-    const ssize_t r = read(p[0], buf, sizeof buf);
+    const ssize_t r = read(from, buf, sizeof buf);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
     out.append(buf, static_cast<size_t>(r));
   }
-  close(p[0]);
+  close(from);
   std::string stacks;
   if (hung) {
     RunResult r = testing::Run({"gdb", "-p", std::to_string(pid), "-batch", "-ex", "thread apply all bt 16"});
@@ -342,16 +357,13 @@ std::string InChildWithin(const std::function<std::string()>& fn, std::chrono::s
     }
     kill(pid, SIGKILL);
   }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  const std::string died = WaitChild(pid);
   if (hung) {
     return "<no answer within " + std::to_string(limit.count()) +
            " s: the writer hangs (deadlock?); its threads:\n" +
            (stacks.empty() ? std::string("    (no stacks: gdb missing)\n") : stacks) + ">";
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    return "<child died: status " + std::to_string(status) + ">";
-  return out;
+  return died.empty() ? out : died;
 }
 
 // A process that spliced [off, off+len) of the file into a pipe and keeps
@@ -450,6 +462,43 @@ std::string LibReadAll(ext4dio_file* f, size_t expect) {
   return out;
 }
 
+// Reaps n completions of requests of reqs (a request's cookie is its index):
+// "" or the first failure, a reap's error or a result other than the
+// request's length.
+std::string ReapAll(ext4dio_queue* q, const std::vector<ext4dio_request>& reqs, size_t n,
+                    const char* what) {
+  std::string e;
+  for (size_t got = 0; got < n;) {
+    ext4dio_completion c[8];
+    const int rc = ext4dio_queue_reap(q, c, 8, 1);
+    if (rc < 0) return e.empty() ? LibError("ext4dio_queue_reap", rc) : e;
+    for (int i = 0; i < rc; ++i) {
+      const ext4dio_request& r = reqs[c[i].cookie];
+      if (c[i].result != static_cast<int64_t>(r.length) && e.empty())
+        e = std::string("queue ") + what + " " + std::to_string(c[i].cookie) + " at " +
+            std::to_string(r.offset) + "+" + std::to_string(r.length) + ": result " +
+            std::to_string(c[i].result);
+    }
+    got += static_cast<size_t>(rc);
+  }
+  return e;
+}
+
+// Submits reqs in order until one is refused, then reaps those submitted
+// (*submitted: how many): "" or the first failure.
+std::string SubmitAndReap(ext4dio_queue* q, const std::vector<ext4dio_request>& reqs,
+                          const char* what, size_t* submitted) {
+  std::string e;
+  *submitted = 0;
+  for (size_t i = 0; i < reqs.size() && e.empty(); ++i) {
+    ext4dio_request r = reqs[i];
+    if (int rc = ext4dio_queue_submit(q, &r); rc < 0) e = LibError("ext4dio_queue_submit", rc);
+    else ++*submitted;
+  }
+  const std::string reaped = ReapAll(q, reqs, *submitted, what);
+  return e.empty() ? reaped : e;
+}
+
 bool Remount(const LoopMount& m, std::string* why) {
   RunResult r = testing::Run({"umount", m.mount_point()});
   if (r.exit_code != 0) { *why = "umount: " + r.err; return false; }
@@ -467,6 +516,18 @@ bool Remount(const LoopMount& m, std::string* why) {
 uint64_t EnvU64(const char* name, uint64_t dflt) {
   const char* v = std::getenv(name);
   return v && *v ? std::strtoull(v, nullptr, 10) : dflt;
+}
+
+// How to run one seed of the model test again.
+std::string Rerun(uint64_t seed, uint32_t block_size, bool concurrent) {
+  if (concurrent) {
+    return "rerun: EXT4DIO_MODEL_SEED=" + std::to_string(seed) +
+           " EXT4DIO_MODEL_BLOCK_SIZE=" + std::to_string(block_size) +
+           " mounted_model_test --gtest_filter='MountedModelTest.ConcurrentKernelPath'";
+  }
+  return "rerun: EXT4DIO_MODEL_SEED=" + std::to_string(seed) +
+         " mounted_model_test --gtest_filter='*Model" + (block_size == 1024 ? "1" : "4") +
+         "KiBBlocks'";
 }
 
 class ModelRun {
@@ -508,13 +569,7 @@ class ModelRun {
                          "-byte blocks) failed at step " + std::to_string(step_) + ":\n  " + err +
                          "\n  last steps:\n";
     for (const std::string& s : log_) report += "    " + s + "\n";
-    if (concurrent_) {
-      return report + "  rerun: EXT4DIO_MODEL_SEED=" + std::to_string(seed_) +
-             " EXT4DIO_MODEL_BLOCK_SIZE=" + std::to_string(bs_) +
-             " mounted_model_test --gtest_filter='MountedModelTest.ConcurrentKernelPath'";
-    }
-    return report + "  rerun: EXT4DIO_MODEL_SEED=" + std::to_string(seed_) +
-           " mounted_model_test --gtest_filter='*Model" + (bs_ == 1024 ? "1" : "4") + "KiBBlocks'";
+    return report + "  " + Rerun(seed_, bs_, concurrent_);
   }
 
  private:
@@ -756,41 +811,51 @@ class ModelRun {
     ext4dio_queue* q = nullptr;
     int rc = ext4dio_queue_open(f, 8, &q);
     if (rc < 0) return LibError("ext4dio_queue_open", rc);
-    std::string e;
-    int submitted = 0;
-    for (int i = 0; i < n && e.empty(); ++i) {
-      ext4dio_request r{EXT4DIO_OP_WRITE, bufs[i].data(), bufs[i].size(), offs[i],
-                        static_cast<uint64_t>(i)};
-      rc = ext4dio_queue_submit(q, &r);
-      if (rc < 0) e = LibError("ext4dio_queue_submit", rc); else ++submitted;
-    }
-    for (int got = 0; got < submitted;) {
-      ext4dio_completion c[8];
-      rc = ext4dio_queue_reap(q, c, 8, 1);
-      if (rc < 0) { if (e.empty()) e = LibError("ext4dio_queue_reap", rc); break; }
-      for (int i = 0; i < rc; ++i) {
-        if (c[i].result != static_cast<int64_t>(bufs[c[i].cookie].size()) && e.empty())
-          e = "queue write " + std::to_string(c[i].cookie) + " at " + std::to_string(offs[c[i].cookie]) +
-              ": result " + std::to_string(c[i].result);
-      }
-      got += rc;
-    }
+    std::vector<ext4dio_request> reqs;
+    for (int i = 0; i < n; ++i)
+      reqs.push_back({EXT4DIO_OP_WRITE, bufs[i].data(), bufs[i].size(), offs[i], static_cast<uint64_t>(i)});
+    size_t submitted;
+    const std::string e = SubmitAndReap(q, reqs, "write", &submitted);
     ext4dio_queue_close(q);
-    for (int i = 0; i < submitted; ++i) model_.Write(offs[i], bufs[i]);
+    for (size_t i = 0; i < submitted; ++i) model_.Write(offs[i], bufs[i]);
+    return e;
+  }
+
+  // A writer session's start: the library's handle in *f, or in reference
+  // mode ref_fd_; "" or what failed.
+  std::string OpenWriter(Handle* f) {
+    Log(reference_ ? "reference: open (a kernel descriptor, not the library)" : "lib: open");
+    if (reference_) {
+      ref_fd_ = open(path_.c_str(), O_RDWR);
+      return ref_fd_ < 0 ? Errno("reference open") : "";
+    }
+    std::string e;
+    *f = OpenLib(path_, &e);
+    if (!*f && e.empty()) e = "ext4dio_open: no handle";
+    return e;
+  }
+  // Its end, after the session's first failure e ("" when none): sometimes
+  // a sync (only when all went well), then the close; e or the sync's error.
+  std::string CloseWriter(Handle* f, std::string e) {
+    if (e.empty() && Chance(0.5)) {
+      Log("lib: sync");
+      if (reference_) {
+        if (fsync(ref_fd_) != 0) e = Errno("reference fsync");
+      } else if (int rc = ext4dio_sync(f->get()); rc < 0) {
+        e = LibError("ext4dio_sync", rc);
+      }
+    }
+    Log("lib: close");
+    f->reset();
+    if (ref_fd_ >= 0) close(ref_fd_);
+    ref_fd_ = -1;
     return e;
   }
 
   std::string Session() {
-    Log(reference_ ? "reference: open (a kernel descriptor, not the library)" : "lib: open");
-    std::string e;
     Handle f;
-    if (reference_) {
-      ref_fd_ = open(path_.c_str(), O_RDWR);
-      if (ref_fd_ < 0) return Errno("reference open");
-    } else {
-      f = OpenLib(path_, &e);
-      if (!f) return e;
-    }
+    std::string e = OpenWriter(&f);
+    if (!e.empty()) return e;
     const int ops = static_cast<int>(Uniform(1, 10));
     for (int i = 0; i < ops && e.empty(); ++i) {
       const uint64_t size = model_.bytes.size();
@@ -848,19 +913,7 @@ class ModelRun {
       }
       if (e.empty()) e = Describe(model_.bytes, DoRead(f.get(), model_.bytes.size()), reference_ ? "reference pread" : "ext4dio_pread");
     }
-    if (e.empty() && Chance(0.5)) {
-      Log("lib: sync");
-      if (reference_) {
-        if (fsync(ref_fd_) != 0) e = Errno("reference fsync");
-      } else if (int rc = ext4dio_sync(f.get()); rc < 0) {
-        e = LibError("ext4dio_sync", rc);
-      }
-    }
-    Log("lib: close");
-    f.reset();
-    if (ref_fd_ >= 0) close(ref_fd_);
-    ref_fd_ = -1;
-    return e;
+    return CloseWriter(&f, e);
   }
 
   std::string Step() {
@@ -1033,31 +1086,13 @@ class ModelRun {
     }
     const size_t n = op.batch.size();
     std::vector<std::unique_ptr<char, AlignedFree>> bufs;
-    for (const auto& [o, d] : op.batch) {
-      bufs.push_back(Aligned(d.size()));
-      std::memcpy(bufs.back().get(), d.data(), d.size());
-    }
+    for (const auto& [o, d] : op.batch) bufs.push_back(AlignedCopy(d));
     auto run = [&](uint32_t opcode, const char* what) -> std::string {
-      std::string e;
-      size_t submitted = 0;
-      for (size_t i = 0; i < n && e.empty(); ++i) {
-        ext4dio_request r{opcode, bufs[i].get(), op.batch[i].second.size(), op.batch[i].first, i};
-        if (int rc = ext4dio_queue_submit(*q, &r); rc < 0) e = LibError("ext4dio_queue_submit", rc);
-        else ++submitted;
-      }
-      for (size_t got = 0; got < submitted;) {
-        ext4dio_completion c[8];
-        const int rc = ext4dio_queue_reap(*q, c, 8, 1);
-        if (rc < 0) return e.empty() ? LibError("ext4dio_queue_reap", rc) : e;
-        for (int i = 0; i < rc; ++i) {
-          const auto& [o, d] = op.batch[c[i].cookie];
-          if (c[i].result != static_cast<int64_t>(d.size()) && e.empty())
-            e = std::string("queue ") + what + " at " + std::to_string(o) + "+" +
-                std::to_string(d.size()) + ": result " + std::to_string(c[i].result);
-        }
-        got += static_cast<size_t>(rc);
-      }
-      return e;
+      std::vector<ext4dio_request> reqs;
+      for (size_t i = 0; i < n; ++i)
+        reqs.push_back({opcode, bufs[i].get(), op.batch[i].second.size(), op.batch[i].first, i});
+      size_t submitted;
+      return SubmitAndReap(*q, reqs, what, &submitted);
     };
     std::string e = run(EXT4DIO_OP_WRITE, "write");
     for (const auto& [o, d] : op.batch) local.Write(o, d);  // some may have landed
@@ -1082,8 +1117,7 @@ class ModelRun {
       switch (op.kind) {
         case Op::kWrite: {
           if (op.aligned && !reference_) {
-            auto buf = Aligned(op.len);
-            std::memcpy(buf.get(), op.data.data(), op.len);
+            auto buf = AlignedCopy(op.data);
             const int64_t w = ext4dio_pwrite(f, buf.get(), op.len, op.off);
             if (w != static_cast<int64_t>(op.len)) e = LibError("ext4dio_pwrite", w);
           } else {
@@ -1204,16 +1238,9 @@ class ModelRun {
   // A writer session of concurrent rounds; between rounds, sometimes
   // another process reads the file or acts on it (breaking the lease).
   std::string ConcurrentSession() {
-    Log(reference_ ? "reference: open (a kernel descriptor, not the library)" : "lib: open");
-    std::string e;
     Handle f;
-    if (reference_) {
-      ref_fd_ = open(path_.c_str(), O_RDWR);
-      if (ref_fd_ < 0) return Errno("reference open");
-    } else {
-      f = OpenLib(path_, &e);
-      if (!f) return e;
-    }
+    std::string e = OpenWriter(&f);
+    if (!e.empty()) return e;
     const int rounds = static_cast<int>(Uniform(1, 3));
     for (int r = 0; r < rounds && e.empty(); ++r) {
       if (r > 0) {
@@ -1232,19 +1259,7 @@ class ModelRun {
         e = Describe(model_.bytes, DoRead(f.get(), model_.bytes.size()),
                      reference_ ? "reference pread" : "ext4dio_pread of the whole file after the threads");
     }
-    if (e.empty() && Chance(0.5)) {
-      Log("lib: sync");
-      if (reference_) {
-        if (fsync(ref_fd_) != 0) e = Errno("reference fsync");
-      } else if (int rc = ext4dio_sync(f.get()); rc < 0) {
-        e = LibError("ext4dio_sync", rc);
-      }
-    }
-    Log("lib: close");
-    f.reset();
-    if (ref_fd_ >= 0) close(ref_fd_);
-    ref_fd_ = -1;
-    return e;
+    return CloseWriter(&f, e);
   }
 
   static constexpr uint64_t kMaxSize = 6 * kMiB;
@@ -1288,10 +1303,8 @@ void RunModel(uint32_t block_size, const std::string& fs_size, bool concurrent =
       failed.push_back(seed);
       ADD_FAILURE() << (concurrent && report[0] == '<'
                             ? "seed " + std::to_string(seed) + " (" + std::to_string(block_size) +
-                                  "-byte blocks): " + report + "\n  rerun: EXT4DIO_MODEL_SEED=" +
-                                  std::to_string(seed) + " EXT4DIO_MODEL_BLOCK_SIZE=" +
-                                  std::to_string(block_size) +
-                                  " mounted_model_test --gtest_filter='MountedModelTest.ConcurrentKernelPath'"
+                                  "-byte blocks): " + report + "\n  " +
+                                  Rerun(seed, block_size, /*concurrent=*/true)
                             : report);
       if (concurrent && report[0] == '<') break;  // a hung child: the file may be in any state
     }
@@ -1301,6 +1314,24 @@ void RunModel(uint32_t block_size, const std::string& fs_size, bool concurrent =
   for (uint64_t s : failed) list += " " + std::to_string(s);
   std::printf("[ model ] %u-byte blocks: %" PRIu64 " seeds run, %zu failed:%s\n", block_size, ran,
               failed.size(), list.c_str());
+}
+
+// For the short tests below: a file of `size` bytes from rng written
+// through the kernel and synced; its model.
+Model SyncedFile(const std::string& path, uint64_t size, std::mt19937_64& rng) {
+  Model model;
+  model.Write(0, RandomBytes(size, rng));
+  testing::WriteFile(path, model.bytes);
+  testing::Run({"sync"});
+  return model;
+}
+
+// The file read with O_DIRECT and buffered against the model: "" or what
+// differed in each (`when` ends the reads' names: " after close").
+std::string ReadsAfter(const Model& model, const std::string& path, const std::string& when) {
+  const std::string direct = Describe(model.bytes, ReadDirect(path), "O_DIRECT read" + when);
+  const std::string buffered = Describe(model.bytes, ReadBuffered(path), "buffered read" + when);
+  return direct + (direct.empty() || buffered.empty() ? "" : "\n") + buffered;
 }
 
 TEST(MountedModelTest, Model4KiBBlocks) { RunModel(4096, "128M"); }
@@ -1331,10 +1362,7 @@ TEST(MountedModelTest, RmwBesideAnUnreapedQueueWriteAndAKernelPathWrite) {
   ASSERT_TRUE(m.ok()) << m.error();
   const std::string path = m / "f";
   std::mt19937_64 rng(111);
-  Model model;
-  model.Write(0, RandomBytes(kMiB, rng));
-  testing::WriteFile(path, model.bytes);
-  testing::Run({"sync"});
+  Model model = SyncedFile(path, kMiB, rng);
   ASSERT_EQ(TruncateFile(path, 2 * kMiB), "");
   model.Truncate(2 * kMiB);
   const std::string a = RandomBytes(4096, rng), a2 = RandomBytes(4096, rng),
@@ -1345,11 +1373,10 @@ TEST(MountedModelTest, RmwBesideAnUnreapedQueueWriteAndAKernelPathWrite) {
     if (!f) return err;
     ext4dio_queue* q = nullptr;
     if (int rc = ext4dio_queue_open(f.get(), 8, &q); rc < 0) return LibError("ext4dio_queue_open", rc);
-    auto abuf = Aligned(4096), a2buf = Aligned(4096);
-    std::memcpy(abuf.get(), a.data(), 4096);
-    std::memcpy(a2buf.get(), a2.data(), 4096);
-    ext4dio_request ra{EXT4DIO_OP_WRITE, abuf.get(), 4096, 0, 1};
-    if (int rc = ext4dio_queue_submit(q, &ra); rc < 0) return LibError("ext4dio_queue_submit", rc);
+    auto abuf = AlignedCopy(a), a2buf = AlignedCopy(a2);
+    std::vector<ext4dio_request> reqs{{EXT4DIO_OP_WRITE, abuf.get(), 4096, 0, 0},
+                                      {EXT4DIO_OP_WRITE, a2buf.get(), 4096, 64 * 4096, 1}};
+    if (int rc = ext4dio_queue_submit(q, &reqs[0]); rc < 0) return LibError("ext4dio_queue_submit", rc);
     // Starts fn on a thread and returns once it sleeps in `wchan` (or is done).
     struct Waiter {
       std::atomic<pid_t> tid{0};
@@ -1373,18 +1400,10 @@ TEST(MountedModelTest, RmwBesideAnUnreapedQueueWriteAndAKernelPathWrite) {
     Waiter wc, wb;
     start(wc, "hrtimer_nanosleep", [&] { return LibWrite(f.get(), 8192 + 10, c); });  // the RMW's backoff
     start(wb, "futex_do_wait", [&] { return LibWrite(f.get(), kMiB + 4096, h); });    // the gate's drain
-    ext4dio_request ra2{EXT4DIO_OP_WRITE, a2buf.get(), 4096, 64 * 4096, 2};
     std::string out;
-    if (int rc = ext4dio_queue_submit(q, &ra2); rc < 0) out = LibError("ext4dio_queue_submit", rc);
-    for (int got = 0; got < (out.empty() ? 2 : 1);) {
-      ext4dio_completion done[2];
-      const int rc = ext4dio_queue_reap(q, done, 2, 1);
-      if (rc < 0) { out = LibError("ext4dio_queue_reap", rc); break; }
-      for (int i = 0; i < rc; ++i)
-        if (done[i].result != 4096 && out.empty())
-          out = "queue write " + std::to_string(done[i].cookie) + ": " + std::to_string(done[i].result);
-      got += rc;
-    }
+    if (int rc = ext4dio_queue_submit(q, &reqs[1]); rc < 0) out = LibError("ext4dio_queue_submit", rc);
+    const std::string reaped = ReapAll(q, reqs, out.empty() ? 2 : 1, "write");
+    if (out.empty()) out = reaped;
     wc.t.join();
     wb.t.join();
     ext4dio_queue_close(q);
@@ -1397,8 +1416,7 @@ TEST(MountedModelTest, RmwBesideAnUnreapedQueueWriteAndAKernelPathWrite) {
   model.Write(64 * 4096, a2);
   model.Write(8192 + 10, c);
   model.Write(kMiB + 4096, h);
-  EXPECT_OK_TEXT(Describe(model.bytes, ReadDirect(path), "O_DIRECT read after close"));
-  EXPECT_OK_TEXT(Describe(model.bytes, ReadBuffered(path), "buffered read after close"));
+  EXPECT_OK_TEXT(ReadsAfter(model, path, " after close"));
 }
 
 // ---- Issue 9's reproductions --------------------------------------------
@@ -1412,10 +1430,7 @@ TEST(MountedModelTest, Issue9Item1FastPathAfterKernelExtendInOldEofPage) {
   ASSERT_TRUE(m.ok()) << m.error();
   const std::string path = m / "f";
   std::mt19937_64 rng(91);
-  Model model;
-  model.Write(0, RandomBytes(5000, rng));
-  testing::WriteFile(path, model.bytes);
-  testing::Run({"sync"});
+  Model model = SyncedFile(path, 5000, rng);
   std::string err;
   Handle f = OpenLib(path, &err);
   ASSERT_TRUE(f) << err;
@@ -1432,8 +1447,7 @@ TEST(MountedModelTest, Issue9Item1FastPathAfterKernelExtendInOldEofPage) {
   model.Write(5200, one);
   EXPECT_OK_TEXT(InChild([&] { return Describe(model.bytes, ReadDirect(path), "O_DIRECT read"); }));
   f.reset();
-  EXPECT_OK_TEXT(Describe(model.bytes, ReadDirect(path), "O_DIRECT read after close"));
-  EXPECT_OK_TEXT(Describe(model.bytes, ReadBuffered(path), "buffered read after close"));
+  EXPECT_OK_TEXT(ReadsAfter(model, path, " after close"));
   std::string why;
   ASSERT_TRUE(Remount(m, &why)) << why;
   EXPECT_OK_TEXT(Describe(model.bytes, ReadBuffered(path), "buffered read after remount"));
@@ -1535,8 +1549,7 @@ TEST(MountedModelTest, Issue9Item2DevicePageSharedWithJournaledMetadata) {
   model.Write(logical * kKiB, head);
   f.reset();
   testing::Run({"sync"});
-  EXPECT_OK_TEXT(Describe(model.bytes, ReadDirect(path), "O_DIRECT read"));
-  EXPECT_OK_TEXT(Describe(model.bytes, ReadBuffered(path), "buffered read"));
+  EXPECT_OK_TEXT(ReadsAfter(model, path, ""));
   std::string why;
   ASSERT_TRUE(Remount(m, &why)) << why;
   EXPECT_OK_TEXT(Describe(model.bytes, ReadDirect(path), "O_DIRECT read after remount"));
@@ -1551,10 +1564,7 @@ TEST(MountedModelTest, Issue9Item3PagesPinnedByASplice) {
   ASSERT_TRUE(m.ok()) << m.error();
   const std::string path = m / "f";
   std::mt19937_64 rng(93);
-  Model model;
-  model.Write(0, RandomBytes(256 * kKiB, rng));
-  testing::WriteFile(path, model.bytes);
-  testing::Run({"sync"});
+  Model model = SyncedFile(path, 256 * kKiB, rng);
   SplicePin pin(path, 64 * kKiB, 64 * kKiB);
   ASSERT_EQ(pin.error(), "");
   std::string err;
@@ -1571,8 +1581,7 @@ TEST(MountedModelTest, Issue9Item3PagesPinnedByASplice) {
   model.Write(ten_at, ten);
   EXPECT_OK_TEXT(InChild([&] { return Describe(model.bytes, ReadDirect(path), "O_DIRECT read"); }));
   f.reset();
-  EXPECT_OK_TEXT(Describe(model.bytes, ReadDirect(path), "O_DIRECT read after close"));
-  EXPECT_OK_TEXT(Describe(model.bytes, ReadBuffered(path), "buffered read after close"));
+  EXPECT_OK_TEXT(ReadsAfter(model, path, " after close"));
   pin.Release();
   std::string why;
   ASSERT_TRUE(Remount(m, &why)) << why;

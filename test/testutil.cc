@@ -15,6 +15,7 @@
 #include <regex>
 #include <sstream>
 
+#include "file.h"
 #include "gtest/gtest.h"
 
 extern char** environ;
@@ -303,6 +304,14 @@ LoopMount::~LoopMount() {
     if (Run({"umount", mount_point_}).exit_code != 0) Run({"umount", "-l", mount_point_});
   }
   if (!device_.empty()) Run({"losetup", "-d", device_});
+}
+
+OpenOptions MountedWriterOptions(const std::string& path, Os* os) {
+  OpenOptions o;
+  o.target.path = path;
+  o.write = true;
+  o.os = os;
+  return o;
 }
 
 bool CanUseLoopDevices(std::string* why) {

@@ -12,6 +12,11 @@
 
 #include "extent_map.h"
 
+namespace ext4dio {
+struct OpenOptions;  // file.h
+class Os;            // os.h
+}  // namespace ext4dio
+
 namespace ext4dio::testing {
 
 struct RunResult {
@@ -124,6 +129,10 @@ class LoopMount {
   bool mounted_ = false;
   bool ok_ = false;
 };
+
+// Options that open the mounted file at `path` for writing, through `os`
+// (nullptr: the real OS).
+OpenOptions MountedWriterOptions(const std::string& path, Os* os = nullptr);
 
 // True when running as root with loop devices available (mounted tests).
 bool CanUseLoopDevices(std::string* why);
