@@ -34,7 +34,7 @@
 // fallocate through the handle), overwrites, a read right after each write
 // (never zeros), punches, truncates by the thread owning the tail; between
 // rounds and sessions another process reads and writes. Each seed runs in a
-// child, so a hang is reported with the threads' stacks. Budget 15 s per
+// child, so a hang is reported with the threads' stacks. Budget 8 s per
 // block size (EXT4DIO_MODEL_SECONDS), 16 steps per seed
 // (EXT4DIO_MODEL_STEPS), EXT4DIO_MODEL_BLOCK_SIZE=4096|1024 for one.
 //
@@ -1282,7 +1282,7 @@ void RunModel(uint32_t block_size, const std::string& fs_size, bool concurrent =
   LoopMount m({"-b", std::to_string(block_size)}, fs_size);
   ASSERT_TRUE(m.ok()) << m.error();
   const uint64_t steps = EnvU64("EXT4DIO_MODEL_STEPS", concurrent ? 16 : 40);
-  const uint64_t seconds = EnvU64("EXT4DIO_MODEL_SECONDS", concurrent ? 15 : 20);
+  const uint64_t seconds = EnvU64("EXT4DIO_MODEL_SECONDS", concurrent ? 8 : 20);
   const uint64_t only = EnvU64("EXT4DIO_MODEL_SEED", 0);
   const auto start = std::chrono::steady_clock::now();
   const auto budget = start + std::chrono::seconds(seconds);
