@@ -89,21 +89,12 @@ reps=3; quick=0; build="$repo/build"; outdir=""; ios=""
 image_mib=""; file_mib=""; second_mib=""; only="first,second,mixed"
 mkfs_opts="-O sparse_super2"
 passes=4  # section 2: passes over the region per run
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
-die() { echo "$prog: $*" >&2; exit 1; }
+# shellcheck source=bench/bench_lib.sh
+. "$here/bench_lib.sh"  # usage, die, posint, want, bl_*
 while [ $# -gt 0 ]; do
   case $1 in
-    --quick) quick=1; shift ;;
-    --reps) reps=${2:?}; shift 2 ;;
-    --ios) ios=${2:?}; shift 2 ;;
-    --only) only=${2:?}; shift 2 ;;
-    --build) build=${2:?}; shift 2 ;;
-    --out) outdir=${2:?}; shift 2 ;;
-    --file-size) file_mib=${2:?}; shift 2 ;;
     --second-mib) second_mib=${2:?}; shift 2 ;;
-    --image-size) image_mib=${2:?}; shift 2 ;;
-    -h|--help) usage ;;
-    *) echo "$prog: unknown option $1" >&2; usage ;;
+    *) bl_option "$@"; shift "$bl_shift" ;;  # the options all share
   esac
 done
 qds="1 32"; jobs_list="1 4"
@@ -112,7 +103,6 @@ if [ "$quick" = 1 ]; then
   : "${image_mib:=512}" "${file_mib:=128}" "${ios:=1024}" "${second_mib:=8}"
 fi
 : "${image_mib:=2048}" "${file_mib:=1024}" "${ios:=16384}" "${second_mib:=64}"
-posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "$prog: $1: a positive integer, not '$2'" >&2; exit 2; }; }
 posint --reps "$reps"; posint --ios "$ios"; posint --image-size "$image_mib"
 posint --file-size "$file_mib"; posint --second-mib "$second_mib"
 [ $(( file_mib % 8 )) = 0 ] || { echo "$prog: --file-size: a multiple of 8 MiB" >&2; exit 2; }
@@ -125,37 +115,14 @@ posint --file-size "$file_mib"; posint --second-mib "$second_mib"
   || { echo "$prog: --second-mib $second_mib: more than half of the file" >&2; exit 2; }
 [ "$image_mib" -ge $(( file_mib + file_mib / 4 + 128 )) ] \
   || { echo "$prog: --image-size $image_mib MiB is too small for a $file_mib MiB file" >&2; exit 2; }
-all_sections="first second mixed"
-sections=()
-IFS=, read -r -a wanted <<< "$only"
-for w in "${wanted[@]}"; do
-  [[ " $all_sections " == *" $w "* ]] || { echo "$prog: --only: unknown section '$w'" >&2; exit 2; }
-done
-for s in $all_sections; do  # the report's order, whatever the list's
-  for w in "${wanted[@]}"; do [ "$w" = "$s" ] && { sections+=("$s"); break; }; done
-done
-[ ${#sections[@]} -gt 0 ] || { echo "$prog: --only: no section" >&2; exit 2; }
-want() { [[ " ${sections[*]} " == *" $1 "* ]]; }
+bl_sections "first second mixed" "$only"
 
-if [ "$(id -u)" -ne 0 ]; then echo "$prog: skipped: needs root (mkfs, loop device, mount)" >&2; exit 77; fi
-for t in fio mkfs.ext4 losetup mount umount dd python3 timeout fallocate truncate; do
-  command -v "$t" >/dev/null 2>&1 || { echo "$prog: skipped: $t not installed" >&2; exit 77; }
-done
-if ! losetup -f >/dev/null 2>&1; then
-  echo "$prog: skipped: no free loop device (losetup -f failed; modprobe loop?)" >&2; exit 77
-fi
-build=$(cd "$build" 2>/dev/null && pwd) || die "--build: no directory $build"
-engine=$build/tools/fio/ext4dio.so
-mapper=$build/tools/ext4dio-map
-[ -f "$engine" ] || die "no fio engine $engine (ninja -C $build tools/fio/ext4dio.so; needs the fio source, scripts/setup.sh)"
-[ -x "$mapper" ] || die "no $mapper (ninja -C $build tools/ext4dio-map)"
-avail_kib=$(df -Pk /dev/shm | awk 'NR==2 {print $4}')
-[ "$avail_kib" -ge $(( image_mib * 1024 + 65536 )) ] \
-  || die "/dev/shm has $((avail_kib / 1024)) MiB free, needs $((image_mib + 64)) MiB"
+bl_need_root fio mkfs.ext4 losetup mount umount dd python3 timeout fallocate truncate
+bl_need_loop
+bl_build_tools  # build, engine, mapper
+bl_need_shm "$image_mib"
 
-[ -n "$outdir" ] || outdir=$repo/bench/results/$(date +%Y-%m-%d_%H%M%S)-firstwrite
-mkdir -p "$outdir" || die "cannot create $outdir"
-outdir=$(cd "$outdir" && pwd)
+bl_outdir firstwrite
 
 # shellcheck source=bench/scratch.sh
 . "$here/scratch.sh"  # the trap: unmounts $mnt, tears down what was recorded
@@ -169,14 +136,7 @@ mount -t ext4 "$dev" "$mnt" || die "mount $dev failed"
 mounted=1
 file=$mnt/testfile
 file_bytes=$(( file_mib << 20 ))
-devstat=/sys/block/$(basename "$dev")/stat
-[ -r "$devstat" ] || die "no $devstat"
-dev_written() {  # bytes written to $dev so far
-  local sectors
-  sectors=$(awk '{ print $7 }' "$devstat")
-  [[ $sectors =~ ^[0-9]+$ ]] || die "$devstat: no sector count ('$sectors')"
-  echo $(( sectors * 512 ))
-}
+bl_devstat  # dev_written
 
 # make_file LAYOUT: a fresh $file of $file_bytes (the old one deleted first),
 # synced, so its metadata is on the device before the next run's window.
@@ -241,76 +201,15 @@ runs_csv=$outdir/runs.csv
 echo "section,point,row,rep,order,iops,bytes,ios,device_bytes,first_writes,ok" > "$runs_csv"
 mkdir -p "$work/out"
 
-# parse_out FILE -> "iops bytes ios": fio JSON, the write direction summed
-# over jobs. Fails (with the reason on stderr) on any error, short or
-# dropped I/O, or reads.
-parse_out() {
-  python3 - "$1" <<'PY'
-import json, sys
-s = open(sys.argv[1], errors="replace").read()
-i = s.find("{")
-if i < 0:
-    sys.exit("no JSON in the output")
-d, _ = json.JSONDecoder().raw_decode(s[i:])
-jobs = d["jobs"]
-bad = [j["jobname"] for j in jobs if j.get("error", 0)]
-if bad:
-    sys.exit("fio reported errors in " + ", ".join(bad))
-w = [j["write"] for j in jobs]
-if any(x.get("short_ios", 0) or x.get("drop_ios", 0) for x in w):
-    sys.exit("short or dropped I/Os")
-if any(j["read"]["io_bytes"] for j in jobs):
-    sys.exit("reads in a write benchmark")
-print(f"{sum(x['iops'] for x in w):.1f} {sum(x['io_bytes'] for x in w)} "
-      f"{sum(x['total_ios'] for x in w)}")
-PY
-}
-
-# check_bytes BYTES IOS DEVICE_BYTES INFLIGHT WANT_IOS FIRST: exactly
-# WANT_IOS whole 4 KiB I/Os, and the device saw them written, FIRST of them
-# first writes (see the header).
-check_bytes() {
-  local b=$1 n=$2 db=$3 inflight=$4 want=$5 first=$6
-  [ "$n" = "$want" ] || { echo "$n I/Os done, $want planned"; return 1; }
-  [ "$b" = $(( n * 4096 )) ] || { echo "$b bytes reported for $n I/Os of 4096 bytes"; return 1; }
-  local slack=$(( inflight * 4096 + (8 << 20) + b / 50 + first * 1024 )) diff=$(( db - b ))
-  [ "${diff#-}" -le "$slack" ] || {
-    echo "reported $b bytes written, the device $dev saw $db written (more than $slack apart)"
-    return 1
-  }
-}
-
 # run_cmd WHAT INFLIGHT WANT_IOS FIRST CMD... -> sets r_iops r_bytes r_ios
-# r_dev, or stops the script: the command failed, its output is wrong, or
-# the device disagrees (FIRST: how many of the writes are first writes).
+# r_dev, or stops the script: the command failed, its fio JSON is wrong (an
+# error, a short or dropped I/O, reads), not exactly WANT_IOS 4 KiB writes,
+# or the device disagrees (FIRST: how many of the writes are first writes;
+# see the header). A sync before and after puts the journal's share of the
+# run inside the window.
 run_cmd() {
   local what=$1 inflight=$2 want=$3 first=$4; shift 4
-  local out=$work/out/run.json before after res
-  sync
-  before=$(dev_written)
-  timeout --kill-after=10 900 "$@" > "$out" 2> "$out.err" \
-    || run_failed "$what" "exit status $? from: $*"
-  sync  # the journal's share of the run inside the window
-  after=$(dev_written)
-  res=$(parse_out "$out" 2>>"$out.err") || run_failed "$what" "bad output ($(tail -n1 "$out.err"))"
-  read -r r_iops r_bytes r_ios <<< "$res"
-  # (A bad number in $(( )) would abort only the enclosing top-level command
-  # and let the script go on: check first.)
-  [[ $r_bytes =~ ^[0-9]+$ && $r_ios =~ ^[0-9]+$ && $before =~ ^[0-9]+$ && $after =~ ^[0-9]+$ ]] \
-    || run_failed "$what" "not a count: bytes '$r_bytes', I/Os '$r_ios', device '$before'..'$after'"
-  r_dev=$(( after - before ))
-  local why
-  why=$(check_bytes "$r_bytes" "$r_ios" "$r_dev" "$inflight" "$want" "$first") || run_failed "$what" "$why"
-}
-run_failed() {  # run_failed WHAT WHY: keep the output, say so, stop
-  mkdir -p "$outdir/failed"
-  local keep
-  keep=$outdir/failed/$(echo "$1" | tr -c 'A-Za-z0-9_.=-' '_').txt
-  { echo "# $1: $2"; cat "$work/out/run.json" "$work/out/run.json.err" 2>/dev/null; } > "$keep"
-  echo "$prog: FAILED: $1: $2" >&2
-  grep -vE '^[[:space:]]|^[{}]' "$work/out/run.json.err" 2>/dev/null | head -n 5 | sed 's/^/    /' >&2
-  echo "$prog: its output: $keep" >&2
-  exit 1
+  bl_run_cmd "$what" fio "$inflight" "$want" "$first" 900 1 "$@"
 }
 
 fio_common=(--output-format=json --thread=1 --direct=1 --bs=4k --rw=randwrite
@@ -353,8 +252,8 @@ record() {  # record SECTION POINT ROW REP ORDER FIRST_WRITES
 # rotated K REP ROWS...: the row run K-th in round REP.
 rotated() { local k=$1 rep=$2; shift 2; local r=("$@"); echo "${r[$(( (rep - 1 + k) % $# ))]}"; }
 
-sums_before=$(sha256sum "$engine" "$(readlink -f "$build/lib/libext4dio.so.0" 2>/dev/null || echo "$engine")" |
-  awk '{ printf "%s ", substr($1, 1, 12) }')
+bin_sums() { bl_sums "$engine" "$(readlink -f "$build/lib/libext4dio.so.0" 2>/dev/null || echo "$engine")"; }
+sums_before=$(bin_sums)
 start=$(date +%s)
 
 # --- 1. first writes -----------------------------------------------------------
@@ -461,17 +360,8 @@ fi
 # Every planned run ran (a failure that did not stop the script would show here).
 [ "$done_runs" = "$total_runs" ] || die "only $done_runs of $total_runs runs ran"
 elapsed=$(( $(date +%s) - start ))
-sums_after=$(sha256sum "$engine" "$(readlink -f "$build/lib/libext4dio.so.0" 2>/dev/null || echo "$engine")" |
-  awk '{ printf "%s ", substr($1, 1, 12) }')
-srcdir=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["directories"]["source"])' \
-  "$build/meson-info/meson-info.json" 2>/dev/null || echo "$repo")
-commit=$(git -C "$srcdir" describe --always --dirty 2>/dev/null || echo unknown)
-[ "$srcdir" = "$repo" ] || commit="$commit in $srcdir"
-binaries="tree $commit, $build: ext4dio.so, libext4dio.so sha256 ${sums_before% }"
-if [ "$sums_before" != "$sums_after" ]; then
-  binaries+=" — REBUILT DURING THE RUN (now ${sums_after% }): the numbers mix two versions"
-  echo "$prog: warning: a measured binary was rebuilt during the run" >&2
-fi
+sums_after=$(bin_sums)
+binaries=$(bl_binaries "ext4dio.so, libext4dio.so" "$sums_before" "$sums_after")
 extents_note=""
 if [ -f "$work/extents.csv" ]; then
   extents_note=$(awk -F, '$1 == "fallocated" { if ($6 > m) m = $6 } $1 == "sparse" { if ($6 > s) s = $6 }
@@ -480,7 +370,7 @@ fi
 cat > "$outdir/meta.txt" <<EOF
 command	$cmdline
 date	$(date -u '+%Y-%m-%d %H:%M UTC')
-machine	$(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)
+machine	$(bl_machine)
 storage	ext4 (4 KiB blocks, mkfs.ext4 $mkfs_opts) on $backing
 file	a fresh ${file_mib} MiB file per run (sections 1, 3); $ios 4 KiB writes per run ($(( ios * 4 )) KiB, $(awk -v a="$ios" -v f="$file_mib" 'BEGIN { printf "%.2f", a * 400 / (f * 1024) }') % of the file)${extents_note:+; $extents_note}
 second	${second_desc:-–}; $passes passes over the region per run
@@ -489,36 +379,18 @@ runs	$reps interleaved round(s) per point, medians; $(fio --version); total ${el
 EOF
 
 # --- the report ----------------------------------------------------------------
-python3 - "$outdir" <<'PY' | tee "$outdir/report.md"
+bl_report "$outdir" <<'PY' | tee "$outdir/report.md"
 import csv, os, statistics, sys
+from bench_report import header, med, points, f0, f2, rat, target, targets_md
 out = sys.argv[1]
-meta = dict(l.rstrip("\n").split("\t", 1) for l in open(os.path.join(out, "meta.txt")) if "\t" in l)
-vals, first = {}, {}
+meta, md = header(out, ("date", "machine", "storage", "file", "second", "build", "runs"))
+vals, first, targets = {}, {}, []  # targets: (description, goal, [(point, ratio)])
 for r in csv.DictReader(open(os.path.join(out, "runs.csv"))):
     k = (r["section"], r["point"], r["row"])
     vals.setdefault(k, []).append(float(r["iops"]))
     first.setdefault(k, []).append(int(r["first_writes"]) / int(r["ios"]))
-def med(k):
-    v = vals.get(k)
-    return statistics.median(v) if v else None
-def points(s):
-    seen = []
-    for (s2, p, _) in vals:
-        if s2 == s and p not in seen: seen.append(p)
-    return seen
-def f0(x): return "–" if x is None else f"{x:.0f}"
-def f2(x): return "–" if x is None else f"{x:.2f}"
-def rat(a, b): return None if a is None or b is None or b == 0 else a / b
-targets = []  # (description, goal, [(point, ratio)])
-def target(desc, goal, got):
-    targets.append((desc, goal, [(p, x) for p, x in got if x is not None]))
 
-md = ["Command: `" + meta["command"] + "`", ""]
-for k in ("date", "machine", "storage", "file", "second", "build", "runs"):
-    if k in meta: md.append(f"* {k}: {meta[k]}")
-md.append("")
-
-ps = points("first")
+ps = points(vals, "first")
 if ps:
     md += ["### 1. First writes into a fresh file: the ext4dio engine vs the kernel (fio psync at QD1, io_uring at QD32) on the same file (write IOPS)", ""]
     for layout, how in (("fallocated", "`fallocate -l`: unwritten extents"), ("sparse", "`truncate -s`: a sparse file")):
@@ -528,16 +400,16 @@ if ps:
         got = []
         for p in lp:
             q = p.split()[1][3:]; j = p.split()[2][5:]
-            e = med(("first", p, "ext4dio"))
-            k = med(("first", p, "kernel_psync" if q == "1" else "kernel_uring"))
+            e = med(vals, ("first", p, "ext4dio"))
+            k = med(vals, ("first", p, "kernel_psync" if q == "1" else "kernel_uring"))
             got.append((p.split(" ", 1)[1], rat(e, k)))
             md.append(f"| {j} | {q} | {f0(e)} | {f0(k)} | {f2(rat(e, k))} |")
         md.append("")
-        target(f"first writes, {layout}: ext4dio / kernel, every point", 1.0, got)
+        target(targets, f"first writes, {layout}: ext4dio / kernel, every point", 1.0, got)
 
-ps = [p for p in points("second") if not p.startswith("first pass")]
+ps = [p for p in points(vals, "second") if not p.startswith("first pass")]
 if ps:
-    fp = med(("second", "first pass qd=32 jobs=4", "ext4dio"))
+    fp = med(vals, ("second", "first pass qd=32 jobs=4", "ext4dio"))
     md += ["### 2. The second pass: ext4dio vs fio on the raw device writing the same device bytes (write IOPS)", "",
            f"First pass (ext4dio, QD32, 4 jobs, every block of the region once): {f0(fp)} IOPS.", "",
            "| numjobs | QD | ext4dio | raw io_uring | raw psync | **ext4dio/raw** | ext4dio/raw io_uring |",
@@ -545,32 +417,25 @@ if ps:
     got = []
     for p in ps:
         q = p.split()[0][3:]; j = p.split()[1][5:]
-        e, r, s = (med(("second", p, x)) for x in ("ext4dio", "raw_uring", "raw_psync"))
+        e, r, s = (med(vals, ("second", p, x)) for x in ("ext4dio", "raw_uring", "raw_psync"))
         ref = s if q == "1" else r
         got.append((p, rat(e, ref)))
         md.append(f"| {j} | {q} | {f0(e)} | {f0(r)} | {f0(s)} | {f2(rat(e, ref))} | {f2(rat(e, r))} |")
     md += ["", "(ext4dio/raw: against raw psync at QD1, as issue 10's QD1 target, raw io_uring at QD32.)", ""]
-    target("second pass: ext4dio / raw (psync at QD1, else io_uring), every point", 0.97, got)
+    target(targets, "second pass: ext4dio / raw (psync at QD1, else io_uring), every point", 0.97, got)
 
-ps = points("mixed")
+ps = points(vals, "mixed")
 if ps:
     md += ["### 3. Mixed, QD32, 1 job: 70 % overwrites of the written half, 30 % into the fallocated half (write IOPS)", "",
            "| ext4dio | kernel io_uring | **ext4dio/kernel** | first writes (share of the I/Os) |", "|---:|---:|---:|---:|"]
     for p in ps:
-        e, k = med(("mixed", p, "ext4dio")), med(("mixed", p, "kernel_uring"))
+        e, k = med(vals, ("mixed", p, "ext4dio")), med(vals, ("mixed", p, "kernel_uring"))
         fw = statistics.median(first[("mixed", p, "ext4dio")] + first[("mixed", p, "kernel_uring")])
         md.append(f"| {f0(e)} | {f0(k)} | {f2(rat(e, k))} | {100 * fw:.1f} % |")
-        target("mixed: ext4dio / kernel io_uring", 1.0, [(p, rat(e, k))])
+        target(targets, "mixed: ext4dio / kernel io_uring", 1.0, [(p, rat(e, k))])
     md.append("")
 
-if targets:
-    md += ["### Targets (issue 11)", "", "| target | goal | worst | verdict |", "|---|---:|---:|---|"]
-    for desc, goal, got in targets:
-        if not got:
-            md.append(f"| {desc} | ≥ {goal:.2f} | – | n/a |"); continue
-        worst = min(got, key=lambda kv: kv[1]); miss = [p for p, x in got if x < goal]
-        md.append(f"| {desc} | ≥ {goal:.2f} | {worst[1]:.2f} | {'PASS' if not miss else 'MISS (' + ', '.join(miss) + ')'} |")
-    md.append("")
+md += targets_md("issue 11", targets)
 print("\n".join(md))
 PY
 echo "$prog: results in $outdir (report.md, runs.csv, meta.txt)" >&2

@@ -72,21 +72,12 @@ reps=3; runtime=5; quick=0; build="$repo/build"; outdir=""; ios=""
 image_mib=""; file_mib=""; only="fio,case1,fixed,capi,instr"
 mkfs_opts="-O sparse_super2"
 qd_bench_args=${QD_BENCH_ARGS---reap-promptly --fixed-buffers}
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
-die() { echo "$prog: $*" >&2; exit 1; }
+# shellcheck source=bench/bench_lib.sh
+. "$here/bench_lib.sh"  # usage, die, posint, want, bl_*
 while [ $# -gt 0 ]; do
   case $1 in
-    --quick) quick=1; shift ;;
-    --reps) reps=${2:?}; shift 2 ;;
     --runtime) runtime=${2:?}; shift 2 ;;
-    --ios) ios=${2:?}; shift 2 ;;
-    --only) only=${2:?}; shift 2 ;;
-    --build) build=${2:?}; shift 2 ;;
-    --out) outdir=${2:?}; shift 2 ;;
-    --image-size) image_mib=${2:?}; shift 2 ;;
-    --file-size) file_mib=${2:?}; shift 2 ;;
-    -h|--help) usage ;;
-    *) echo "$prog: unknown option $1" >&2; usage ;;
+    *) bl_option "$@"; shift "$bl_shift" ;;  # the options all share
   esac
 done
 fio_qds="1 8 32 128"; fio_jobs="1 2"; case1_jobs="1 4 16"; capi_qds="1 32 128"; instr_qds="1 32"
@@ -96,45 +87,24 @@ if [ "$quick" = 1 ]; then
   : "${image_mib:=512}" "${file_mib:=256}" "${ios:=2000}"
 fi
 : "${image_mib:=2048}" "${file_mib:=1024}"
-posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "$prog: $1: a positive integer, not '$2'" >&2; exit 2; }; }
 posint --reps "$reps"; posint --runtime "$runtime"; posint --image-size "$image_mib"
 posint --file-size "$file_mib"
 [ -z "$ios" ] || posint --ios "$ios"
 [ "$image_mib" -ge $(( file_mib + file_mib / 4 + 128 )) ] \
   || { echo "$prog: --image-size $image_mib MiB is too small for a $file_mib MiB file" >&2; exit 2; }
-all_sections="fio case1 fixed capi instr"
-sections=()
-IFS=, read -r -a wanted <<< "$only"
-for w in "${wanted[@]}"; do
-  [[ " $all_sections " == *" $w "* ]] || { echo "$prog: --only: unknown section '$w'" >&2; exit 2; }
-done
-for s in $all_sections; do  # the report's order, whatever the list's
-  for w in "${wanted[@]}"; do [ "$w" = "$s" ] && { sections+=("$s"); break; }; done
-done
-[ ${#sections[@]} -gt 0 ] || { echo "$prog: --only: no section" >&2; exit 2; }
-want() { [[ " ${sections[*]} " == *" $1 "* ]]; }
+bl_sections "fio case1 fixed capi instr" "$only"
 
-if [ "$(id -u)" -ne 0 ]; then echo "$prog: skipped: needs root (mkfs, loop device, mount)" >&2; exit 77; fi
-for t in fio mkfs.ext4 losetup mount umount dd python3 timeout; do
-  command -v "$t" >/dev/null 2>&1 || { echo "$prog: skipped: $t not installed" >&2; exit 77; }
-done
-if ! losetup -f >/dev/null 2>&1; then
-  echo "$prog: skipped: no free loop device (losetup -f failed; modprobe loop?)" >&2; exit 77
-fi
-build=$(cd "$build" 2>/dev/null && pwd) || die "--build: no directory $build"
-engine=$build/tools/fio/ext4dio.so
-mapper=$build/tools/ext4dio-map
+bl_need_root fio mkfs.ext4 losetup mount umount dd python3 timeout
+bl_need_loop
+bl_build_tools  # build, engine, mapper
 qd_bench=$build/bench/qd_bench
 uring_loop=$build/bench/uring_loop
-[ -f "$engine" ] || die "no fio engine $engine (ninja -C $build tools/fio/ext4dio.so; needs the fio source, scripts/setup.sh)"
-for b in "$mapper" "$qd_bench" "$uring_loop"; do
+for b in "$qd_bench" "$uring_loop"; do
   [ -x "$b" ] || die "no $b (ninja -C $build ${b#"$build"/})"
 done
 case1_job=$repo/tools/fio/seed-case1.fio
 [ -f "$case1_job" ] || die "no $case1_job"
-avail_kib=$(df -Pk /dev/shm | awk 'NR==2 {print $4}')
-[ "$avail_kib" -ge $(( image_mib * 1024 + 65536 )) ] \
-  || die "/dev/shm has $((avail_kib / 1024)) MiB free, needs $((image_mib + 64)) MiB"
+bl_need_shm "$image_mib"
 
 # The instruction counter: perf's, where the CPU exposes one to this
 # machine; else callgrind (exact, but it runs the program ~50x slower,
@@ -151,9 +121,7 @@ if want instr; then
   fi
 fi
 
-[ -n "$outdir" ] || outdir=$repo/bench/results/$(date +%Y-%m-%d_%H%M%S)-hotpath
-mkdir -p "$outdir" || die "cannot create $outdir"
-outdir=$(cd "$outdir" && pwd)
+bl_outdir hotpath
 
 # shellcheck source=bench/scratch.sh
 . "$here/scratch.sh"  # the trap: unmounts $mnt, tears down what was recorded
@@ -173,14 +141,7 @@ read -r region_l region_p region_s region_n nextents fs_bs < <(mf_region "$mappe
 [ "$fs_bs" = 4096 ] || die "block size $fs_bs, expected 4096"
 region_desc="file bytes $region_l..$(( region_l + region_s )) ($(( region_s >> 20 )) MiB, $region_n of the file's $nextents extents) = device bytes $region_p..$(( region_p + region_s )) of $dev"
 echo "$prog: region: $region_desc" >&2
-devstat=/sys/block/$(basename "$dev")/stat
-[ -r "$devstat" ] || die "no $devstat"
-dev_written() {  # bytes written to $dev so far
-  local sectors
-  sectors=$(awk '{ print $7 }' "$devstat")
-  [[ $sectors =~ ^[0-9]+$ ]] || die "$devstat: no sector count ('$sectors')"
-  echo $(( sectors * 512 ))
-}
+bl_devstat  # dev_written
 
 # The seed's case 1 as it is, with what this benchmark must set in [global]:
 # the engine, the region, the run time, random offsets as in every other row.
@@ -198,81 +159,13 @@ echo "section,point,row,rep,order,iops,bytes,ios,device_bytes,usr_us_per_io,ok" 
 echo "row,qd,ios,instructions,instructions_startup,per_io,counter" > "$instr_csv"
 mkdir -p "$work/out"
 
-# parse_out KIND FILE -> "iops bytes ios usr_us_per_io": fio JSON (write
-# direction, summed over jobs) or qd_bench/uring_loop's JSON line. Fails
-# (with the reason on stderr) on any error, short or dropped I/O.
-parse_out() {
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-kind, path = sys.argv[1:3]
-s = open(path, errors="replace").read()
-i = s.find("{")
-if i < 0:
-    sys.exit("no JSON in the output")
-d, _ = json.JSONDecoder().raw_decode(s[i:])
-if kind == "fio":
-    jobs = d["jobs"]
-    bad = [j["jobname"] for j in jobs if j.get("error", 0)]
-    if bad:
-        sys.exit("fio reported errors in " + ", ".join(bad))
-    w = [j["write"] for j in jobs]
-    if any(x.get("short_ios", 0) or x.get("drop_ios", 0) for x in w):
-        sys.exit("short or dropped I/Os")
-    if any(j["read"]["io_bytes"] for j in jobs):
-        sys.exit("reads in a write benchmark")
-    iops = sum(x["iops"] for x in w)
-    nbytes = sum(x["io_bytes"] for x in w)
-    nios = sum(x["total_ios"] for x in w)
-    # usr_cpu is each job thread's share of its runtime (thread=1).
-    usr = sum(j["usr_cpu"] / 100 * x["runtime"] * 1000 for j, x in zip(jobs, w))
-    print(f"{iops:.1f} {nbytes} {nios} {usr / nios if nios else 0:.3f}")
-else:
-    print(f"{d['iops']:.1f} {d['bytes']} {d['ios']} -")
-PY
-}
-
-# check_bytes BYTES IOS DEVICE_BYTES INFLIGHT: BYTES are whole 4 KiB I/Os
-# and the device saw them written (see the header); else prints why.
-check_bytes() {
-  local b=$1 n=$2 db=$3 inflight=$4
-  [ "$n" -gt 0 ] || { echo "no I/O done"; return 1; }
-  [ "$b" = $(( n * 4096 )) ] || { echo "$b bytes reported for $n I/Os of 4096 bytes"; return 1; }
-  local slack=$(( inflight * 4096 + (8 << 20) + b / 50 )) diff=$(( db - b ))
-  [ "${diff#-}" -le "$slack" ] || {
-    echo "reported $b bytes written, the device $dev saw $db written (more than $slack apart)"
-    return 1
-  }
-}
-
 # run_cmd WHAT KIND INFLIGHT CMD... -> sets r_iops r_bytes r_ios r_usr r_dev,
-# or stops the script: the command failed, its output is wrong, or the
-# device disagrees.
+# or stops the script: the command failed, its output (fio JSON, or
+# qd_bench/uring_loop's JSON line: KIND fio or json) is wrong, or the device
+# disagrees (see the header).
 run_cmd() {
   local what=$1 kind=$2 inflight=$3; shift 3
-  local out=$work/out/run.json before after res
-  before=$(dev_written)
-  timeout --kill-after=10 $(( runtime + 300 )) "$@" > "$out" 2> "$out.err" \
-    || run_failed "$what" "exit status $? from: $*"
-  after=$(dev_written)
-  res=$(parse_out "$kind" "$out" 2>>"$out.err") || run_failed "$what" "bad output ($(tail -n1 "$out.err"))"
-  read -r r_iops r_bytes r_ios r_usr <<< "$res"
-  # (A bad number in $(( )) would abort only the enclosing top-level command
-  # and let the script go on: check first.)
-  [[ $r_bytes =~ ^[0-9]+$ && $r_ios =~ ^[0-9]+$ && $before =~ ^[0-9]+$ && $after =~ ^[0-9]+$ ]] \
-    || run_failed "$what" "not a count: bytes '$r_bytes', I/Os '$r_ios', device '$before'..'$after'"
-  r_dev=$(( after - before ))
-  local why
-  why=$(check_bytes "$r_bytes" "$r_ios" "$r_dev" "$inflight") || run_failed "$what" "$why"
-}
-run_failed() {  # run_failed WHAT WHY: keep the output, say so, stop
-  mkdir -p "$outdir/failed"
-  local keep
-  keep=$outdir/failed/$(echo "$1" | tr -c 'A-Za-z0-9_.=-' '_').txt
-  { echo "# $1: $2"; cat "$work/out/run.json" "$work/out/run.json.err" 2>/dev/null; } > "$keep"
-  echo "$prog: FAILED: $1: $2" >&2
-  grep -vE '^[[:space:]]|^[{}]' "$work/out/run.json.err" 2>/dev/null | head -n 5 | sed 's/^/    /' >&2
-  echo "$prog: its output: $keep" >&2
-  exit 1
+  bl_run_cmd "$what" "$kind" "$inflight" "" 0 $(( runtime + 300 )) 0 "$@"
 }
 
 fio_common=(--output-format=json --thread=1 --direct=1 --bs=4k --rw=randwrite
@@ -356,10 +249,7 @@ point() {
 }
 
 libso=$(readlink -f "$build/lib/libext4dio.so.0" 2>/dev/null || true)
-bin_sums() {
-  sha256sum "$engine" ${libso:+"$libso"} "$qd_bench" "$uring_loop" 2>/dev/null |
-    awk '{ printf "%s ", substr($1, 1, 12) }'
-}
+bin_sums() { bl_sums "$engine" ${libso:+"$libso"} "$qd_bench" "$uring_loop"; }
 sums_before=$(bin_sums)
 start=$(date +%s)
 
@@ -464,19 +354,11 @@ fi
 [ "$done_runs" = "$total_runs" ] || die "only $done_runs of $total_runs timed runs ran"
 elapsed=$(( $(date +%s) - start ))
 sums_after=$(bin_sums)
-srcdir=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["directories"]["source"])' \
-  "$build/meson-info/meson-info.json" 2>/dev/null || echo "$repo")
-commit=$(git -C "$srcdir" describe --always --dirty 2>/dev/null || echo unknown)
-[ "$srcdir" = "$repo" ] || commit="$commit in $srcdir"
-binaries="tree $commit, $build: ext4dio.so, libext4dio.so, qd_bench, uring_loop sha256 ${sums_before% }"
-if [ "$sums_before" != "$sums_after" ]; then
-  binaries+=" — REBUILT DURING THE RUN (now ${sums_after% }): the numbers mix two versions"
-  echo "$prog: warning: a measured binary was rebuilt during the run" >&2
-fi
+binaries=$(bl_binaries "ext4dio.so, libext4dio.so, qd_bench, uring_loop" "$sums_before" "$sums_after")
 cat > "$outdir/meta.txt" <<EOF
 command	$cmdline
 date	$(date -u '+%Y-%m-%d %H:%M UTC')
-machine	$(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)
+machine	$(bl_machine)
 storage	ext4 (4 KiB blocks, mkfs.ext4 $mkfs_opts) on $backing
 file	${file_mib} MiB, written with dd from /dev/urandom (oflag=direct), $nextents extents
 region	$region_desc
@@ -486,36 +368,18 @@ counter	$counter$([ "$counter" != none ] && echo ", $ios I/Os per count")
 EOF
 
 # --- the report ----------------------------------------------------------------
-python3 - "$outdir" <<'PY' | tee "$outdir/report.md"
-import csv, os, statistics, sys
+bl_report "$outdir" <<'PY' | tee "$outdir/report.md"
+import csv, os, sys
+from bench_report import header, med, points, f0, f2, rat, target, targets_md
 out = sys.argv[1]
-meta = dict(l.rstrip("\n").split("\t", 1) for l in open(os.path.join(out, "meta.txt")) if "\t" in l)
-vals, usr = {}, {}
+meta, md = header(out, ("date", "machine", "storage", "file", "region", "build", "runs", "counter"))
+vals, usr, targets = {}, {}, []  # targets: (description, goal, [(point, ratio)])
 for r in csv.DictReader(open(os.path.join(out, "runs.csv"))):
     vals.setdefault((r["section"], r["point"], r["row"]), []).append(float(r["iops"]))
     if r["usr_us_per_io"] != "-":
         usr.setdefault((r["section"], r["point"], r["row"]), []).append(float(r["usr_us_per_io"]))
-def med(d, k):
-    v = d.get(k)
-    return statistics.median(v) if v else None
-def points(s):
-    seen = []
-    for (s2, p, _) in vals:
-        if s2 == s and p not in seen: seen.append(p)
-    return seen
-def f0(x): return "–" if x is None else f"{x:.0f}"
-def f2(x): return "–" if x is None else f"{x:.2f}"
-def rat(a, b): return None if a is None or b is None or b == 0 else a / b
-targets = []  # (description, goal, [(point, ratio)])
-def target(desc, goal, got):
-    targets.append((desc, goal, [(p, x) for p, x in got if x is not None]))
 
-md = ["Command: `" + meta["command"] + "`", ""]
-for k in ("date", "machine", "storage", "file", "region", "build", "runs", "counter"):
-    if k in meta: md.append(f"* {k}: {meta[k]}")
-md.append("")
-
-ps = points("fio")
+ps = points(vals, "fio")
 if ps:
     md += ["### 1. fio, 4 KiB random overwrite: the ext4dio engine vs io_uring on the raw device and on the kernel's ext4 file (write IOPS)", ""]
     jobs = []
@@ -536,10 +400,10 @@ if ps:
             md.append(f"| {q} | {f0(e)} | {f0(r)} | {f0(k)} | {f0(s)} | {f2(rr)} | {f2(rk)} | {f2(rs)} | "
                       f"{f2(med(usr, ('fio', p, 'ext4dio')))} | {f2(med(usr, ('fio', p, 'raw_uring')))} |")
         md.append("")
-    target("fio engine / raw (psync at QD1, else io_uring), every point", 0.97, gr)
-    target("fio engine / kernel ext4 file (io_uring), every point", 1.0, gk)
+    target(targets, "fio engine / raw (psync at QD1, else io_uring), every point", 0.97, gr)
+    target(targets, "fio engine / kernel ext4 file (io_uring), every point", 1.0, gk)
 
-ps = points("case1")
+ps = points(vals, "case1")
 if ps:
     md += ["### 2. The seed's case 1 (tools/fio/seed-case1.fio: psync, QD1): write IOPS", "",
            "| numjobs | ext4dio | raw psync | kernel psync | **ext4dio/raw** | **ext4dio/kernel** |",
@@ -550,20 +414,20 @@ if ps:
         gr.append((p, rat(e, r))); gk.append((p, rat(e, k)))
         md.append(f"| {p[5:]} | {f0(e)} | {f0(r)} | {f0(k)} | {f2(rat(e, r))} | {f2(rat(e, k))} |")
     md.append("")
-    target("case 1 / raw psync, every numjobs", 0.97, gr)
-    target("case 1 / kernel psync, every numjobs", 1.0, gk)
+    target(targets, "case 1 / raw psync, every numjobs", 0.97, gr)
+    target(targets, "case 1 / kernel psync, every numjobs", 1.0, gk)
 
-ps = points("fixed")
+ps = points(vals, "fixed")
 if ps:
     md += ["### 3. Fixed buffers, QD32, 1 job: engine ext4dio_fixed_buffers=1 vs fio io_uring fixedbufs=1 registerfiles=1 on the raw device", "",
            "| ext4dio (fixed buffers) | raw io_uring (fixedbufs, registerfiles) | **ratio** |", "|---:|---:|---:|"]
     for p in ps:
         e, r = med(vals, ("fixed", p, "ext4dio_fixed")), med(vals, ("fixed", p, "raw_uring_fixed"))
         md.append(f"| {f0(e)} | {f0(r)} | {f2(rat(e, r))} |")
-        target("fixed buffers: engine / raw io_uring fixedbufs", 0.97, [(p, rat(e, r))])
+        target(targets, "fixed buffers: engine / raw io_uring fixedbufs", 0.97, [(p, rat(e, r))])
     md.append("")
 
-ps = points("capi")
+ps = points(vals, "capi")
 if ps:
     md += ["### 4. The C API (bench/qd_bench) vs a bare liburing loop (bench/uring_loop), same device bytes and offsets", "",
            "| QD | qd_bench | uring_loop | **ratio** |", "|---:|---:|---:|---:|"]
@@ -573,7 +437,7 @@ if ps:
         g.append((p, rat(e, r)))
         md.append(f"| {p[3:]} | {f0(e)} | {f0(r)} | {f2(rat(e, r))} |")
     md.append("")
-    target("C API / bare liburing loop, every QD", 0.95, g)
+    target(targets, "C API / bare liburing loop, every QD", 0.95, g)
 
 irows = list(csv.DictReader(open(os.path.join(out, "instr.csv"))))
 if irows:
@@ -587,24 +451,13 @@ if irows:
         md.append(f"| {names.get(r['row'], r['row'])} | {r['qd']} | {int(r['per_io'])} |")
     md.append("")
     d = {(r["row"], r["qd"]): int(r["per_io"]) for r in irows}
-    target("instructions per I/O, C API (at most)", -400,
+    target(targets, "instructions per I/O, C API (at most)", -400,
            [(f"qd={q}", float(v)) for (row, q), v in d.items() if row == "qd_bench"])
     if ("fio_ext4dio", "32") in d and ("fio_raw_uring", "32") in d:
         md.append(f"fio engine minus fio io_uring: {d[('fio_ext4dio', '32')] - d[('fio_raw_uring', '32')]} instructions per I/O.")
         md.append("")
 
-if targets:
-    md += ["### Targets (issue 10)", "", "| target | goal | worst | verdict |", "|---|---:|---:|---|"]
-    for desc, goal, got in targets:
-        if not got:
-            md.append(f"| {desc} | {abs(goal)} | – | n/a |"); continue
-        if goal < 0:  # an upper bound
-            worst = max(got, key=lambda kv: kv[1]); miss = [p for p, x in got if x > -goal]
-            md.append(f"| {desc} | ≤ {-goal} | {worst[1]:.0f} | {'PASS' if not miss else 'MISS (' + ', '.join(miss) + ')'} |")
-        else:
-            worst = min(got, key=lambda kv: kv[1]); miss = [p for p, x in got if x < goal]
-            md.append(f"| {desc} | ≥ {goal:.2f} | {worst[1]:.2f} | {'PASS' if not miss else 'MISS (' + ', '.join(miss) + ')'} |")
-    md.append("")
+md += targets_md("issue 10", targets, na_goal=lambda goal: f"{abs(goal)}")
 print("\n".join(md))
 PY
 echo "$prog: results in $outdir (report.md, runs.csv, instr.csv, meta.txt)" >&2

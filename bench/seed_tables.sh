@@ -82,8 +82,8 @@ cmdline="bench/seed_tables.sh${*:+ $*}"
 reps=3; runtime=5; ramp=1; quick=0; outdir=""; build="$repo/build"; update_docs=0
 only="case1,case2,qd,sub,dsync"; qd1_uring=0; image_mib=2048; file_mib=1024
 mkfs_opts="-O sparse_super2"; keep_json=0; device=""; ack=""; replot=""
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
-die() { echo "$prog: $*" >&2; exit 1; }
+# shellcheck source=bench/bench_lib.sh
+. "$here/bench_lib.sh"  # usage, die, posint, bl_*
 while [ $# -gt 0 ]; do
   case $1 in
     --reps) reps=${2:?}; shift 2 ;;
@@ -106,7 +106,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$quick" = 1 ]; then reps=1; runtime=2; fi
-posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "$prog: $1: a positive integer, not '$2'" >&2; exit 2; }; }
 posint --reps "$reps"; posint --runtime "$runtime"; posint --image-size "$image_mib"
 posint --file-size "$file_mib"
 [ "$image_mib" -ge $(( file_mib + file_mib / 4 + 128 )) ] \
@@ -332,10 +331,7 @@ if [ -n "$replot" ]; then
   exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then echo "$prog: skipped: needs root (mkfs, loop device, mount)" >&2; exit 77; fi
-for t in fio mkfs.ext4 losetup mount umount dd python3 timeout findmnt lsblk; do
-  command -v "$t" >/dev/null 2>&1 || { echo "$prog: skipped: $t not installed" >&2; exit 77; }
-done
+bl_need_root fio mkfs.ext4 losetup mount umount dd python3 timeout findmnt lsblk
 build=$(cd "$build" 2>/dev/null && pwd) || die "--build: no directory $build"
 engine=$build/tools/fio/ext4dio.so
 mapper=$build/tools/ext4dio-map
@@ -369,17 +365,11 @@ if [ -n "$device" ]; then
     fi
   fi
 else
-  if ! losetup -f >/dev/null 2>&1; then
-    echo "$prog: skipped: no free loop device (losetup -f failed; modprobe loop?)" >&2; exit 77
-  fi
-  avail_kib=$(df -Pk /dev/shm | awk 'NR==2 {print $4}')
-  [ "$avail_kib" -ge $(( image_mib * 1024 + 65536 )) ] \
-    || die "/dev/shm has $((avail_kib / 1024)) MiB free, needs $((image_mib + 64)) MiB"
+  bl_need_loop
+  bl_need_shm "$image_mib"
 fi
 
-[ -n "$outdir" ] || outdir=$repo/bench/results/$(date +%Y-%m-%d_%H%M%S)
-mkdir -p "$outdir" || die "cannot create $outdir"
-outdir=$(cd "$outdir" && pwd)
+bl_outdir ""  # bench/results/<date>
 
 # shellcheck source=bench/scratch.sh
 . "$(dirname "$0")/scratch.sh"  # cleanup trap for work/mnt/loop
@@ -497,25 +487,6 @@ total_runs=$(( $(wc -l < "$plan") * reps ))
 est=$(( total_runs * (runtime + ramp + 1) ))
 echo "$prog: $total_runs runs of ${runtime}+${ramp} s, about $(( est / 60 )) min" >&2
 
-# parse_fio FILE -> "read_iops write_iops usr sys errors" (summed over jobs)
-parse_fio() {
-  python3 - "$1" <<'PY'
-import json, sys
-s = open(sys.argv[1], errors="replace").read()
-i = s.find("{")
-if i < 0:
-    sys.exit("no JSON in fio output")
-d, _ = json.JSONDecoder().raw_decode(s[i:])
-jobs = d["jobs"]
-r = sum(j["read"]["iops"] for j in jobs)
-w = sum(j["write"]["iops"] for j in jobs)
-u = sum(j["usr_cpu"] for j in jobs)
-k = sum(j["sys_cpu"] for j in jobs)
-e = sum(1 for j in jobs if j.get("error", 0))
-print(f"{r:.1f} {w:.1f} {u:.2f} {k:.2f} {e}")
-PY
-}
-
 failures=0; done_runs=0
 run_one() {  # run_one SECTION POINT ROW REP ORDER
   local s=$1 p=$2 row=$3 rep=$4 order=$5
@@ -547,7 +518,7 @@ run_one() {  # run_one SECTION POINT ROW REP ORDER
   local out=$json_dir/$s-$p-$row-rep$rep.json res ok=1 t0
   t0=$(date +%s.%N)
   timeout --kill-after=10 $(( runtime + ramp + 60 )) fio "${args[@]}" > "$out" 2>&1 || ok=0
-  if [ "$ok" = 1 ] && res=$(parse_fio "$out" 2>"$out.err"); then
+  if [ "$ok" = 1 ] && res=$(bl_parse_out fio-rw "$out" 2>"$out.err"); then
     [ "${res##* }" = 0 ] || ok=0
   else
     ok=0; res="0 0 0 0 1"
@@ -573,17 +544,12 @@ run_one() {  # run_one SECTION POINT ROW REP ORDER
 }
 
 [ "$keep_json" = 1 ] && mkdir -p "$outdir/json"
-# What was measured: the tree's commit and the exact binaries. Another
-# build replacing them during the run is reported (the numbers then mix two
-# versions).
+# What was measured: the tree's commit and the exact binaries (bl_sums,
+# bl_commit).
 libso=$(readlink -f "$build/lib/libext4dio.so.0" 2>/dev/null || true)
-bin_sums() { sha256sum "$engine" ${libso:+"$libso"} 2>/dev/null | awk '{printf "%s ", substr($1, 1, 12)}'; }
+bin_sums() { bl_sums "$engine" ${libso:+"$libso"}; }
 sums_before=$(bin_sums)
-# The source tree the build directory was configured from (meson records it).
-srcdir=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["directories"]["source"])' \
-  "$build/meson-info/meson-info.json" 2>/dev/null || echo "$repo")
-commit=$(git -C "$srcdir" describe --always --dirty 2>/dev/null || echo unknown)
-[ "$srcdir" = "$repo" ] || commit="$commit in $srcdir"
+commit=$(bl_commit)
 start=$(date +%s)
 for s in "${sections[@]}"; do
   read -r -a rows <<< "$(section_rows "$s")"
