@@ -3,7 +3,9 @@
 #include <linux/fiemap.h>
 #include <linux/fs.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <memory>
 
 #include "absl/strings/str_format.h"
@@ -21,19 +23,22 @@ absl::StatusOr<std::vector<FiemapExtent>> ReadFiemapRange(Os& os, int fd, uint64
                                                            uint64_t length, bool sync,
                                                            absl::string_view name) {
   const uint64_t end = length > FIEMAP_MAX_OFFSET - offset ? FIEMAP_MAX_OFFSET : offset + length;
-  constexpr uint32_t kBatch = 1024;
-  const size_t bytes = sizeof(fiemap) + kBatch * sizeof(fiemap_extent);
+  // A small range (a re-map asks for a few blocks, thousands of times a
+  // second) gets a buffer its size: at most one extent per 4 KiB, plus one.
+  const uint64_t most = (end - offset) / 4096 + 2;
+  const uint32_t batch = static_cast<uint32_t>(std::min<uint64_t>(1024, most));
+  const size_t bytes = sizeof(fiemap) + batch * sizeof(fiemap_extent);
   std::unique_ptr<char[]> buf(new char[bytes]);
   std::vector<FiemapExtent> out;
   uint64_t start = offset;
   bool first = true;
   for (;;) {
-    std::memset(buf.get(), 0, bytes);
+    std::memset(buf.get(), 0, sizeof(fiemap));  // the kernel fills the extents it reports
     auto* fm = reinterpret_cast<fiemap*>(buf.get());
     fm->fm_start = start;
     fm->fm_length = end - start;
     fm->fm_flags = (sync && first) ? FIEMAP_FLAG_SYNC : 0;
-    fm->fm_extent_count = kBatch;
+    fm->fm_extent_count = batch;
     if (int rc = os.Fiemap(fd, fm); rc < 0)
       return ErrnoError(-rc, absl::StrFormat("FIEMAP on %s", name));
     first = false;
@@ -62,22 +67,24 @@ absl::StatusOr<std::vector<Extent>> FiemapToExtents(
   std::vector<Extent> out;
   out.reserve(fiemap.size());
   for (const FiemapExtent& e : fiemap) {
-    const std::string where = absl::StrFormat(
-        "%s: FIEMAP extent at byte %d (%d bytes)", name, e.logical, e.length);
+    auto where_of = [&] {  // only for a message
+      return absl::StrFormat("%s: FIEMAP extent at byte %d (%d bytes)", name, e.logical,
+                             e.length);
+    };
     if (e.flags & FIEMAP_EXTENT_DATA_INLINE)
-      return LibError(EXT4DIO_E_UNSUPPORTED_FILE, where + " is stored inline");
+      return LibError(EXT4DIO_E_UNSUPPORTED_FILE, where_of() + " is stored inline");
     if (e.flags & (FIEMAP_EXTENT_ENCODED | FIEMAP_EXTENT_DATA_ENCRYPTED))
-      return LibError(EXT4DIO_E_UNSUPPORTED_FILE, where + " is encoded or encrypted");
+      return LibError(EXT4DIO_E_UNSUPPORTED_FILE, where_of() + " is encoded or encrypted");
     if (e.flags & (FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_UNKNOWN))
       return LibError(EXT4DIO_E_MAP_MISMATCH,
-                      where + " has no blocks yet (delayed allocation)");
+                      where_of() + " has no blocks yet (delayed allocation)");
     if (e.flags & (FIEMAP_EXTENT_NOT_ALIGNED | FIEMAP_EXTENT_DATA_TAIL))
-      return LibError(EXT4DIO_E_UNSUPPORTED_FILE, where + " is not block aligned");
+      return LibError(EXT4DIO_E_UNSUPPORTED_FILE, where_of() + " is not block aligned");
     if (e.logical % block_size || e.physical % block_size ||
         e.length % block_size || e.length == 0 || e.physical < device_offset ||
         (e.physical - device_offset) % block_size) {
       return LibError(EXT4DIO_E_MAP_MISMATCH,
-                      where + absl::StrFormat(" is not aligned to %d-byte blocks",
+                      where_of() + absl::StrFormat(" is not aligned to %d-byte blocks",
                                               block_size));
     }
     uint64_t logical = e.logical / block_size;

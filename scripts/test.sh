@@ -25,7 +25,8 @@ CC=clang-14 CXX=clang++-14 bash scripts/build.sh build-tsan --buildtype=debugopt
   -Db_sanitize=thread -Db_lundef=false -Dbenchmarks=false --no-build 2>/dev/null || true
 tsan_ok=1
 ninja -C build-tsan test/concurrency_test test/async_queue_test test/write_ranges_test test/mounted_io_test \
-  test/mounted_contract_test test/session_state_test tools/ext4dio-write tools/ext4dio-read \
+  test/mounted_contract_test test/session_state_test test/io_gate_test test/pending_remap_test \
+  tools/ext4dio-write tools/ext4dio-read \
   tools/ext4dio-map \
   >/dev/null || tsan_ok=0
 
@@ -52,7 +53,7 @@ run build
 EXT4DIO_MODEL_SECONDS=8 run build-asan --suite unit --suite hostile --suite image --suite mounted
 if [ "$tsan_ok" = 1 ]; then
   TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild concurrency_test async_queue_test write_ranges_test \
-    mounted_io_test session_state_test
+    mounted_io_test session_state_test io_gate_test pending_remap_test
   # The mounted torture run: threads, the kernel path and the lease monitor.
   TSAN_OPTIONS=halt_on_error=1 run build-tsan --no-rebuild mounted_contract_test \
     --test-args=--gtest_filter='*Torture*:*Async*:*Share*'
