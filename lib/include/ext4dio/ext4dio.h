@@ -299,12 +299,15 @@ uint64_t ext4dio_writable_until(const struct ext4dio_file *file, uint64_t offset
                                 uint64_t length);
 
 /* ---- Asynchronous queues ------------------------------------------------
- * One ring per queue; submit with a cookie, reap completions. Blocking
- * inside submit (then completing like the rest): a write with unaligned
- * pieces, and in mounted mode any request that needs the kernel path (a
- * hole, an unwritten extent, past EOF) or arrives while the fast path is
- * off (no lease). Submit also waits when the ring is full. Closing waits
- * for what is in flight. */
+ * One ring per queue; submit with a cookie, reap completions. In mounted
+ * mode, aligned writes into holes and unwritten extents inside EOF go to
+ * the ring as O_DIRECT writes on the file (the kernel allocates) beside the
+ * device I/O. Blocking inside submit (then completing like the rest): a
+ * write with unaligned pieces, and in mounted mode a request that needs the
+ * locked kernel path (past EOF, unaligned next to a hole), a read of a
+ * range the kernel path wrote that is not re-mapped yet, or any request
+ * while the fast path is off (no lease). Submit also waits when the ring is
+ * full. Closing waits for what is in flight. */
 struct ext4dio_queue;
 
 #define EXT4DIO_OP_READ 0u
