@@ -371,8 +371,11 @@ void MountedFile::RemapPending(bool monitor) {
   map_lock.unlock();
   // Callers inside the gate may still read the old map.
   if (!monitor) {
-    std::lock_guard<std::mutex> lock(retired_mu_);
-    retired_.push_back(std::move(retired));
+    {
+      std::lock_guard<std::mutex> lock(retired_mu_);
+      retired_.push_back(std::move(retired));
+    }
+    monitor_cv_.notify_all();  // to free it soon: views must not pile up maps
     return;
   }
   gate_.Synchronize();
@@ -390,8 +393,22 @@ void MountedFile::FreeRetiredMaps() {
   gate_.Synchronize();  // every caller that may still read them has left
 }
 
+size_t MountedFile::WriteOnFile(const char* src, size_t n, uint64_t offset, int* err) {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = os_->Pwrite(fd_file_, src + done, n - done, offset + done);
+    if (r <= 0) {
+      *err = r < 0 ? static_cast<int>(-r) : EIO;
+      break;
+    }
+    done += static_cast<size_t>(r);
+  }
+  return done;
+}
+
 absl::StatusOr<size_t> MountedFile::KernelWrite(const char* buf, size_t n, uint64_t offset) {
   IoGate::Exclusive exclusive(gate_);
+  DropRetiredMapsLocked();
   std::lock_guard<std::mutex> map_lock(map_mu_);
   if (append_only_.load()) {
     struct stat st;
@@ -415,16 +432,8 @@ absl::StatusOr<size_t> MountedFile::KernelWrite(const char* buf, size_t n, uint6
   // zeros now, where the map still ends.
   const uint64_t from = std::min<uint64_t>(offset, known_size_.load());
   if (fast) pending_.Begin(from, offset + n);
-  size_t done = 0;
   int err = 0;
-  while (done < n) {
-    const ssize_t r = os_->Pwrite(fd_file_, buf + done, n - done, offset + done);
-    if (r <= 0) {
-      err = r < 0 ? static_cast<int>(-r) : EIO;
-      break;
-    }
-    done += static_cast<size_t>(r);
-  }
+  const size_t done = WriteOnFile(buf, n, offset, &err);
   (void)SetFileDirect(was_direct);
   if (fast) pending_.End(from, offset + n, /*clean=*/false);  // FIEMAP tells
   absl::Status coherent;
@@ -490,16 +499,8 @@ bool MountedFile::ConcurrentKernel(const Piece& p, const char* src, const MapSta
 absl::StatusOr<size_t> MountedFile::KernelWriteConcurrent(DeviceExecutor& ex, const char* src,
                                                    uint64_t n, uint64_t offset) {
   NoteKernelWrite();
-  uint64_t done = 0;
   int err = 0;
-  while (done < n) {
-    const ssize_t r = os_->Pwrite(fd_file_, src + done, n - done, offset + done);
-    if (r <= 0) {
-      err = r < 0 ? static_cast<int>(-r) : EIO;
-      break;
-    }
-    done += static_cast<uint64_t>(r);
-  }
+  const uint64_t done = WriteOnFile(src, n, offset, &err);
   pending_.End(offset, offset + n, done == n);
   if (done > 0) ex.CountKernelWrite(done);  // the executor's own counters: no shared line
   if (err != 0 && done == 0) {
@@ -699,6 +700,7 @@ absl::Status MountedFile::Truncate(uint64_t size) {
 }
 
 absl::Status MountedFile::AfterMetadataChangeLocked(const char* what) {
+  DropRetiredMapsLocked();
   kernel_dirty_ = true;
   // ext4 zeroes partial blocks (a truncated last block's tail, the ends of
   // a punched or zeroed range) in the page cache, not on the device: write

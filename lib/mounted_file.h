@@ -82,6 +82,9 @@ class MountedFile final : public File {
   // The locked kernel path: inside the gate's Exclusive (extending,
   // unaligned or buffered writes, append-only files, the fast path off).
   absl::StatusOr<size_t> KernelWrite(const char* buf, size_t n, uint64_t offset);
+  // pwrite on the file until all of it is written or it fails (*err then
+  // the errno); returns the bytes written.
+  size_t WriteOnFile(const char* src, size_t n, uint64_t offset, int* err);
   // Whether kernel-path piece p (of `src`) may run concurrently, inside the
   // gate: an aligned O_DIRECT write within EOF into a hole or unwritten
   // extent (it allocates or converts, moving no block), fast path on.
@@ -112,6 +115,11 @@ class MountedFile final : public File {
   void RemapPending(bool monitor);
   // The monitor: frees the maps views retired (after gate_.Synchronize()).
   void FreeRetiredMaps();
+  // Inside an Exclusive nobody is in the gate: they can go at once.
+  void DropRetiredMapsLocked() {
+    std::lock_guard<std::mutex> lock(retired_mu_);
+    retired_.clear();
+  }
   std::mutex retired_mu_;
   std::vector<std::shared_ptr<const MapState>> retired_;  // for the monitor to free
   absl::Status ReloadLocked();
