@@ -12,8 +12,8 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
-
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "executor.h"
 
 namespace ext4dio {
@@ -57,7 +57,7 @@ class ExecutorPool {
   // Adopts `e` into a new slot, taken by the caller; {kNone, nullptr} (and
   // `e` left to the caller) when every slot is used.
   Lease Add(std::unique_ptr<DeviceExecutor>& e) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (count_ == kSlots) return Lease{};
     const uint32_t i = count_++;
     slots_[i] = std::move(e);
@@ -66,11 +66,11 @@ class ExecutorPool {
   // Calls f(const DeviceExecutor&) for every executor in the pool.
   template <typename F>
   void ForEach(F f) const {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (uint32_t i = 0; i < count_; ++i) f(*slots_[i]);
   }
   void Clear() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (uint32_t i = 0; i < count_; ++i) slots_[i].reset();
     count_ = 0;
     head_.store(0, std::memory_order_release);
@@ -81,8 +81,10 @@ class ExecutorPool {
   // (tag << 32) | (slot + 1); 0 in the low half: empty.
   std::atomic<uint64_t> head_{0};
   std::array<std::atomic<uint64_t>, kSlots> next_{};
-  mutable std::mutex mu_;  // count_ and slots_ growth
-  uint32_t count_ = 0;
+  mutable absl::Mutex mu_;  // count_ and slots_ growth
+  uint32_t count_ ABSL_GUARDED_BY(mu_) = 0;
+  // Written under mu_ (Add, Clear); Take reads a slot without it, after the
+  // acquire of the head that a Give of that slot released.
   std::array<std::unique_ptr<DeviceExecutor>, kSlots> slots_;
 };
 

@@ -391,7 +391,7 @@ T Ext4Reader::Retrying(F&& once, bool refresh_first) {
 
 absl::StatusOr<FileLayout> Ext4Reader::ReadFile(uint64_t inode) {
   absl::MutexLock lock(&mu_);
-  return Retrying<absl::StatusOr<FileLayout>>([&] { return ReadFileOnce(inode); },
+  return Retrying<absl::StatusOr<FileLayout>>([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ReadFileOnce(inode); },
                                               /*refresh_first=*/true);
 }
 
@@ -678,7 +678,7 @@ absl::Status Ext4Reader::ValidateExtents(const std::vector<Extent>& extents,
   // Descriptors read earlier can only make validation fail, never pass
   // wrongly (bitmaps themselves are read afresh): refresh only on failure.
   absl::StatusOr<bool> r = Retrying<absl::StatusOr<bool>>(
-      [&]() -> absl::StatusOr<bool> {
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::StatusOr<bool> {
         if (absl::Status s = Validate(extents, map_blocks); !s.ok()) return s;
         return true;
       },

@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_format.h"
 #include "aligned.h"
 #include "errors.h"
@@ -77,7 +78,7 @@ absl::Status MountedFile::StartFastPathLocked() {
     return dropped;
   }
   {
-    std::lock_guard<std::mutex> map_lock(map_mu_);
+    absl::MutexLock map_lock(&map_mu_);
     if (absl::Status s = ReloadLocked(); !s.ok()) {
       lease_->Release();
       return s;
@@ -95,7 +96,7 @@ absl::Status MountedFile::StartFastPathLocked() {
   privileges_done_ = false;  // mode bits may have changed while we were away
   touch_needed_ = true;      // others may have set the times meanwhile
   fast_.store(true, std::memory_order_release);
-  std::lock_guard<std::mutex> lock(warning_mu_);
+  absl::MutexLock lock(&warning_mu_);
   warning_ = cur().loaded.warning;
   return absl::OkStatus();
 }
@@ -108,7 +109,7 @@ void MountedFile::StopFastPathLocked(const std::string& why, bool lease_break) {
   }
   (void)SetFileDirect(false);  // the kernel path alone: as any other opener
   lease_->Release();
-  std::lock_guard<std::mutex> lock(warning_mu_);
+  absl::MutexLock lock(&warning_mu_);
   warning_ = why;
 }
 
@@ -136,7 +137,7 @@ absl::Status MountedFile::PrepareFastWrite() {
   // so do we, once after open or sync, so a writer killed mid-write still
   // leaves a changed mtime; the monitor refreshes them while writing.
   if (touch_needed_.load(std::memory_order_acquire)) {
-    std::lock_guard<std::mutex> lock(touch_mu_);
+    absl::MutexLock lock(&touch_mu_);
     if (touch_needed_.load()) {
       TouchNow();
       touch_needed_.store(false, std::memory_order_release);
@@ -218,7 +219,7 @@ void MountedFile::PollWhileFast() {
 
 absl::Status MountedFile::DropPrivilegesOnce() {
   if (privileges_done_.load(std::memory_order_acquire)) return absl::OkStatus();
-  std::lock_guard<std::mutex> lock(privileges_mu_);
+  absl::MutexLock lock(&privileges_mu_);
   if (privileges_done_.load()) return absl::OkStatus();
   // The kernel's file_remove_privs(): set-user-ID always, set-group-ID when
   // group-executable, unless the writer has CAP_FSETID; file capabilities
@@ -245,11 +246,11 @@ void MountedFile::Monitor() {
   const auto poll = std::chrono::milliseconds(std::max<uint32_t>(options_.lease_poll_ms, 1));
   const auto retry = std::chrono::milliseconds(options_.lease_retry_ms);
   auto next_retry = Clock::now() + retry;
-  std::unique_lock<std::mutex> lock(monitor_mu_);
+  monitor_mu_.Lock();
   while (!monitor_stop_) {
-    monitor_cv_.wait_for(lock, poll);
+    monitor_cv_.WaitWithTimeout(&monitor_mu_, absl::FromChrono(poll));
     if (monitor_stop_) break;
-    lock.unlock();
+    monitor_mu_.Unlock();
     // lease_ is only changed on this thread (and before/after it runs).
     if (fast_.load()) {
       PollWhileFast();
@@ -276,13 +277,14 @@ void MountedFile::Monitor() {
       IoGate::Exclusive exclusive(gate_);
       absl::Status s = StartFastPathLocked();
       if (!s.ok() && CodeOf(s) != -EAGAIN) {
-        std::lock_guard<std::mutex> wl(warning_mu_);
+        absl::MutexLock wl(&warning_mu_);
         warning_ = absl::StrCat("fast path off: ", s.message());
       }
       next_retry = Clock::now() + retry;
     }
-    lock.lock();
+    monitor_mu_.Lock();
   }
+  monitor_mu_.Unlock();
 }
 
 }  // namespace ext4dio

@@ -34,11 +34,12 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "device.h"
 #include "executor.h"
 #include "executor_pool.h"
@@ -229,8 +230,8 @@ class File : public std::enable_shared_from_this<File> {
   Os* os_ = nullptr;
   std::string name_;
   const bool mounted_;
-  mutable std::mutex state_mu_;  // guards state_ (the owner of *current_)
-  std::shared_ptr<const MapState> state_;
+  mutable absl::Mutex state_mu_;
+  std::shared_ptr<const MapState> state_ ABSL_GUARDED_BY(state_mu_);  // the owner of *current_
   std::atomic<const MapState*> current_{nullptr};
   Alignment align_;
   PlanOptions plan_;
@@ -238,15 +239,15 @@ class File : public std::enable_shared_from_this<File> {
   int fd_direct_ = -1;    // O_DIRECT on the image/device
   int fd_buffered_ = -1;  // the same without O_DIRECT (unaligned pieces)
   WriteRanges ranges_;
-  mutable std::mutex warning_mu_;
-  std::string warning_;  // what warning() says
+  mutable absl::Mutex warning_mu_;
+  std::string warning_ ABSL_GUARDED_BY(warning_mu_);  // what warning() says
   // Mounted: file ranges the page cache kept after a drop, for the next
   // SetMap (MapState::kernel_only). Inside the gate's Exclusive only.
   RangeList kernel_only_next_;
 
   ExecutorPool pool_;  // synchronous callers' executors
-  mutable std::mutex exec_mu_;
-  std::vector<const DeviceExecutor*> async_executors_;  // AsyncQueues' (stats)
+  mutable absl::Mutex exec_mu_;
+  std::vector<const DeviceExecutor*> async_executors_ ABSL_GUARDED_BY(exec_mu_);  // AsyncQueues' (stats)
 
   mutable std::array<std::atomic<uint64_t>, kStatCount> stats_{};
 };

@@ -70,10 +70,13 @@ absl::StatusOr<std::shared_ptr<File>> ImageFile::Open(const OpenOptions& options
   auto loaded = LoadMap(t, load);
   if (!loaded.ok()) return loaded.status();
   if (options.write && !loaded->write_status.ok()) return loaded->write_status;
-  f->warning_ = loaded->warning;
-  if (!claim_warning.empty()) {
-    f->warning_ =
-        f->warning_.empty() ? claim_warning : absl::StrCat(f->warning_, "; ", claim_warning);
+  {
+    absl::MutexLock lock(&f->warning_mu_);
+    f->warning_ = loaded->warning;
+    if (!claim_warning.empty()) {
+      f->warning_ =
+          f->warning_.empty() ? claim_warning : absl::StrCat(f->warning_, "; ", claim_warning);
+    }
   }
   f->SetMap(std::move(*loaded));
   if (absl::Status s = f->SetUpBackend(t.image); !s.ok()) return s;

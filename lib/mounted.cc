@@ -49,7 +49,7 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
   struct stat st;
   if (::fstat(path_fd, &st) != 0) return ErrnoError(errno, "stat " + t.path);
 
-  std::unique_lock<std::mutex> registry_lock = OpenRegistry::Lock();
+  absl::MutexLock registry_lock(&OpenRegistry::mu());
   {
     if (std::shared_ptr<File> open = OpenRegistry::Find(st.st_dev, st.st_ino)) {
       const OpenOptions& o = open->options();
@@ -183,10 +183,10 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
                      : LoadFiemapOnly(*f->os_, f->fd_file_, f->info_, "");
       if (!loaded.ok()) return loaded.status();
       {
-        std::lock_guard<std::mutex> map_lock(f->map_mu_);
+        absl::MutexLock map_lock(&f->map_mu_);
         f->SetMap(std::move(*loaded));
       }
-      std::lock_guard<std::mutex> lock(f->warning_mu_);
+      absl::MutexLock lock(&f->warning_mu_);
       f->warning_ = why_not;
     }
   }
@@ -301,27 +301,73 @@ void MountedFile::KernelWritesEnded(void* file, const PendingRemap::WriteEnd* en
 }
 
 void MountedFile::RemapPending(bool monitor) {
-  std::unique_lock<std::mutex> map_lock(map_mu_, std::defer_lock);
+  if (monitor) {
+    if (!map_mu_.TryLock()) return;
+  } else {
+    map_mu_.Lock();
+  }
+  RemapOutcome out = RemapPendingLocked();
+  map_mu_.Unlock();
+  switch (out.kind) {
+    case RemapOutcome::kNothing:
+      return;
+    case RemapOutcome::kFailed: {
+      if (!monitor) return;  // the monitor's next round fails the same way, and stops
+      IoGate::Exclusive exclusive(gate_);
+      StopFastPathLocked(absl::StrCat("re-mapping after kernel-path writes failed (",
+                                      out.status.message(), "): fast path off"),
+                         false);
+      return;
+    }
+    case RemapOutcome::kStrayPages: {
+      if (!monitor) return;  // left to the monitor's next round
+      IoGate::Exclusive exclusive(gate_);
+      if (!fast_.load()) return;
+      absl::Status dropped = DropCacheLocked();
+      if (dropped.ok()) {
+        absl::MutexLock lock(&map_mu_);
+        dropped = ReloadLocked();
+        if (dropped.ok()) ++stats_[kRemaps];
+      }
+      if (!dropped.ok()) {
+        StopFastPathLocked(absl::StrCat("dropping the page cache after kernel-path writes "
+                                        "failed (",
+                                        dropped.message(), "): fast path off"),
+                           false);
+      }
+      return;
+    }
+    case RemapOutcome::kPublished:
+      break;
+  }
+  // Callers inside the gate may still read the old map.
   if (!monitor) {
-    map_lock.lock();
-  } else if (!map_lock.try_lock()) {
+    {
+      absl::MutexLock lock(&retired_mu_);
+      retired_.push_back(std::move(out.retired));
+    }
+    monitor_cv_.SignalAll();  // to free it soon: views must not pile up maps
     return;
   }
-  if (!fast_.load(std::memory_order_acquire)) return;  // a restart re-reads it all
+  gate_.Synchronize();
+  out.retired.reset();
+  FreeRetiredMaps();
+}
+
+MountedFile::RemapOutcome MountedFile::RemapPendingLocked() {
+  RemapOutcome out;
+  if (!fast_.load(std::memory_order_acquire)) return out;  // a restart re-reads it all
   // What has ended so far; FIEMAP, read after this, shows all of it (the
   // kernel converts unwritten extents before it completes a write).
   const PendingRemap::Batch batch = pending_.Ended();
-  if (batch.ranges.empty()) return;
+  if (batch.ranges.empty()) return out;
   const MapState& old = cur();
   const ExtentMap& m = old.loaded.map;
   const uint64_t bs = m.block_size();
   auto fail = [&](const absl::Status& s) {
-    map_lock.unlock();
-    if (!monitor) return;  // the monitor's next round fails the same way, and stops
-    IoGate::Exclusive exclusive(gate_);
-    StopFastPathLocked(absl::StrCat("re-mapping after kernel-path writes failed (", s.message(),
-                                    "): fast path off"),
-                       false);
+    out.kind = RemapOutcome::kFailed;
+    out.status = s;
+    return out;
   };
   struct stat st;
   if (int rc = os_->Fstat(fd_file_, &st); rc < 0) return fail(ErrnoError(-rc, "stat " + name_));
@@ -345,48 +391,22 @@ void MountedFile::RemapPending(bool monitor) {
   for (const auto& r : old.kernel_only) pinned += r.second - r.first;
   if (const int64_t cached = os_->CachedBytes(fd_file_, 0, 0);
       cached < 0 || static_cast<uint64_t>(cached) > pinned) {
-    map_lock.unlock();
-    if (!monitor) return;  // left to the monitor's next round
-    IoGate::Exclusive exclusive(gate_);
-    if (!fast_.load()) return;
-    absl::Status dropped = DropCacheLocked();
-    if (dropped.ok()) {
-      std::lock_guard<std::mutex> lock(map_mu_);
-      dropped = ReloadLocked();
-      if (dropped.ok()) ++stats_[kRemaps];
-    }
-    if (!dropped.ok()) {
-      StopFastPathLocked(absl::StrCat("dropping the page cache after kernel-path writes failed (",
-                                      dropped.message(), "): fast path off"),
-                         false);
-    }
-    return;
+    out.kind = RemapOutcome::kStrayPages;
+    return out;
   }
-  std::shared_ptr<const MapState> retired =
-      SetMap(std::move(next->loaded), std::move(next->written));
+  out.retired = SetMap(std::move(next->loaded), std::move(next->written));
   // Only now: a reader that finds the range no longer pending loads the
   // new map (pending_remap.h).
   pending_.Remapped(batch);
   ++stats_[kRemaps];
-  map_lock.unlock();
-  // Callers inside the gate may still read the old map.
-  if (!monitor) {
-    {
-      std::lock_guard<std::mutex> lock(retired_mu_);
-      retired_.push_back(std::move(retired));
-    }
-    monitor_cv_.notify_all();  // to free it soon: views must not pile up maps
-    return;
-  }
-  gate_.Synchronize();
-  retired.reset();
-  FreeRetiredMaps();
+  out.kind = RemapOutcome::kPublished;
+  return out;
 }
 
 void MountedFile::FreeRetiredMaps() {
   std::vector<std::shared_ptr<const MapState>> old;
   {
-    std::lock_guard<std::mutex> lock(retired_mu_);
+    absl::MutexLock lock(&retired_mu_);
     old.swap(retired_);
   }
   if (old.empty()) return;
@@ -409,7 +429,7 @@ size_t MountedFile::WriteOnFile(const char* src, size_t n, uint64_t offset, int*
 absl::StatusOr<size_t> MountedFile::KernelWrite(const char* buf, size_t n, uint64_t offset) {
   IoGate::Exclusive exclusive(gate_);
   DropRetiredMapsLocked();
-  std::lock_guard<std::mutex> map_lock(map_mu_);
+  absl::MutexLock map_lock(&map_mu_);
   if (append_only_.load()) {
     struct stat st;
     if (int rc = os_->Fstat(fd_file_, &st); rc < 0) return ErrnoError(-rc, "stat " + name_);
@@ -693,7 +713,7 @@ absl::Status MountedFile::Truncate(uint64_t size) {
   if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
   if (size > static_cast<uint64_t>(INT64_MAX)) return ErrnoError(EFBIG, "size too large");
   IoGate::Exclusive exclusive(gate_);
-  std::lock_guard<std::mutex> map_lock(map_mu_);
+  absl::MutexLock map_lock(&map_mu_);
   if (int rc = os_->Ftruncate(fd_file_, size); rc < 0)
     return ErrnoError(-rc, absl::StrFormat("%s: truncate to %d", name_, size));
   return AfterMetadataChangeLocked("truncate");
@@ -737,7 +757,7 @@ absl::Status MountedFile::Fallocate(int mode, uint64_t offset, uint64_t length) 
                                               mode, offset, length));
   }
   IoGate::Exclusive exclusive(gate_);
-  std::lock_guard<std::mutex> map_lock(map_mu_);
+  absl::MutexLock map_lock(&map_mu_);
   if (int rc = os_->Fallocate(fd_file_, mode, offset, length); rc < 0) {
     return ErrnoError(-rc, absl::StrFormat("%s: fallocate mode 0x%x at %d, %d bytes", name_,
                                              mode, offset, length));
@@ -748,10 +768,10 @@ absl::Status MountedFile::Fallocate(int mode, uint64_t offset, uint64_t length) 
 MountedFile::~MountedFile() {
   if (monitor_.joinable()) {
     {
-      std::lock_guard<std::mutex> lock(monitor_mu_);
+      absl::MutexLock lock(&monitor_mu_);
       monitor_stop_ = true;
     }
-    monitor_cv_.notify_all();
+    monitor_cv_.SignalAll();
     monitor_.join();
   }
   {

@@ -20,13 +20,13 @@
 #define EXT4DIO_LIB_MOUNTED_FILE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "device.h"
 #include "file.h"
 #include "lease.h"
@@ -74,14 +74,16 @@ class MountedFile final : public File {
   absl::StatusOr<Started> StartAsync(DeviceExecutor& ex, const AsyncRequest& r);
   absl::Status RunBlocking(DeviceExecutor& ex, const AsyncRequest& r);
 
-  // Mounted mode. REQUIRES for the *Locked ones: inside an IoGate::Exclusive.
+  // Mounted mode. The *Locked ones run inside an IoGate::Exclusive
+  // (ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_)).
   // `ex`: an idle executor to use, or nullptr (one from the pool).
   absl::StatusOr<size_t> PwriteMounted(DeviceExecutor* ex, const char* buf, size_t n,
                                        uint64_t offset);
   absl::StatusOr<size_t> PreadMounted(DeviceExecutor* ex, char* buf, size_t n, uint64_t offset);
   // The locked kernel path: inside the gate's Exclusive (extending,
   // unaligned or buffered writes, append-only files, the fast path off).
-  absl::StatusOr<size_t> KernelWrite(const char* buf, size_t n, uint64_t offset);
+  absl::StatusOr<size_t> KernelWrite(const char* buf, size_t n, uint64_t offset)
+      ABSL_LOCKS_EXCLUDED(gate_, map_mu_);
   // pwrite on the file until all of it is written or it fails (*err then
   // the errno); returns the bytes written.
   size_t WriteOnFile(const char* src, size_t n, uint64_t offset, int* err);
@@ -101,7 +103,7 @@ class MountedFile final : public File {
   // the gate.
   absl::StatusOr<size_t> KernelRead(char* buf, size_t n, uint64_t offset);
   // Sets or clears O_DIRECT on fd_file_. REQUIRES: inside an Exclusive.
-  bool SetFileDirect(bool direct);
+  bool SetFileDirect(bool direct) ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   // The deferred re-map (the monitor): the ranges the kernel path wrote and
   // that have completed, from FIEMAP into a new map, published without
   // closing the gate. `monitor`: the monitor's round, which skips when
@@ -112,27 +114,36 @@ class MountedFile final : public File {
   // that caller may own an async queue whose unreaped writes a
   // read-modify-write inside the gate waits for. A failed or unclean batch
   // is then left to the monitor, and the old map to its next round.
-  void RemapPending(bool monitor);
+  void RemapPending(bool monitor) ABSL_LOCKS_EXCLUDED(gate_, map_mu_);
+  // What RemapPending decided under map_mu_; the rest happens after it.
+  struct RemapOutcome {
+    enum Kind { kNothing, kFailed, kStrayPages, kPublished } kind = kNothing;
+    absl::Status status;                      // kFailed
+    std::shared_ptr<const MapState> retired;  // kPublished: the map replaced
+  };
+  RemapOutcome RemapPendingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(map_mu_);
   // The monitor: frees the maps views retired (after gate_.Synchronize()).
-  void FreeRetiredMaps();
+  void FreeRetiredMaps() ABSL_LOCKS_EXCLUDED(retired_mu_);
   // Inside an Exclusive nobody is in the gate: they can go at once.
-  void DropRetiredMapsLocked() {
-    std::lock_guard<std::mutex> lock(retired_mu_);
+  void DropRetiredMapsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_) {
+    absl::MutexLock lock(&retired_mu_);
     retired_.clear();
   }
-  std::mutex retired_mu_;
-  std::vector<std::shared_ptr<const MapState>> retired_;  // for the monitor to free
-  absl::Status ReloadLocked();
+  absl::Mutex retired_mu_;
+  // For the monitor to free.
+  std::vector<std::shared_ptr<const MapState>> retired_ ABSL_GUARDED_BY(retired_mu_);
+  absl::Status ReloadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_, map_mu_);
   // After truncate/fallocate on the file: write back and drop its pages,
   // re-read the map (fast path off if that fails).
-  absl::Status AfterMetadataChangeLocked(const char* what);
-  absl::Status StartFastPathLocked();
+  absl::Status AfterMetadataChangeLocked(const char* what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_, map_mu_);
+  absl::Status StartFastPathLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   // Writes back and drops all of the file's cached pages and records what
   // could not be dropped for the next SetMap (kernel_only_next_).
-  absl::Status DropCacheLocked();
+  absl::Status DropCacheLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   // Re-reads flags, read-only state and shutdown: the fast path (re)starts
   // only on a file it may write. Updates append_only_.
-  absl::Status RecheckFileLocked();
+  absl::Status RecheckFileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   // Before a fast-path write: mtime/ctime bumped once after open/sync, and
   // set-ID bits and capabilities removed as the kernel's write would.
   absl::Status PrepareFastWrite();
@@ -143,17 +154,18 @@ class MountedFile final : public File {
   // Monitor, while the fast path is on: timestamps at least once a second
   // while writing, set-ID bits that appeared meanwhile, read-only/shutdown.
   void PollWhileFast();
-  void StopFastPathLocked(const std::string& why, bool lease_break);
+  void StopFastPathLocked(const std::string& why, bool lease_break)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   void TouchTimes();
   void TouchNow();
   absl::Status DropPrivilegesOnce();
-  void Monitor();
+  void Monitor() ABSL_LOCKS_EXCLUDED(gate_, map_mu_, monitor_mu_);
 
   // Held by whoever replaces the map (the deferred re-map, and the
   // Exclusive sections that change the file or re-read the map), so a re-map
   // computed before a truncate is never published after its reload. Order:
   // the gate's Exclusive, then map_mu_.
-  std::mutex map_mu_;
+  absl::Mutex map_mu_ ABSL_ACQUIRED_AFTER(gate_);
   int fd_file_ = -1;              // the file itself: our only descriptor of it
   MountedFileInfo info_;              // where it lives (its fd is closed)
   std::unique_ptr<Ext4Reader> reader_;  // live reader of the device
@@ -187,11 +199,11 @@ class MountedFile final : public File {
   std::atomic<bool> touch_needed_{true};     // no touch since open/sync yet
   std::atomic<bool> wrote_since_poll_{false};
   std::atomic<int64_t> last_touch_ns_{0};    // steady clock
-  std::mutex touch_mu_;
-  std::mutex privileges_mu_;
-  std::mutex monitor_mu_;
-  std::condition_variable monitor_cv_;
-  bool monitor_stop_ = false;
+  absl::Mutex touch_mu_;       // one TouchNow at a time (atomics say when)
+  absl::Mutex privileges_mu_;  // one DropPrivilegesOnce at a time
+  absl::Mutex monitor_mu_;
+  absl::CondVar monitor_cv_;
+  bool monitor_stop_ ABSL_GUARDED_BY(monitor_mu_) = false;
   std::thread monitor_;
 
 };

@@ -6,10 +6,6 @@
 namespace ext4dio {
 namespace {
 
-std::mutex& Mu() {
-  static std::mutex* mu = new std::mutex;
-  return *mu;
-}
 std::map<std::pair<dev_t, ino_t>, std::weak_ptr<File>>& Entries() {
   static auto* r = new std::map<std::pair<dev_t, ino_t>, std::weak_ptr<File>>;
   return *r;
@@ -17,7 +13,8 @@ std::map<std::pair<dev_t, ino_t>, std::weak_ptr<File>>& Entries() {
 
 }  // namespace
 
-std::unique_lock<std::mutex> OpenRegistry::Lock() { return std::unique_lock<std::mutex>(Mu()); }
+// Constant-initialised: an open from a static constructor finds it ready.
+ABSL_CONST_INIT absl::Mutex OpenRegistry::mu_(absl::kConstInit);
 
 std::shared_ptr<File> OpenRegistry::Find(dev_t dev, ino_t ino) {
   auto it = Entries().find({dev, ino});

@@ -3,14 +3,16 @@
 // so a second open of the same file shares the first one's File (File::Open
 // decides whether the options allow it).
 //
-// Thread-safety: Lock() serialises whole opens; Find and Add require it.
+// Thread-safety: mu() serialises whole opens; Find and Add require it.
 #ifndef EXT4DIO_LIB_OPEN_REGISTRY_H_
 #define EXT4DIO_LIB_OPEN_REGISTRY_H_
 
 #include <sys/types.h>
 
 #include <memory>
-#include <mutex>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace ext4dio {
 
@@ -20,10 +22,14 @@ class OpenRegistry {
  public:
   // Held for the whole of a mounted open: two opens of one file never both
   // make a File.
-  [[nodiscard]] static std::unique_lock<std::mutex> Lock();
+  static absl::Mutex& mu() ABSL_LOCK_RETURNED(mu_) { return mu_; }
   // The live File open for (dev, ino), or nullptr (a dead entry is dropped).
-  static std::shared_ptr<File> Find(dev_t dev, ino_t ino);
-  static void Add(dev_t dev, ino_t ino, const std::shared_ptr<File>& file);
+  static std::shared_ptr<File> Find(dev_t dev, ino_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void Add(dev_t dev, ino_t ino, const std::shared_ptr<File>& file)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+ private:
+  static absl::Mutex mu_;
 };
 
 }  // namespace ext4dio

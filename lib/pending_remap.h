@@ -17,11 +17,12 @@
 
 #include <atomic>
 #include <cstdint>
-#include <mutex>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
+#include "absl/synchronization/mutex.h"
 #include "ranges.h"
 
 namespace ext4dio {
@@ -72,16 +73,16 @@ class PendingRemap {
     uint64_t lo, hi, seq;
     bool clean;
   };
-  void Recount();  // REQUIRES: mu_
+  void Recount() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Insert(absl::btree_map<uint64_t, uint64_t>& cover, uint64_t lo, uint64_t hi);
   static RangeList Ranges(const absl::btree_map<uint64_t, uint64_t>& cover);
 
-  mutable std::mutex mu_;
-  std::vector<std::pair<uint64_t, uint64_t>> in_flight_;  // a multiset, unsorted
-  std::vector<EndedWrite> ended_;                         // in End order
+  mutable absl::Mutex mu_;
+  std::vector<std::pair<uint64_t, uint64_t>> in_flight_ ABSL_GUARDED_BY(mu_);  // a multiset
+  std::vector<EndedWrite> ended_ ABSL_GUARDED_BY(mu_);                         // in End order
   // ended_ (and those not clean), merged: start -> end.
-  absl::btree_map<uint64_t, uint64_t> cover_, suspect_;
-  uint64_t seq_ = 0;
+  absl::btree_map<uint64_t, uint64_t> cover_ ABSL_GUARDED_BY(mu_), suspect_ ABSL_GUARDED_BY(mu_);
+  uint64_t seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<size_t> count_{0};
   std::atomic<size_t> ended_count_{0};
 };

@@ -34,11 +34,12 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <mutex>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 
 namespace ext4dio {
@@ -92,8 +93,8 @@ class WriteRanges {
     // Direct entries in `entries` (changed under `mu`; read without it by
     // EndDirect to skip the mutex when there are none).
     std::atomic<uint32_t> slow{0};
-    std::mutex mu;
-    std::vector<Entry> entries;  // slow-path directs and RMWs, under mu
+    absl::Mutex mu;
+    std::vector<Entry> entries ABSL_GUARDED_BY(mu);  // slow-path directs and RMWs
   };
 
   using Record = write_ranges_internal::Record;
