@@ -6,7 +6,11 @@
 // other's lease. The engine owns file handling completely: fio never opens,
 // lays out, extends or unlinks anything itself (FIO_DISKLESSIO), which also
 // keeps it from touching a host path that happens to equal a path inside an
-// image (ext4dio_image=IMG).
+// image (ext4dio_image=IMG). What fio does to files for its own engines the
+// engine does in mounted mode, through the library: a missing file is
+// created (Acquire), a file shorter than the job's range is extended or laid
+// out (PrepopulateFile); in an image both are errors, before any I/O.
+// At the end each file gets one statistics line on stderr (PrintStats).
 //
 // I/O: one ext4dio queue (io_uring, or psync) per job and file, at the job's
 // iodepth. fio's async model, as its io_uring engine: queue() only records
