@@ -204,6 +204,8 @@ void File::RetireExecutor(std::unique_ptr<DeviceExecutor> ex) {
     stats_[kReadBytes] += s.read_bytes;
     stats_[kReadReq] += s.read_ops;
     stats_[kZeroBytes] += s.zero_bytes;
+    stats_[kKernelBytes] += s.kernel_bytes;  // a queue's O_DIRECT writes on the file
+    stats_[kKernelReq] += s.kernel_ops;
   }
   ex.reset();  // the ring goes while the descriptor it registered is open
 }

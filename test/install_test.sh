@@ -79,10 +79,20 @@ if [ "$engine_built" = 1 ]; then
       [ -f "$jobs/$j" ] || fail "job file $j not installed in $datadir/ext4dio/fio"
     fi
   done
+  # The engine finds the installed library by itself (fio dlopen()s it by
+  # path; no ldconfig, no LD_LIBRARY_PATH): RUNPATH $ORIGIN/.., the libdir
+  # it is installed under, and nothing else (no build directory).
+  runpath=$(readelf -d "$engine" | sed -n 's/.*(\(RUNPATH\|RPATH\)).*\[\(.*\)\]$/\2/p')
+  [ "$runpath" = '$ORIGIN/..' ] ||
+    fail "$libdir/ext4dio/ext4dio.so has RUNPATH '$runpath', not '\$ORIGIN/..' (its libdir)"
+  resolved=$(env -u LD_LIBRARY_PATH ldd "$engine" | sed -n 's/^\s*libext4dio\.so\.0 => \(\S*\).*/\1/p')
+  [ -n "$resolved" ] && [ "$(realpath "$resolved")" = "$(realpath "$lib/libext4dio.so.0")" ] ||
+    fail "ext4dio.so resolves libext4dio.so.0 to '$resolved', not the installed $libdir/libext4dio.so.0"
   # fio loads it (an instrumented module cannot load into an uninstrumented fio).
   if [ "$sanitize" = none ] && command -v fio >/dev/null; then
-    LD_LIBRARY_PATH=$lib fio --enghelp="$engine" >/dev/null ||
-      fail "fio --enghelp=$libdir/ext4dio/ext4dio.so failed"
+    env -u LD_LIBRARY_PATH fio --enghelp="$engine" >"$dest/enghelp.txt" 2>&1 &&
+      grep -q ext4dio_image "$dest/enghelp.txt" ||
+      fail "fio --enghelp=$libdir/ext4dio/ext4dio.so (no LD_LIBRARY_PATH) failed: $(cat "$dest/enghelp.txt")"
   fi
   echo "ok: fio engine and $(find "$jobs" -name '*.fio' 2>/dev/null | wc -l) job file(s) installed"
 else

@@ -6,7 +6,11 @@
 // other's lease. The engine owns file handling completely: fio never opens,
 // lays out, extends or unlinks anything itself (FIO_DISKLESSIO), which also
 // keeps it from touching a host path that happens to equal a path inside an
-// image (ext4dio_image=IMG).
+// image (ext4dio_image=IMG). What fio does to files for its own engines the
+// engine does in mounted mode, through the library: a missing file is
+// created (Acquire), a file shorter than the job's range is extended or laid
+// out (PrepopulateFile); in an image both are errors, before any I/O.
+// At the end each file gets one statistics line on stderr (PrintStats).
 //
 // I/O: one ext4dio queue (io_uring, or psync) per job and file, at the job's
 // iodepth. fio's async model, as its io_uring engine: queue() only records
@@ -38,8 +42,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 extern "C" {
 #include "fio.h"
@@ -157,6 +166,8 @@ struct Shared {
   ext4dio_file* file = nullptr;
   int refs = 0;
   bool writable = false;
+  bool did_io = false;  // a job opened a queue on it: report its statistics at the end
+  std::string name;     // as the statistics line names it
 };
 std::mutex g_mu;
 std::map<std::string, Shared>* g_files = new std::map<std::string, Shared>;
@@ -183,27 +194,94 @@ struct JobData {
   std::vector<ext4dio_completion> comps;  // reap buffer
   std::vector<FileData*> files;           // open files of this job
   std::vector<FileData*> dirty;           // files with pending requests
+  std::vector<std::string> held;          // keys of files this job did I/O on: one
+                                          // reference each until Cleanup, so the
+                                          // handle (and its statistics) lasts the
+                                          // job, across fio's close and reopen
+                                          // between phases (write, verify)
+  std::set<std::string> logged;           // library messages already printed (error
+                                          // path only: the set grows only on failures)
 };
 
-int Fail(thread_data* td, int code, const std::string& what) {
-  log_err("ext4dio: %s: %s\n", what.c_str(), ext4dio_last_error()[0] ? ext4dio_last_error()
-                                                                     : ext4dio_strerror(code));
-  const int err = code <= -1000 ? EIO : -code;
-  td_verror(td, err, what.c_str());
-  return 1;
-}
-
-// errno for fio from a library code: library-specific codes become EIO (the
-// message is logged).
+// errno for fio from a library code. fio shows errors as strerror() text
+// and, for EIO and EREMOTEIO on the first I/O, suggests zonemode=zbd: each
+// library code gets the errno closest to its meaning instead (the library's
+// own message is logged beside it).
 int ToErrno(int64_t code) {
   if (code >= 0) return 0;
-  if (code <= -1000) return EIO;
-  return static_cast<int>(-code);
+  if (code > -1000) return static_cast<int>(-code);
+  switch (-code) {
+    case EXT4DIO_E_NEEDS_ALLOCATION:  // hole, unwritten extent or EOF, not writable here
+    case EXT4DIO_E_UNSUPPORTED_FILE:
+    case EXT4DIO_E_UNSUPPORTED_FS:
+      return EOPNOTSUPP;
+    case EXT4DIO_E_IN_USE:
+      return EBUSY;
+    case EXT4DIO_E_WRITE_REFUSED:
+      return EPERM;
+    case EXT4DIO_E_CORRUPT_FS:
+    case EXT4DIO_E_TRUNCATED:
+    case EXT4DIO_E_CORRUPT_MAP:
+    case EXT4DIO_E_MAP_MISMATCH:
+      return EUCLEAN;  // what ext4 itself returns for corruption (EFSCORRUPTED)
+    case EXT4DIO_E_NOT_IN_USE:
+      return ENOENT;
+    case EXT4DIO_E_NOT_EXT4:
+      return EINVAL;
+    default:
+      return ENOTRECOVERABLE;  // EXT4DIO_E_INTERNAL and codes newer than this engine
+  }
+}
+
+// The library's message for `code` from the calling thread's last failed
+// call, or its code's text.
+std::string LibMessage(int64_t code) {
+  const char* last = ext4dio_last_error();
+  return last[0] ? last : ext4dio_strerror(static_cast<int>(code));
+}
+
+// log_err of `text` unless this job printed the same text before: a
+// refusal that repeats (every request of a run while something is wrong)
+// is printed once, different ones (other offsets, other causes) each once.
+void LogOnce(thread_data* td, const std::string& text) {
+  auto* jd = static_cast<JobData*>(td->io_ops_data);
+  if (jd != nullptr && !jd->logged.insert(text).second) return;
+  log_err("ext4dio: %s\n", text.c_str());
+}
+
+int Fail(thread_data* td, int code, const std::string& what) {
+  log_err("ext4dio: %s: %s\n", what.c_str(), LibMessage(code).c_str());
+  td_verror(td, ToErrno(code < 0 ? code : -EIO), what.c_str());
+  return 1;
 }
 
 std::string KeyOf(const Options* o, const fio_file* f) {
   return std::string(o->image ? o->image : "") + "\n" + std::to_string(o->image_offset) + "\n" +
          f->file_name;
+}
+
+// Creates the missing file `name` on the host (mounted mode only), and its
+// missing directories (0700, as fio's create_work_dirs): an empty regular
+// file, through the kernel. 0, or a negative errno (ext4dio_last_error()
+// does not know it: the message is logged here).
+int CreateMissing(const char* name) {
+  std::string path = name;
+  for (size_t i = path.find('/', 1); i != std::string::npos; i = path.find('/', i + 1)) {
+    const std::string dir = path.substr(0, i);
+    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      const int err = errno;
+      log_err("ext4dio: creating directory %s for %s: %s\n", dir.c_str(), name, strerror(err));
+      return -err;
+    }
+  }
+  const int fd = open(name, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    log_err("ext4dio: creating %s: %s\n", name, strerror(err));
+    return -err;
+  }
+  close(fd);
+  return 0;
 }
 
 // Opens (or shares) the library handle of `f`: for writing when the job
@@ -257,6 +335,13 @@ int Acquire(thread_data* td, fio_file* f, ext4dio_file** out) {
     ext4dio_open_opts w = opts;
     w.flags |= EXT4DIO_OPEN_WRITE;
     rc = ext4dio_open(&t, &w, &file);
+    if (rc == -ENOENT && o->image == nullptr && td->o.allow_create) {
+      // As fio does for its own engines (allow_file_create=1): create the
+      // file, empty; PrepopulateFile then extends or lays it out to the
+      // job's size through the library.
+      rc = CreateMissing(f->file_name);
+      if (rc == 0) rc = ext4dio_open(&t, &w, &file);
+    }
     if (rc < 0 && !td_write(td) &&
         (rc == -EXT4DIO_E_WRITE_REFUSED || rc == -EXT4DIO_E_IN_USE || rc == -EACCES ||
          rc == -EPERM || rc == -EROFS)) {
@@ -277,8 +362,57 @@ int Acquire(thread_data* td, fio_file* f, ext4dio_file** out) {
   s.file = file;
   s.refs = 1;
   s.writable = writable;
+  s.name = o->image ? std::string(f->file_name) + " in " + o->image : f->file_name;
   *out = file;
   return 0;
+}
+
+// "64.0 MiB", as fio prints sizes (powers of 1024).
+std::string Bytes(uint64_t n) {
+  static const char* const kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  if (n < 1024) return std::to_string(n) + " B";
+  double v = static_cast<double>(n) / 1024;
+  size_t u = 0;
+  while (v >= 1024 && u + 1 < sizeof(kUnits) / sizeof(kUnits[0])) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  snprintf(buf, sizeof(buf), "%.1f %s", v, kUnits[u]);
+  return buf;
+}
+
+// One line per file when the run is done with it (its last job closed
+// it): where its bytes went and whether the fast path is on, so a run that
+// was silently all kernel path shows. On stderr (log_err), so that
+// --output-format=json on stdout stays JSON.
+void PrintStats(const std::string& name, ext4dio_file* file) {
+  ext4dio_stats st;
+  ext4dio_stats_init(&st);
+  ext4dio_file_info info;
+  ext4dio_file_info_init(&info);
+  if (ext4dio_file_get_stats(file, &st) < 0 || ext4dio_file_get_info(file, &info) < 0) {
+    log_err("ext4dio: %s: no statistics: %s\n", name.c_str(), ext4dio_last_error());
+    return;
+  }
+  std::string state;
+  if (!info.mounted) {
+    state = "image mode (no kernel path)";
+  } else if (info.fast_path) {
+    state = "fast path on";
+  } else {
+    state = std::string("fast path off: ") + (info.warning ? info.warning : "no reason given");
+  }
+  if (info.warning && info.fast_path) state += std::string(" (") + info.warning + ")";
+  std::string extra;
+  if (st.rmw_bytes) extra += ", read-modify-write " + Bytes(st.rmw_bytes);
+  if (st.buffered_bytes) extra += ", buffered " + Bytes(st.buffered_bytes);
+  log_err("ext4dio: %s: fast %s, kernel %s%s, read %s (kernel %s), lease breaks %llu, "
+          "re-maps %llu, %s\n",
+          name.c_str(), Bytes(st.fast_bytes).c_str(), Bytes(st.kernel_bytes).c_str(),
+          extra.c_str(), Bytes(st.read_bytes).c_str(), Bytes(st.kernel_read_bytes).c_str(),
+          static_cast<unsigned long long>(st.lease_breaks),
+          static_cast<unsigned long long>(st.remaps), state.c_str());
 }
 
 void Release(const std::string& key) {
@@ -286,6 +420,7 @@ void Release(const std::string& key) {
   auto it = g_files->find(key);
   if (it == g_files->end()) return;
   if (--it->second.refs == 0) {
+    if (it->second.did_io) PrintStats(it->second.name, it->second.file);
     ext4dio_close(it->second.file);
     g_files->erase(it);
   }
@@ -311,6 +446,9 @@ int Init(thread_data* td) {
 
 void Cleanup(thread_data* td) {
   auto* jd = static_cast<JobData*>(td->io_ops_data);
+  if (jd == nullptr) return;
+  // The last job of the run to let go of a file prints its statistics.
+  for (const std::string& key : jd->held) Release(key);
   delete jd;
   td->io_ops_data = nullptr;
 }
@@ -331,6 +469,107 @@ int Setup(thread_data* td) {
     f->real_file_size = info.size;
     fio_file_set_size_known(f);
   }
+  return 0;
+}
+
+// fio's hook for engines that handle files themselves (libpmem's
+// generic_prepopulate_file), called once the job's range of `f` is known
+// (file_offset, io_size) and before fio sizes its random map on it. When
+// the range ends past EOF, fio's own engines extend the file first
+// (filesetup.c: setup_files, extend_file); so does this one, through the
+// library, instead of letting the job shrink to the file:
+//  * reads (and writes with overwrite=1) need data there: the missing part
+//    is written with fio's buffer contents (the kernel path), as fio lays a
+//    file out;
+//  * other writes: fallocate= as fio applies it (native/posix: allocate up
+//    to the new size, keep: allocate without changing the size, truncate:
+//    set the size, none: nothing, the writes extend the file).
+// Unlike fio, which unlinks a short file and starts anew, the bytes below
+// the old EOF are kept. In an image the file cannot grow: the job fails
+// with the library's refusal, before any I/O.
+int PrepopulateFile(thread_data* td, fio_file* f) {
+  if (f->io_size == -1ULL || f->file_offset + f->io_size <= f->real_file_size) return 0;
+  const uint64_t end = f->file_offset + f->io_size;
+  auto* o = static_cast<Options*>(td->eo);
+  if (read_only) {
+    log_err("ext4dio: %s: the job reaches byte %llu, past the end of the file (%llu bytes), "
+            "and --readonly forbids extending it\n",
+            f->file_name, static_cast<unsigned long long>(end),
+            static_cast<unsigned long long>(f->real_file_size));
+    td_verror(td, EROFS, "extend");
+    return 1;
+  }
+  ext4dio_file* file = nullptr;
+  if (Acquire(td, f, &file) != 0) return 1;
+  const std::string key = KeyOf(o, f);
+  const bool layout = td_read(td) || (td_write(td) && td->o.overwrite && !td->o.file_append);
+  int rc = 0;
+  uint64_t size = 0;
+  {
+    // Jobs of this run that share the file extend it one at a time, each
+    // from the size it has now (another job may have extended it already):
+    // nothing another job wrote is laid out over.
+    std::lock_guard<std::mutex> lock(g_mu);
+    ext4dio_file_info info;
+    ext4dio_file_info_init(&info);
+    rc = ext4dio_file_get_info(file, &info);
+    size = info.size;
+    if (rc == 0 && size < end) {
+      if (!info.mounted) {
+        // What fio's fallocate= would ask for; refused by the library
+        // (image mode never allocates or changes metadata), nothing written.
+        rc = ext4dio_fallocate(file, 0, size, end - size);
+        if (rc == 0) rc = -EXT4DIO_E_INTERNAL;  // cannot happen: never pretend it grew
+      } else if (layout) {
+        const unsigned long long bs = std::max<unsigned long long>(td->o.max_bs[DDIR_WRITE], 4096);
+        void* buf = nullptr;
+        if (posix_memalign(&buf, 4096, bs) != 0) {
+          rc = -ENOMEM;
+        } else {
+          for (uint64_t pos = size; pos < end && !td->terminate;) {
+            const uint64_t n = std::min<uint64_t>(bs, end - pos);
+            fill_io_buffer(td, buf, n, n);
+            const int64_t w = ext4dio_pwrite(file, buf, n, pos);
+            if (w <= 0) {
+              rc = w < 0 ? static_cast<int>(w) : -EIO;
+              break;
+            }
+            pos += static_cast<uint64_t>(w);
+          }
+          free(buf);
+          if (rc == 0 && td->o.create_fsync) rc = ext4dio_fsync(file);
+        }
+      } else {
+        switch (td->o.fallocate_mode) {
+          case FIO_FALLOCATE_NATIVE:
+          case FIO_FALLOCATE_POSIX:
+            rc = ext4dio_fallocate(file, 0, size, end - size);
+            break;
+          case FIO_FALLOCATE_KEEP_SIZE:
+            rc = ext4dio_fallocate(file, EXT4DIO_FALLOC_KEEP_SIZE, size, end - size);
+            break;
+          case FIO_FALLOCATE_TRUNCATE:
+            rc = ext4dio_truncate(file, end);  // grows only: size < end, under g_mu
+            break;
+          default:  // none: the job's writes past EOF extend the file
+            break;
+        }
+      }
+    }
+  }
+  if (rc < 0) {
+    log_err("ext4dio: %s: the job reaches byte %llu (offset %llu + size %llu), past the end of "
+            "the file (%llu bytes), and extending the file failed: %s\n",
+            f->file_name, static_cast<unsigned long long>(end),
+            static_cast<unsigned long long>(f->file_offset),
+            static_cast<unsigned long long>(f->io_size), static_cast<unsigned long long>(size),
+            LibMessage(rc).c_str());
+    td_verror(td, ToErrno(rc), "extend");
+    Release(key);
+    return 1;
+  }
+  Release(key);
+  f->real_file_size = end;  // as fio's setup_files before extend_file
   return 0;
 }
 
@@ -360,6 +599,13 @@ int OpenFile(thread_data* td, fio_file* f) {
       delete fd;
       return Fail(td, rc, "registering fio's buffers");
     }
+  }
+  if (std::find(jd->held.begin(), jd->held.end(), fd->key) == jd->held.end()) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    Shared& sh = (*g_files)[fd->key];
+    sh.did_io = true;
+    ++sh.refs;  // released by Cleanup
+    jd->held.push_back(fd->key);
   }
   FILE_SET_ENG_DATA(f, fd);
   jd->files.push_back(fd);
@@ -392,16 +638,23 @@ int CloseFile(thread_data* td, fio_file* f) {
   return 0;
 }
 
-// Turns one library completion into fio's terms and appends the io_u.
-void Complete(const ext4dio_completion& c, std::vector<io_u*>& into) {
+// Turns one library completion into fio's terms and appends the io_u. A
+// failure's message (the library's text for its code, and the range that
+// failed) is logged once.
+void Complete(thread_data* td, const ext4dio_completion& c, std::vector<io_u*>& into) {
   auto* u = reinterpret_cast<io_u*>(static_cast<uintptr_t>(c.cookie));
   if (c.result < 0) {
     u->error = ToErrno(c.result);
-    if (c.result <= -1000) {
-      log_err("ext4dio: %s of %llu bytes at %llu: %s\n", u->ddir == DDIR_WRITE ? "write" : "read",
-              static_cast<unsigned long long>(u->xfer_buflen),
-              static_cast<unsigned long long>(u->offset), ext4dio_strerror(static_cast<int>(c.result)));
-    }
+    char where[160];
+    snprintf(where, sizeof(where), "%s of %llu bytes at %llu (bytes %llu..%llu failed): ",
+             u->ddir == DDIR_WRITE ? "write" : "read",
+             static_cast<unsigned long long>(u->xfer_buflen),
+             static_cast<unsigned long long>(u->offset),
+             static_cast<unsigned long long>(c.error_offset),
+             static_cast<unsigned long long>(c.error_offset + c.error_length -
+                                             (c.error_length ? 1 : 0)));
+    LogOnce(td, std::string(u->file->file_name) + ": " + where +
+                    ext4dio_strerror(static_cast<int>(c.result)));
   } else {
     u->error = 0;
     u->resid = u->xfer_buflen - static_cast<unsigned long long>(c.result);
@@ -419,7 +672,7 @@ int ReapFile(thread_data* td, JobData* jd, FileData* fd, unsigned min, unsigned 
     Fail(td, n, "reaping completions");
     return -1;
   }
-  for (int i = 0; i < n; ++i) Complete(jd->comps[i], into);
+  for (int i = 0; i < n; ++i) Complete(td, jd->comps[i], into);
   fd->outstanding -= static_cast<uint64_t>(n);
   return n;
 }
@@ -464,8 +717,7 @@ void CommitFile(thread_data* td, JobData* jd, FileData* fd) {
     // pending[done] refused (rc < 0; 0 cannot come for a non-empty batch,
     // but must not loop either).
     auto* u = reinterpret_cast<io_u*>(static_cast<uintptr_t>(fd->pending[done].cookie));
-    log_err("ext4dio: %s\n", ext4dio_last_error()[0] ? ext4dio_last_error()
-                                                      : ext4dio_strerror(rc < 0 ? rc : -EIO));
+    LogOnce(td, LibMessage(rc < 0 ? rc : -EIO));
     u->error = rc < 0 ? ToErrno(rc) : EIO;
     StampIssue(td, u);
     jd->stash.push_back(u);
@@ -491,7 +743,7 @@ fio_q_status Queue(thread_data* td, io_u* u) {
     }
     const int rc = ext4dio_sync(fd->file);
     u->error = ToErrno(rc);
-    if (rc < 0) log_err("ext4dio: sync: %s\n", ext4dio_last_error());
+    if (rc < 0) LogOnce(td, std::string("sync ") + u->file->file_name + ": " + LibMessage(rc));
     return FIO_Q_COMPLETED;
   }
   if (u->ddir != DDIR_READ && u->ddir != DDIR_WRITE) {
@@ -510,7 +762,7 @@ fio_q_status Queue(thread_data* td, io_u* u) {
             : ext4dio_pread(fd->file, u->xfer_buf, u->xfer_buflen, u->offset);
     if (rc < 0) {
       u->error = ToErrno(rc);
-      log_err("ext4dio: %s\n", ext4dio_last_error());
+      LogOnce(td, LibMessage(rc));
     } else {
       u->error = 0;
       u->resid = u->xfer_buflen - static_cast<unsigned long long>(rc);
@@ -621,6 +873,7 @@ ioengine_ops MakeOps() {
   ops.version = FIO_IOOPS_VERSION;
   ops.flags = FIO_DISKLESSIO | FIO_NODISKUTIL | FIO_NOEXTEND | FIO_ASYNCIO_SETS_ISSUE_TIME;
   ops.setup = Setup;
+  ops.prepopulate_file = PrepopulateFile;
   ops.init = Init;
   ops.queue = Queue;
   ops.commit = Commit;
