@@ -13,7 +13,8 @@ packages=(
   libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev
-  e2fsprogs e2tools util-linux fdisk fio help2man gnuplot-nox bc python3
+  e2fsprogs e2tools util-linux fdisk fio gnuplot-nox bc python3
+  groff-base man-db  # test/man_pages_test.sh renders the man pages
   strace  # test/fio_engine_test.sh counts io_uring_enter calls per batch
 )
 
