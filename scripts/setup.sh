@@ -11,6 +11,7 @@ packages=(
   build-essential dpkg-dev pkg-config meson ninja-build
   liburing-dev libext2fs-dev comerr-dev libabsl-dev
   libcli11-dev nlohmann-json3-dev
+  libblkid-dev  # ext4dio-map/-read/-write: partition tables (--partition)
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev
   e2fsprogs e2tools util-linux fdisk fio gnuplot-nox bc python3

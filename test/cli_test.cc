@@ -15,6 +15,14 @@ using testing::Run;
 using testing::RunResult;
 using testing::TempDir;
 
+// The table has rows 0..n-1.
+MATCHER_P(HasSpansOfRows, n, "") {
+  return arg.find("\n" + std::string(n - 1 < 10 ? 3 : 2, ' ') + std::to_string(n - 1) + ": ") !=
+             std::string::npos &&
+         arg.find("\n" + std::string(n < 10 ? 3 : 2, ' ') + std::to_string(n) + ": ") ==
+             std::string::npos;
+}
+
 class MapCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -37,7 +45,10 @@ TEST_F(MapCliTest, PrintsFilefragStyleTable) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("File size of /frag is 159744 (39 blocks of 4096 bytes)"));
   EXPECT_THAT(r.out, HasSubstr(" ext:     logical_offset:        physical_offset: length:   expected: flags:"));
-  EXPECT_THAT(r.out, HasSubstr("/frag: 20 extents found"));
+  // 20 leaf extents, laid out one after the other around the holes: one
+  // fragment as filefrag counts them (sparse-contiguous).
+  EXPECT_THAT(r.out, HasSubstr("/frag: 1 extent found"));
+  EXPECT_THAT(r.out, HasSpansOfRows(20));
   EXPECT_TRUE(r.err.empty()) << r.err;
 }
 
@@ -103,6 +114,124 @@ TEST_F(MapCliTest, ImageOffsetAcceptsSizeSuffixes) {
   EXPECT_EQ(wrong.exit_code, 1);
   EXPECT_THAT(wrong.err, HasSubstr("not an ext2/ext3/ext4 filesystem"));
 }
+
+// Like filefrag: every TARGET in turn, a failure reported and the rest
+// still printed, exit 1 when any failed. JSON: one object per line.
+TEST_F(MapCliTest, ManyTargetsLikeFilefrag) {
+  RunResult r = Map({"--image", image_, "/frag", "/missing", "/frag"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("ext4dio-map: /missing: "));
+  size_t first = r.out.find("File size of /frag is");
+  ASSERT_NE(first, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("File size of /frag is", first + 1), std::string::npos) << r.out;
+  r = Map({"--image", image_, "--json", "/frag", "/frag"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("\"fragments\":1"));
+  EXPECT_THAT(r.out, HasSubstr("\"leaf_extents\":20"));
+}
+
+// filefrag's "eof": the extent reaches i_size (here the last one; the file
+// is 159744 bytes, 39 blocks).
+TEST_F(MapCliTest, EofFlagIsFilefrags) {
+  RunResult r = Map({"--image", image_, "/frag"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(":             last,eof\n"));
+  EXPECT_EQ(r.out.find("eof"), r.out.rfind("eof")) << "only the extent reaching i_size: " << r.out;
+}
+
+TEST_F(MapCliTest, HelpReadsLikeAGnuTool) {
+  for (const char* tool : {"ext4dio-map", "ext4dio-read", "ext4dio-write"}) {
+    RunResult help = testing::Run({testing::ToolPath(tool), "--help"});
+    ASSERT_EQ(help.exit_code, 0) << tool;
+    EXPECT_THAT(help.out, HasSubstr(std::string("Usage: ") + tool + " [OPTION]..."));
+    EXPECT_THAT(help.out, HasSubstr("--image-offset=BYTES"));
+    EXPECT_THAT(help.out, HasSubstr("--partition=N"));
+    for (const char* artefact : {"TEXT", "UINT", "SIZE", "Excludes", "REQUIRED", "[OPTIONS]"})
+      EXPECT_THAT(help.out, Not(HasSubstr(artefact))) << tool;
+  }
+  EXPECT_THAT(Map({"--help"}).out, HasSubstr("TARGET..."));
+}
+
+TEST_F(MapCliTest, UsageErrorsNameTheProgramAndPointToHelp) {
+  for (const char* tool : {"ext4dio-map", "ext4dio-read", "ext4dio-write"}) {
+    RunResult r = testing::Run({testing::ToolPath(tool), "--bogus", "/x"});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_EQ(r.err.rfind(std::string(tool) + ": ", 0), 0u) << r.err;
+    EXPECT_THAT(r.err, HasSubstr(std::string("Try '") + tool + " --help' for more information."));
+    r = testing::Run({testing::ToolPath(tool), "--image", image_, "--inode", "0"});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_THAT(r.err, HasSubstr("--inode 0 is invalid: ext4 inodes start at 1"));
+    EXPECT_THAT(r.err, Not(HasSubstr("no TARGET")));
+  }
+}
+
+// Partitioned disk images: the filesystem in partition 2 (MBR and GPT).
+class PartitionCliTest : public MapCliTest, public ::testing::WithParamInterface<const char*> {
+ protected:
+  // A 24 MiB disk, partition 1 at 1 MiB (2 MiB), partition 2 at 4 MiB of
+  // `p2_sectors` holding the 16 MiB filesystem.
+  std::string Disk(const std::string& label, uint64_t p2_sectors) {
+    const std::string disk = dir_ / ("disk-" + label + ".img");
+    const std::string type = label == "gpt" ? "0FC63DAF-8483-4772-8E79-3D69D8477DE4" : "83";
+    const std::string script = "label: " + label + "\nstart=2048, size=4096, type=" + type +
+                               "\nstart=8192, size=" + std::to_string(p2_sectors) +
+                               ", type=" + type + "\n";
+    EXPECT_EQ(testing::Sh("truncate -s 24M " + disk + " && printf '" + script +
+                          "' | sfdisk -q " + disk + " && dd if=" + image_ + " of=" + disk +
+                          " bs=1M seek=4 conv=notrunc status=none")
+                  .exit_code,
+              0);
+    return disk;
+  }
+};
+
+TEST_P(PartitionCliTest, NamesThePartitionsAndTakesPartitionN) {
+  const std::string label = GetParam();
+  const std::string disk = Disk(label, 32768);
+  RunResult r = Map({"--image", disk, "/frag"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr(std::string("holds a partition table (") +
+                               (label == "dos" ? "MBR" : "gpt") + ")"));
+  EXPECT_THAT(r.err, HasSubstr("partition 2: type "));
+  EXPECT_THAT(r.err, HasSubstr("ext4, at byte offset 4194304, 16777216 bytes"));
+  EXPECT_THAT(r.err, HasSubstr("at byte offset 1048576"));
+  EXPECT_THAT(r.err, HasSubstr("--partition N"));
+
+  r = Map({"--image", disk, "--partition", "2", "--json", "/frag"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"device_offset\":4194304"));
+  RunResult rd = testing::Run({testing::ToolPath("ext4dio-read"), "--image", disk, "--partition",
+                               "2", "/frag"});
+  ASSERT_EQ(rd.exit_code, 0) << rd.err;
+  EXPECT_EQ(rd.out, testing::ReadFile(dir_ / "src/frag"));
+
+  r = Map({"--image", disk, "--partition", "3", "/frag"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no partition 3 (it has 1, 2)"));
+  EXPECT_EQ(Map({"--image", disk, "--partition", "2", "--image-offset", "4M", "/frag"}).exit_code, 2);
+  EXPECT_EQ(Map({"--partition", "2", "/frag"}).exit_code, 2);
+  r = Map({"--image", image_, "--partition", "1", "/frag"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no partition table found"));
+}
+
+// A partition smaller than the filesystem in it: writes could land in the
+// next partition; refused, nothing written.
+TEST_P(PartitionCliTest, RefusesAFilesystemLargerThanItsPartition) {
+  const std::string disk = Disk(GetParam(), 16384);  // 8 MiB for a 16 MiB filesystem
+  const std::string before = testing::ReadFile(disk);
+  const std::string payload = dir_ / "payload";
+  testing::WriteFile(payload, std::string(4096, 'x'));
+  RunResult w = testing::Run({testing::ToolPath("ext4dio-write"), "--image", disk, "--partition",
+                              "2", "--input", payload, "/frag"});
+  EXPECT_EQ(w.exit_code, 1);
+  EXPECT_THAT(w.err, HasSubstr("larger than the partition (8388608 bytes)"));
+  EXPECT_EQ(testing::ReadFile(disk), before);
+}
+
+INSTANTIATE_TEST_SUITE_P(Labels, PartitionCliTest, ::testing::Values("dos", "gpt"));
 
 TEST(ParseSizeTest, AcceptsSuffixesAndRejectsGarbage) {
   using cli::ParseSize;

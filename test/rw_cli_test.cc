@@ -655,6 +655,27 @@ TEST_P(RwCliTest, ProgressOnlyWhenAskedOrOnATerminal) {
   EXPECT_THAT(rd.err, HasSubstr("100%"));
 }
 
+// Progress counts each request as it completes: a slow stream fed one
+// --io-size chunk at a time shows every chunk written while the tool waits
+// for the next (before, nothing was reaped until --queue-depth chunks were
+// in flight: 0 % for seconds, then a queue's worth at once).
+TEST_P(RwCliTest, ProgressGrowsByOneRequestAsEachCompletes) {
+  testing::Child w({testing::ToolPath("ext4dio-write"), "--image", image_, "--io-size", "64K",
+                    "--queue-depth", "32", "--progress", "/f"});
+  ASSERT_TRUE(w.ok());
+  for (int k = 1; k <= 3; ++k) {
+    ASSERT_TRUE(w.Feed(RandomBytes(65536, 40 + k)));
+    const std::string shown = std::to_string(64 * k) + ".0 KiB  ";
+    // The chunk is written while the tool waits for more input; the next
+    // progress line (once a second) shows it.
+    EXPECT_TRUE(testing::Child::WaitFor([&] { return w.err().find(shown) != std::string::npos; },
+                                        std::chrono::seconds(20)))
+        << "chunk " << k << " not shown as written: " << w.err();
+  }
+  w.CloseInput();
+  EXPECT_EQ(w.Wait(), 0) << w.err();
+}
+
 TEST_P(RwCliTest, ProgressLineOnATerminal) {
   if (testing::Sh("command -v script").exit_code != 0) GTEST_SKIP() << "no script(1)";
   const std::string p = Payload(RandomBytes(kFSize, 17));

@@ -6,10 +6,13 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <blkid/blkid.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <limits>
 
@@ -53,7 +56,8 @@ CLI::Validator SizeValidator() {
         value = std::to_string(*parsed);
         return {};
       },
-      "SIZE", "size");
+      // No description: CLI11 would append it to the value's name in --help.
+      "", "size");
 }
 
 Buffer AllocBuffer(uint64_t size, uint32_t align) {
@@ -70,9 +74,266 @@ int Parse(CLI::App& app, int argc, char** argv) {
     app.exit(e);
     return kExitOk;
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return kExitUsage;
+    return UsageError(app.get_name(), e.what());
   }
+  return -1;
+}
+
+int UsageError(const std::string& tool, const std::string& message) {
+  std::fprintf(stderr, "%s: %s\nTry '%s --help' for more information.\n", tool.c_str(),
+               message.c_str(), tool.c_str());
+  return kExitUsage;
+}
+
+namespace {
+
+constexpr size_t kHelpWidth = 79;
+constexpr size_t kHelpColumn = 30;  // where option descriptions start
+
+// `text` broken into lines of at most `width` columns (words longer than
+// that stand alone), every line but the first indented by `indent`.
+std::string Wrap(const std::string& text, size_t indent, size_t first_used, size_t width) {
+  std::string out;
+  size_t col = first_used;
+  size_t i = 0;
+  bool first_word = true;
+  while (i < text.size()) {
+    if (text[i] == ' ') {
+      ++i;
+      continue;
+    }
+    if (text[i] == '\n') {
+      out += "\n" + std::string(indent, ' ');
+      col = indent;
+      first_word = true;
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < text.size() && text[j] != ' ' && text[j] != '\n') ++j;
+    const std::string word = text.substr(i, j - i);
+    if (!first_word && col + 1 + word.size() > width) {
+      out += "\n" + std::string(indent, ' ');
+      col = indent;
+      first_word = true;
+    }
+    if (!first_word) {
+      out += ' ';
+      ++col;
+    }
+    out += word;
+    col += word.size();
+    first_word = false;
+    i = j;
+  }
+  return out;
+}
+
+class GnuFormatter : public CLI::Formatter {
+ public:
+  explicit GnuFormatter(std::vector<std::string> usage) : usage_(std::move(usage)) {}
+
+  std::string make_help(const CLI::App* app, std::string, CLI::AppFormatMode) const override {
+    std::string out;
+    for (size_t i = 0; i < usage_.size(); ++i) out += (i == 0 ? "Usage: " : "  or:  ") + usage_[i] + "\n";
+    out += Wrap(app->get_description(), 0, 0, kHelpWidth) + "\n\nOptions:\n";
+    std::vector<const CLI::Option*> opts =
+        app->get_options([](const CLI::Option* o) { return o->nonpositional(); });
+    // GNU lists --help and --version last.
+    std::stable_partition(opts.begin(), opts.end(), [app](const CLI::Option* o) {
+      return o != app->get_help_ptr() && o != app->get_version_ptr();
+    });
+    for (const CLI::Option* o : opts) {
+      std::string left = "  ";
+      const auto& shorts = o->get_snames();
+      left += shorts.empty() ? "    " : "-" + shorts.front() + ", ";
+      bool first = true;
+      for (const std::string& l : o->get_lnames()) {
+        left += (first ? "--" : ", --") + l;
+        first = false;
+      }
+      // Flags have no value name; every option with a value has one.
+      if (!o->get_type_name().empty()) left += "=" + o->get_type_name();
+      if (left.size() + 2 > kHelpColumn) {
+        out += left + "\n" + std::string(kHelpColumn, ' ');
+      } else {
+        out += left + std::string(kHelpColumn - left.size(), ' ');
+      }
+      out += Wrap(o->get_description(), kHelpColumn, kHelpColumn, kHelpWidth) + "\n";
+    }
+    if (!app->get_footer().empty()) out += "\n" + Wrap(app->get_footer(), 0, 0, kHelpWidth) + "\n";
+    return out;
+  }
+
+ private:
+  const std::vector<std::string> usage_;
+};
+
+}  // namespace
+
+void UseGnuHelp(CLI::App& app, std::vector<std::string> usage) {
+  app.formatter(std::make_shared<GnuFormatter>(std::move(usage)));
+}
+
+void AddLocationOptions(CLI::App& app, LocationArgs& args) {
+  app.add_option("--image", args.image,
+                 "Image file or unmounted block device holding the filesystem")
+      ->type_name("IMG");
+  app.add_option("--image-offset", args.image_offset,
+                 "Byte offset of the filesystem inside the image (K/M/G/T suffixes)")
+      ->transform(SizeValidator())
+      ->type_name("BYTES");
+  app.add_option("--partition", args.partition,
+                 "The filesystem is in partition N of the image's partition table (MBR or "
+                 "GPT; numbered as fdisk numbers them)")
+      ->type_name("N");
+  app.add_option("--inode", args.inode, "Inode number instead of TARGET (image mode)")
+      ->type_name("N");
+}
+
+namespace {
+
+// The size in bytes of the ext2/3/4 filesystem whose superblock is at
+// `offset` + 1024 in `fd`, or nullopt without one.
+std::optional<uint64_t> FilesystemBytes(int fd, uint64_t offset) {
+  unsigned char sb[1024];
+  if (::pread(fd, sb, sizeof sb, static_cast<off_t>(offset + 1024)) != sizeof sb) return std::nullopt;
+  auto le32 = [&sb](size_t at) {
+    return static_cast<uint32_t>(sb[at]) | static_cast<uint32_t>(sb[at + 1]) << 8 |
+           static_cast<uint32_t>(sb[at + 2]) << 16 | static_cast<uint32_t>(sb[at + 3]) << 24;
+  };
+  if ((le32(0x38) & 0xffff) != 0xef53) return std::nullopt;
+  const uint32_t log = le32(0x18);
+  if (log > 6) return std::nullopt;  // blocks of at most 64 KiB
+  uint64_t blocks = le32(0x4);
+  constexpr uint32_t kIncompat64Bit = 0x80;
+  if (le32(0x60) & kIncompat64Bit) blocks |= static_cast<uint64_t>(le32(0x150)) << 32;
+  return blocks << (10 + log);
+}
+
+std::string Bytes(uint64_t n) { return std::to_string(n) + (n == 1 ? " byte" : " bytes"); }
+
+}  // namespace
+
+std::optional<PartitionTable> ProbePartitions(const std::string& image) {
+  blkid_probe pr = blkid_new_probe_from_filename(image.c_str());
+  if (pr == nullptr) return std::nullopt;
+  std::optional<PartitionTable> table;
+  blkid_probe_enable_superblocks(pr, 0);
+  blkid_probe_enable_partitions(pr, 1);
+  blkid_probe_set_partitions_flags(pr, BLKID_PARTS_ENTRY_DETAILS);
+  blkid_partlist list = nullptr;
+  if (blkid_do_safeprobe(pr) == 0 && (list = blkid_probe_get_partitions(pr)) != nullptr) {
+    blkid_parttable tab = blkid_partlist_get_table(list);
+    const int n = blkid_partlist_numof_partitions(list);
+    if (tab != nullptr && n > 0) {
+      table.emplace();
+      const char* type = blkid_parttable_get_type(tab);
+      table->type = type != nullptr ? type : "unknown";
+      const int fd = blkid_probe_get_fd(pr);
+      for (int i = 0; i < n; ++i) {
+        blkid_partition par = blkid_partlist_get_partition(list, i);
+        if (par == nullptr) continue;
+        Partition p;
+        p.number = blkid_partition_get_partno(par);
+        p.offset = static_cast<uint64_t>(blkid_partition_get_start(par)) * 512;
+        p.size = static_cast<uint64_t>(blkid_partition_get_size(par)) * 512;
+        if (const char* t = blkid_partition_get_type_string(par); t != nullptr) {
+          p.type = t;
+        } else {
+          char code[16];
+          std::snprintf(code, sizeof code, "0x%x", blkid_partition_get_type(par));
+          p.type = code;
+        }
+        if (const char* nm = blkid_partition_get_name(par); nm != nullptr) p.name = nm;
+        // What is inside: a second probe limited to the partition.
+        if (blkid_probe inner = blkid_new_probe(); inner != nullptr) {
+          if (blkid_probe_set_device(inner, fd, static_cast<blkid_loff_t>(p.offset),
+                                     static_cast<blkid_loff_t>(p.size)) == 0) {
+            blkid_probe_enable_superblocks(inner, 1);
+            blkid_probe_enable_partitions(inner, 0);
+            const char* fs = nullptr;
+            if (blkid_do_safeprobe(inner) == 0 &&
+                blkid_probe_lookup_value(inner, "TYPE", &fs, nullptr) == 0 && fs != nullptr)
+              p.content = fs;
+          }
+          blkid_free_probe(inner);
+        }
+        table->partitions.push_back(std::move(p));
+      }
+    }
+  }
+  blkid_free_probe(pr);
+  return table;
+}
+
+std::string PartitionHint(const std::string& tool, const std::string& image) {
+  const std::optional<PartitionTable> table = ProbePartitions(image);
+  if (!table) return "";
+  std::string out = tool + ": " + image + " holds a partition table (" +
+                    (table->type == "dos" ? std::string("MBR") : table->type) +
+                    "), not a filesystem; its partitions:\n";
+  for (const Partition& p : table->partitions) {
+    out += tool + ":   partition " + std::to_string(p.number) + ": type " + p.type +
+           (p.name.empty() ? "" : " \"" + p.name + "\"") + ", " +
+           (p.content.empty() ? "no filesystem found" : p.content) + ", at byte offset " +
+           std::to_string(p.offset) + ", " + Bytes(p.size) + "\n";
+  }
+  out += tool + ": give --partition N (or --image-offset BYTES) to use one\n";
+  return out;
+}
+
+int CheckLocation(const std::string& tool, const CLI::App& app, LocationArgs& args,
+                  const std::vector<std::string>& targets) {
+  const bool offset = app.count("--image-offset") > 0;
+  const bool partition = app.count("--partition") > 0;
+  const bool inode = app.count("--inode") > 0;
+  if (args.image.empty() && offset) return UsageError(tool, "--image-offset needs --image");
+  if (args.image.empty() && partition) return UsageError(tool, "--partition needs --image");
+  if (offset && partition) return UsageError(tool, "give --image-offset or --partition, not both");
+  if (partition && args.partition == 0)
+    return UsageError(tool, "--partition 0 is invalid: partitions are numbered from 1");
+  if (inode && args.inode == 0)
+    return UsageError(tool, "--inode 0 is invalid: ext4 inodes start at 1 (the root directory is 2)");
+  if (args.image.empty() && inode) return UsageError(tool, "--inode needs --image");
+  if (inode && !targets.empty()) return UsageError(tool, "give TARGET or --inode, not both");
+  if (!inode && targets.empty()) return UsageError(tool, "no TARGET given");
+  if (args.image.empty()) {
+    for (const std::string& t : targets) {
+      struct stat st;
+      if (::stat(t.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) {
+        return UsageError(tool, t + " is a block device: give it with --image and name a file "
+                                "inside it as TARGET");
+      }
+    }
+  }
+  if (!partition) return -1;
+  const std::optional<PartitionTable> table = ProbePartitions(args.image);
+  auto fail = [&](const std::string& why) {
+    std::fprintf(stderr, "%s: %s: %s\n", tool.c_str(), args.image.c_str(), why.c_str());
+    return kExitFailure;
+  };
+  if (!table) return fail("no partition table found (--partition " + std::to_string(args.partition) + ")");
+  const Partition* found = nullptr;
+  std::string numbers;
+  for (const Partition& p : table->partitions) {
+    if (p.number == static_cast<int>(args.partition)) found = &p;
+    numbers += (numbers.empty() ? "" : ", ") + std::to_string(p.number);
+  }
+  if (found == nullptr)
+    return fail("no partition " + std::to_string(args.partition) + " (it has " + numbers + ")");
+  // The library keeps every access inside the filesystem; the filesystem
+  // must then lie inside the partition, or writes could land in the next.
+  const int fd = ::open(args.image.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(std::strerror(errno));
+  const std::optional<uint64_t> fs = FilesystemBytes(fd, found->offset);
+  ::close(fd);
+  if (fs && *fs > found->size) {
+    return fail("the filesystem in partition " + std::to_string(found->number) + " is " +
+                Bytes(*fs) + ", larger than the partition (" + Bytes(found->size) +
+                "); nothing done");
+  }
+  args.image_offset = found->offset;
   return -1;
 }
 

@@ -45,8 +45,61 @@ Buffer AllocBuffer(uint64_t size, uint32_t align);
 
 // Runs app.parse; returns -1 to go on, or the process exit code (0 after
 // --help/--version, kExitUsage for parser errors; CLI11's own codes 105-114
-// are never leaked).
+// are never leaked). A parser error is reported as GNU tools do: "TOOL:
+// message", then "Try 'TOOL --help' for more information.".
 int Parse(CLI::App& app, int argc, char** argv);
+
+// Prints a usage error the same way and returns kExitUsage.
+int UsageError(const std::string& tool, const std::string& message);
+
+// Makes app's --help read like a GNU tool's: `usage` lines first ("Usage:
+// ext4dio-map [OPTION]... TARGET..."), the description, then one line per
+// option as "  -o, --output=FILE   text" (the value's name from the
+// option's type_name, no CLI11 type tags or "Excludes:"), --help and
+// --version last, then the footer. Every option that takes a value must
+// have a type_name.
+void UseGnuHelp(CLI::App& app, std::vector<std::string> usage);
+
+// Where the filesystem is, as the three tools take it: --image, and inside
+// it --image-offset or --partition; --inode instead of a TARGET.
+struct LocationArgs {
+  std::string image;
+  uint64_t image_offset = 0;
+  uint64_t inode = 0;
+  uint32_t partition = 0;  // 1-based; 0: not given
+};
+// Adds --image, --image-offset, --partition and --inode to `app`.
+void AddLocationOptions(CLI::App& app, LocationArgs& args);
+// After parsing: the usage checks shared by the tools (each option's
+// prerequisites, TARGET or --inode, --inode 0, a block device given as
+// TARGET), then --partition resolved into image_offset. `targets`: the
+// TARGETs given. Returns -1 to go on, or the exit code after printing why
+// (kExitUsage for usage errors, kExitFailure when the partition table does
+// not have what --partition asks for).
+int CheckLocation(const std::string& tool, const CLI::App& app, LocationArgs& args,
+                  const std::vector<std::string>& targets);
+
+// One partition of a partition table found by libblkid.
+struct Partition {
+  int number = 0;        // as the table numbers it (1-based)
+  uint64_t offset = 0;   // bytes from the start of the image
+  uint64_t size = 0;     // bytes
+  std::string type;      // the table's type name or code ("0x83", a GPT type GUID)
+  std::string name;      // a GPT partition name, else ""
+  std::string content;   // the filesystem found in it ("ext4", "vfat"), or ""
+};
+struct PartitionTable {
+  std::string type;  // "dos" (MBR) or "gpt"
+  std::vector<Partition> partitions;
+};
+// The partition table at the start of `image`, or nullopt when there is
+// none (or it cannot be read).
+std::optional<PartitionTable> ProbePartitions(const std::string& image);
+// When `image` holds a partition table: lines (each ending in a newline)
+// saying so and naming every partition, its type, filesystem and byte
+// offset, and how to choose one; "" otherwise. For the tools' failure to
+// find a filesystem at offset 0.
+std::string PartitionHint(const std::string& tool, const std::string& image);
 
 // What a path or descriptor refers to, for "same file" checks that must
 // not be fooled by hard links, symlinks or a second device node: a file by

@@ -1,14 +1,24 @@
-// ext4dio-map: print a file's ext4 extent map (filefrag -v style, or JSON).
+// ext4dio-map: print files' ext4 extent maps (filefrag -v style, or JSON).
 //
-//   ext4dio-map [--image IMG [--image-offset N]] [--inode N] [--json] [TARGET]
+//   ext4dio-map [--image=IMG [--image-offset=BYTES|--partition=N]] [--json]
+//               TARGET...|--inode=N
 //
 // Image mode reads the filesystem in IMG with libext2fs; mounted mode reads
 // the file's block device and cross-checks the tree with FIEMAP (exit 1 on a
 // disagreement, naming the first difference).
+//
+// Like filefrag, every TARGET is mapped in turn (a failure is reported and
+// the rest still printed; the exit status is 1 if any failed), "N extents
+// found" counts fragments (physically contiguous runs of leaf extents, as
+// filefrag counts them) and the flags are filefrag's: "last" on the last
+// extent, "eof" on every extent reaching the end of the file (i_size).
+// --json prints one object per line per TARGET (JSON Lines), with both
+// "fragments" and "leaf_extents".
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +36,32 @@ const char* SourceName(uint32_t source) {
   return "unknown";
 }
 
+// filefrag's count, and its "expected" column: a leaf extent starts a new
+// fragment unless it starts where the previous one ended physically, or
+// where it would with the logical gap between them (a hole mapped sparse);
+// the first extent of a file is a fragment of its own. `expected[i]` is the
+// physical block filefrag prints for extent i (0: blank).
+size_t Fragments(const std::vector<ext4dio_extent>& extents, std::vector<uint64_t>* expected) {
+  size_t fragments = 0;
+  uint64_t last_logical = 0, last_physical = 0, last_blocks = 0;
+  expected->assign(extents.size(), 0);
+  for (size_t i = 0; i < extents.size(); ++i) {
+    const ext4dio_extent& e = extents[i];
+    const uint64_t dense = last_physical + last_blocks;
+    const uint64_t sparse = last_physical + e.logical_block - last_logical;
+    if (e.logical_block != 0 && e.physical_block != sparse && e.physical_block != dense) {
+      ++fragments;
+      (*expected)[i] = sparse;
+    } else if (fragments == 0) {
+      fragments = 1;
+    }
+    last_logical = e.logical_block;
+    last_physical = e.physical_block;
+    last_blocks = e.blocks;
+  }
+  return fragments;
+}
+
 void PrintTable(const std::string& name, const ext4dio::FileMap& map) {
   const ext4dio_map_info& info = map.info();
   const uint64_t bs = info.block_size;
@@ -38,41 +74,45 @@ void PrintTable(const std::string& name, const ext4dio::FileMap& map) {
   std::printf(" ext:     logical_offset:        physical_offset: length:   "
               "expected: flags:\n");
   const auto extents = map.Extents();
-  const uint64_t eof_block = (info.size + bs - 1) / bs;
+  std::vector<uint64_t> expected;
+  const size_t fragments = Fragments(extents, &expected);
   for (size_t i = 0; i < extents.size(); ++i) {
     const ext4dio_extent& e = extents[i];
-    std::string expected;
-    if (i > 0) {
-      const ext4dio_extent& p = extents[i - 1];
-      if (p.physical_block + p.blocks != e.physical_block)
-        expected = std::to_string(p.physical_block + p.blocks);
-    }
     std::string flags;
     auto add = [&flags](const char* f) {
       if (!flags.empty()) flags += ",";
       flags += f;
     };
-    if (e.flags & EXT4DIO_EXTENT_UNWRITTEN) add("unwritten");
-    if (e.logical_block + e.blocks > eof_block) add("eof");
+    // filefrag's order: last, unwritten, eof.
     if (i + 1 == extents.size()) add("last");
-    std::printf("%4zu: %10" PRIu64 "..%10" PRIu64 ": %12" PRIu64 "..%12" PRIu64
-                ": %6" PRIu64 ": %10s %s\n",
+    if (e.flags & EXT4DIO_EXTENT_UNWRITTEN) add("unwritten");
+    if ((e.logical_block + e.blocks) * bs >= info.size) add("eof");
+    const std::string exp = expected[i] ? std::to_string(expected[i]) + ":" : "";
+    // filefrag's columns (for files and filesystems of up to 10^8 and
+    // 10^10 blocks; wider numbers push the rest right).
+    std::printf("%4zu: %8" PRIu64 "..%8" PRIu64 ": %10" PRIu64 "..%10" PRIu64
+                ": %6" PRIu64 ": %11s %s\n",
                 i, e.logical_block, e.logical_block + e.blocks - 1,
                 e.physical_block, e.physical_block + e.blocks - 1, e.blocks,
-                expected.c_str(), flags.c_str());
+                exp.c_str(), flags.c_str());
   }
-  std::printf("%s: %zu extent%s found\n", name.c_str(), extents.size(),
-              extents.size() == 1 ? "" : "s");
+  std::printf("%s: %zu extent%s found\n", name.c_str(), fragments, fragments == 1 ? "" : "s");
 }
 
 nlohmann::json ToJson(const std::string& name, const ext4dio::FileMap& map) {
   const ext4dio_map_info& info = map.info();
+  const auto leaves = map.Extents();
+  std::vector<uint64_t> expected;
+  const size_t fragments = Fragments(leaves, &expected);
   nlohmann::json extents = nlohmann::json::array();
-  for (const ext4dio_extent& e : map.Extents()) {
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    const ext4dio_extent& e = leaves[i];
     extents.push_back({{"logical_block", e.logical_block},
                        {"physical_block", e.physical_block},
                        {"blocks", e.blocks},
-                       {"unwritten", (e.flags & EXT4DIO_EXTENT_UNWRITTEN) != 0}});
+                       {"unwritten", (e.flags & EXT4DIO_EXTENT_UNWRITTEN) != 0},
+                       {"last", i + 1 == leaves.size()},
+                       {"eof", (e.logical_block + e.blocks) * info.block_size >= info.size}});
   }
   nlohmann::json out = {
       {"file", name},
@@ -85,6 +125,8 @@ nlohmann::json ToJson(const std::string& name, const ext4dio::FileMap& map) {
       {"source", SourceName(info.source)},
       {"extent_tree", info.extent_tree != 0},
       {"warning", info.warning ? nlohmann::json(info.warning) : nlohmann::json()},
+      {"fragments", fragments},
+      {"leaf_extents", leaves.size()},
       {"extents", extents},
   };
   return out;
@@ -94,61 +136,70 @@ nlohmann::json ToJson(const std::string& name, const ext4dio::FileMap& map) {
 
 int main(int argc, char** argv) {
   namespace cli = ext4dio::cli;
+  constexpr const char* kTool = "ext4dio-map";
   CLI::App app{
-      "Print the extent map of a file on ext4: a file on a mounted filesystem "
-      "(TARGET), or a path or inode inside an image or unmounted device "
-      "(--image). Mounted files are cross-checked against FIEMAP.",
-      "ext4dio-map"};
-  std::string image, target;
-  uint64_t image_offset = 0, inode = 0;
+      "Print the extent map of each TARGET, as filefrag -v does: a file on a mounted "
+      "ext4 (cross-checked against FIEMAP), or with --image a path inside an image or "
+      "unmounted device. \"N extents found\" counts fragments (physically contiguous "
+      "runs) as filefrag does; the rows are the leaf extents.",
+      kTool};
+  cli::LocationArgs loc;
+  std::vector<std::string> targets;
   bool json = false;
-  app.add_option("--image", image,
-                 "Image file or unmounted block device holding the filesystem");
-  app.add_option("--image-offset", image_offset,
-                 "Byte offset of the filesystem inside the image (K/M/G/T suffixes)")
-      ->transform(cli::SizeValidator());
-  app.add_option("--inode", inode, "Inode number instead of TARGET (image mode)");
-  app.add_flag("--json", json, "Print one JSON object instead of the table");
-  app.add_option("TARGET", target,
-                 "File on a mounted ext4, or with --image a path inside it");
-  app.set_version_flag("--version", std::string("ext4dio-map ") + ext4dio_version());
-  app.footer("Exit status: 0 success, 1 failure, 2 usage error.");
+  cli::AddLocationOptions(app, loc);
+  app.add_flag("--json", json,
+               "Print one JSON object per TARGET, one per line, instead of the table");
+  app.add_option("TARGET", targets,
+                 "Files on a mounted ext4, or with --image paths inside it");
+  app.set_help_flag("-h,--help", "Display this help and exit");
+  app.set_version_flag("--version", std::string(kTool) + " " + ext4dio_version(),
+                       "Output version information and exit");
+  app.footer("Exit status: 0 success, 1 failure (of any TARGET: the others are still "
+             "printed), 2 usage error.");
+  cli::UseGnuHelp(app, {"ext4dio-map [OPTION]... TARGET...",
+                        "ext4dio-map --image=IMG [OPTION]... PATH...",
+                        "ext4dio-map --image=IMG [OPTION]... --inode=N"});
 
   if (int rc = cli::Parse(app, argc, argv); rc >= 0) return rc;
-  auto usage = [](const char* msg) {
-    std::fprintf(stderr, "ext4dio-map: %s (see --help)\n", msg);
-    return cli::kExitUsage;
-  };
-  if (image.empty() && app.count("--image-offset")) return usage("--image-offset needs --image");
-  if (image.empty() && inode) return usage("--inode needs --image");
-  if (inode && !target.empty()) return usage("give TARGET or --inode, not both");
-  if (!inode && target.empty()) return usage("no TARGET given");
+  if (int rc = cli::CheckLocation(kTool, app, loc, targets); rc >= 0) return rc;
 
-  ext4dio::Location where;
-  where.image = image;
-  where.image_offset = image_offset;
-  where.path = target;
-  where.inode = inode;
-  const std::string name = inode ? "inode " + std::to_string(inode) : target;
-
-  auto map = ext4dio::FileMap::Load(where);
-  if (!map.ok()) {
-    std::fprintf(stderr, "ext4dio-map: %s: %s\n", name.c_str(),
-                 std::string(map.status().message()).c_str());
-    return cli::kExitFailure;
-  }
-  if (!map->warning().empty())
-    std::fprintf(stderr, "ext4dio-map: warning: %s: %s\n", name.c_str(),
-                 map->warning().c_str());
-  if (json) {
-    std::cout << ToJson(name, *map).dump() << "\n";
-  } else {
-    PrintTable(name, *map);
+  std::vector<std::string> names = targets;
+  if (loc.inode) names = {"inode " + std::to_string(loc.inode)};
+  int status = cli::kExitOk;
+  bool hinted = false;
+  for (size_t i = 0; i < names.size(); ++i) {
+    ext4dio::Location where;
+    where.image = loc.image;
+    where.image_offset = loc.image_offset;
+    where.inode = loc.inode;
+    if (!loc.inode) where.path = targets[i];
+    const std::string& name = names[i];
+    auto map = ext4dio::FileMap::Load(where);
+    if (!map.ok()) {
+      std::fflush(stdout);  // keep stdout and stderr in order on a terminal
+      std::fprintf(stderr, "%s: %s: %s\n", kTool, name.c_str(),
+                   std::string(map.status().message()).c_str());
+      // A whole disk given as --image: say where its filesystems are.
+      if (!hinted && !loc.image.empty() && !app.count("--image-offset") && !app.count("--partition")) {
+        hinted = true;
+        std::fputs(cli::PartitionHint(kTool, loc.image).c_str(), stderr);
+      }
+      status = cli::kExitFailure;
+      continue;
+    }
+    if (!map->warning().empty())
+      std::fprintf(stderr, "%s: warning: %s: %s\n", kTool, name.c_str(), map->warning().c_str());
+    if (json) {
+      std::cout << ToJson(name, *map).dump() << "\n";
+      std::cout.flush();
+    } else {
+      PrintTable(name, *map);
+    }
   }
   std::fflush(stdout);
-  if (std::ferror(stdout)) {
-    std::fprintf(stderr, "ext4dio-map: writing standard output failed\n");
+  if (std::ferror(stdout) || !std::cout) {
+    std::fprintf(stderr, "%s: writing standard output failed\n", kTool);
     return cli::kExitFailure;
   }
-  return cli::kExitOk;
+  return status;
 }

@@ -93,44 +93,59 @@ int main(int argc, char** argv) {
       "inside an image or unmounted device without mounting it. Holes read as "
       "zeros; a read reaching end of file is short.",
       kTool};
-  std::string image, target, output;
-  uint64_t image_offset = 0, inode = 0, offset = 0, length = 0;
-  bool json = false, progress_on = false, progress_off = false;
-  app.add_option("--image", image, "Image file or unmounted block device holding the filesystem");
-  app.add_option("--image-offset", image_offset,
-                 "Byte offset of the filesystem inside the image (K/M/G/T suffixes)")
-      ->transform(cli::SizeValidator());
-  app.add_option("--inode", inode, "Inode number instead of TARGET (image mode)");
-  app.add_option("--output", output, "Write the data to FILE ('-': standard output, the default)");
-  app.add_option("--offset", offset, "File offset to start at (default 0)")
-      ->transform(cli::SizeValidator());
+  std::string target, output;
+  cli::LocationArgs loc;
+  uint64_t offset = 0, length = 0;
+  bool json = false, progress_on = false, progress_off = false, force = false;
+  cli::AddLocationOptions(app, loc);
+  app.add_option("-o,--output", output,
+                 "Write the data to FILE ('-': standard output, the default)")
+      ->type_name("FILE");
+  app.add_option("--offset", offset, "File offset to start at (default 0; K/M/G/T suffixes)")
+      ->transform(cli::SizeValidator())
+      ->type_name("BYTES");
   app.add_option("--length", length, "Bytes to read (default: to end of file)")
-      ->transform(cli::SizeValidator());
+      ->transform(cli::SizeValidator())
+      ->type_name("BYTES");
+  app.add_flag("-f,--force", force,
+               "Write the data to standard output even when it is a terminal");
   app.add_flag("--json", json,
                "Print one JSON object with the results (on standard error when the data "
                "goes to standard output)");
-  auto* prog = app.add_flag("--progress", progress_on,
-                            "Show progress on standard error even when it is not a terminal");
-  auto* noprog = app.add_flag("--no-progress", progress_off, "Never show progress");
-  prog->excludes(noprog);
+  app.add_flag("--progress", progress_on,
+               "Show progress on standard error even when it is not a terminal");
+  app.add_flag("--no-progress", progress_off, "Never show progress");
   app.add_option("TARGET", target, "File on a mounted ext4, or with --image a path inside it");
-  app.set_version_flag("--version", std::string(kTool) + " " + ext4dio_version());
+  app.set_help_flag("-h,--help", "Display this help and exit");
+  app.set_version_flag("--version", std::string(kTool) + " " + ext4dio_version(),
+                       "Output version information and exit");
   app.footer("Exit status: 0 success, 1 failure, 2 usage error.");
+  cli::UseGnuHelp(app, {"ext4dio-read [OPTION]... TARGET",
+                        "ext4dio-read --image=IMG [OPTION]... PATH|--inode=N"});
 
   if (int rc = cli::Parse(app, argc, argv); rc >= 0) return rc;
-  auto usage = [](const char* msg) {
-    std::fprintf(stderr, "%s: %s (see --help)\n", kTool, msg);
-    return cli::kExitUsage;
-  };
+  auto usage = [](const std::string& msg) { return cli::UsageError(kTool, msg); };
   const bool has_length = app.count("--length") > 0;
-  if (image.empty() && app.count("--image-offset")) return usage("--image-offset needs --image");
-  if (image.empty() && inode) return usage("--inode needs --image");
-  if (inode && !target.empty()) return usage("give TARGET or --inode, not both");
-  if (!inode && target.empty()) return usage("no TARGET given");
+  if (progress_on && progress_off) return usage("give --progress or --no-progress, not both");
+  if (int rc = cli::CheckLocation(kTool, app, loc,
+                                  target.empty() ? std::vector<std::string>{}
+                                                 : std::vector<std::string>{target});
+      rc >= 0)
+    return rc;
+  const std::string& image = loc.image;
+  const uint64_t image_offset = loc.image_offset, inode = loc.inode;
   if (has_length && length > UINT64_MAX - offset) return usage("--offset + --length overflows");
 
   const std::string name = inode ? "inode " + std::to_string(inode) : target;
   const bool to_stdout = output.empty() || output == "-";
+  if (to_stdout && !force && ::isatty(1) == 1) {
+    // As gzip -c and zstd do: binary data on a terminal is never wanted.
+    std::fprintf(stderr,
+                 "%s: refusing to write binary data to a terminal; use -o FILE or redirect "
+                 "(--force writes it anyway)\n",
+                 kTool);
+    return cli::kExitFailure;
+  }
   const std::string output_name = to_stdout ? "standard output" : output;
 
   Json j = {{"file", name},
@@ -153,6 +168,7 @@ int main(int argc, char** argv) {
     j["bytes"] = bytes;
     j["fast_path_bytes"] = bytes;  // image mode: all of it without the kernel
     if (opened != nullptr) {
+      j["size"] = opened->Info().size;  // now, not at open
       // Mounted mode: what the kernel read while the fast path was off.
       const uint64_t kernel = std::min<uint64_t>(opened->Stats().kernel_read_bytes, bytes);
       j["kernel_path_bytes"] = kernel;
@@ -205,7 +221,12 @@ int main(int argc, char** argv) {
   ext4dio::DirectFileOptions opts;
   opts.queue_depth = kDepth;
   auto file = ext4dio::DirectFile::Open(where, opts);
-  if (!file.ok()) return fail(name, std::string(file.status().message()));
+  if (!file.ok()) {
+    const int rc = fail(name, std::string(file.status().message()));
+    if (!image.empty() && !app.count("--image-offset") && !app.count("--partition"))
+      std::fputs(cli::PartitionHint(kTool, image).c_str(), stderr);
+    return rc;
+  }
   opened = &*file;
   if (!cli::SameTarget(protect, cli::OpenedInode(file->get())))
     return fail(name, "changed while being opened (another file was opened); nothing written");

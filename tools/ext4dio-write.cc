@@ -30,6 +30,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -119,11 +120,24 @@ std::string Range(uint64_t offset, uint64_t length) {
   return std::to_string(offset) + ".." + std::to_string(offset + length - 1);
 }
 
+// Called before a thread blocks (on input, or on another thread's use of
+// the input): reaps what that thread has in flight, so progress and the
+// gate see completions as they arrive, not when the queue fills.
+using IdleFn = std::function<void()>;
+
+// True when reading `fd` would not block now.
+bool Readable(int fd) {
+  struct pollfd p = {fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 1;
+}
+
 // Reads up to n bytes (fewer only at end of input). -errno on error;
-// -EINTR when a stop signal (SIGINT, SIGTERM) came first.
-int64_t ReadFull(int fd, char* buf, uint64_t n) {
+// -EINTR when a stop signal (SIGINT, SIGTERM) came first. `idle` runs
+// before every wait for more input.
+int64_t ReadFull(int fd, char* buf, uint64_t n, const IdleFn& idle) {
   uint64_t done = 0;
   while (done < n) {
+    if (!Readable(fd)) idle();
     // A pipe may stay silent for ever: wait for it or for a stop signal.
     if (!cli::WaitReady(fd, POLLIN)) return -EINTR;
     const ssize_t r = ::read(fd, buf + done, n - done);
@@ -286,16 +300,22 @@ class ChunkSource {
     }
   }
 
-  std::optional<Chunk> Next(char* buf) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (done_) return std::nullopt;
+  // `idle` runs before this thread blocks waiting for the input (its turn
+  // at it, or data); it must not call back into the source.
+  std::optional<Chunk> Next(char* buf, const IdleFn& idle) {
+    std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+    if (!lock.owns_lock()) {
+      idle();
+      lock.lock();
+    }
+    if (done_ || stopped_.load()) return std::nullopt;
     uint64_t want = index_ == 0 ? first_ : io_size_;
     if (length_) want = std::min(want, start_ + *length_ - pos_);
     if (want == 0) {
       done_ = true;
       return std::nullopt;
     }
-    const int64_t r = ReadFull(fd_, buf, want);
+    const int64_t r = ReadFull(fd_, buf, want, idle);
     if (r == -EINTR) {
       // Stopped by a signal: what was read of this chunk is not written.
       done_ = true;
@@ -331,10 +351,8 @@ class ChunkSource {
     return c;
   }
 
-  void Stop() {
-    std::lock_guard<std::mutex> lock(mu_);
-    done_ = true;
-  }
+  // Lock-free: called from a writer's reaping, which may run inside Next.
+  void Stop() { stopped_ = true; }
 
   // After the writers are done.
   int read_errno() const { return read_errno_; }
@@ -354,6 +372,7 @@ class ChunkSource {
   uint64_t first_;
   uint64_t index_ = 0;
   bool done_ = false;
+  std::atomic<bool> stopped_{false};
   int read_errno_ = 0;
   bool short_input_ = false;
   uint64_t input_bytes_ = 0;
@@ -521,9 +540,22 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
     return true;
   };
 
+  // Before blocking on the input: everything this thread has in flight is
+  // reaped (a slow stream must not leave finished writes unreaped until the
+  // queue fills). A failure of the queue itself is recorded; the loop
+  // stops at its next turn.
+  bool queue_failed = false;
+  const IdleFn idle = [&] {
+    while (!queue_failed && requests_out > 0) {
+      if (!reap(1)) queue_failed = true;
+    }
+  };
+
   bool more = true;
   for (;;) {
     while (more && !free_slots.empty()) {
+      // What has completed is counted now, not when the queue is full.
+      if (requests_out > 0 && !reap(0)) return;
       if (cli::StopSignal() != 0) {
         gate.Stop();
         source.Stop();
@@ -540,7 +572,11 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
           break;
         }
       }
-      auto chunk = source.Next(slot.buf.get());
+      auto chunk = source.Next(slot.buf.get(), idle);
+      if (queue_failed) {
+        if (chunk) gate.Complete(chunk->index, 0);  // never started
+        return;
+      }
       if (!chunk) {
         more = false;
         break;
@@ -660,6 +696,8 @@ class Report {
     if (args_.json) {
       j_["bytes"] = bytes_;
       if (file_ != nullptr) {
+        // The size now: an extending write (mounted mode) changed it.
+        j_["size"] = file_->Info().size;
         const ext4dio_stats st = file_->Stats();
         j_["direct_bytes"] = st.fast_bytes;
         j_["rmw_bytes"] = st.rmw_bytes;
@@ -715,21 +753,24 @@ int main(int argc, char** argv) {
       "the first byte that would need allocation.",
       kTool};
   Args a;
-  app.add_option("--image", a.image, "Image file or unmounted block device holding the filesystem");
-  app.add_option("--image-offset", a.image_offset,
-                 "Byte offset of the filesystem inside the image (K/M/G/T suffixes)")
-      ->transform(cli::SizeValidator());
-  app.add_option("--inode", a.inode, "Inode number instead of TARGET (image mode)");
-  app.add_option("--input", a.input, "Read the data from FILE ('-': standard input, the default)");
-  app.add_option("--offset", a.offset, "File offset to write at (default 0)")
-      ->transform(cli::SizeValidator());
+  cli::LocationArgs loc;
+  cli::AddLocationOptions(app, loc);
+  app.add_option("-i,--input", a.input, "Read the data from FILE ('-': standard input, the default)")
+      ->type_name("FILE");
+  app.add_option("--offset", a.offset, "File offset to write at (default 0; K/M/G/T suffixes)")
+      ->transform(cli::SizeValidator())
+      ->type_name("BYTES");
   app.add_option("--length", a.length, "Write exactly this many bytes (the input must have them)")
-      ->transform(cli::SizeValidator());
+      ->transform(cli::SizeValidator())
+      ->type_name("BYTES");
   app.add_option("--queue-depth", a.queue_depth,
-                 "Requests in flight per thread (1-4096, default 32)");
+                 "Requests in flight per thread (1-4096, default 32)")
+      ->type_name("N");
   app.add_option("--io-size", a.io_size, "Bytes per request (default 1M, at most 1G)")
-      ->transform(cli::SizeValidator());
-  app.add_option("--threads", a.threads, "Submitting threads, one queue each (default 1)");
+      ->transform(cli::SizeValidator())
+      ->type_name("BYTES");
+  app.add_option("--threads", a.threads, "Submitting threads, one queue each (default 1)")
+      ->type_name("N");
   app.add_flag("--sync", a.sync, "Flush the device's write cache before exiting");
   app.add_flag("--dsync", a.dsync, "Write every request with FUA (RWF_DSYNC)");
   app.add_flag("--verify", a.verify, "Read the range back through the library and compare");
@@ -742,24 +783,29 @@ int main(int argc, char** argv) {
                "Write nothing; print the plan: OFFSET LENGTH KIND DEVICE_OFFSET per piece "
                "(KIND: fast, rmw, buffered, kernel, refused)");
   app.add_flag("--json", a.json, "Print one JSON object with the results on standard output");
-  auto* prog = app.add_flag("--progress", a.progress,
-                            "Show progress on standard error even when it is not a terminal");
-  auto* noprog = app.add_flag("--no-progress", a.no_progress, "Never show progress");
-  prog->excludes(noprog);
+  app.add_flag("--progress", a.progress,
+               "Show progress on standard error even when it is not a terminal");
+  app.add_flag("--no-progress", a.no_progress, "Never show progress");
   app.add_option("TARGET", a.target, "File on a mounted ext4, or with --image a path inside it");
-  app.set_version_flag("--version", std::string(kTool) + " " + ext4dio_version());
+  app.set_help_flag("-h,--help", "Display this help and exit");
+  app.set_version_flag("--version", std::string(kTool) + " " + ext4dio_version(),
+                       "Output version information and exit");
   app.footer("Exit status: 0 success, 1 failure, 2 usage error.");
+  cli::UseGnuHelp(app, {"ext4dio-write [OPTION]... TARGET",
+                        "ext4dio-write --image=IMG [OPTION]... PATH|--inode=N"});
 
   if (int rc = cli::Parse(app, argc, argv); rc >= 0) return rc;
-  auto usage = [](const std::string& msg) {
-    std::fprintf(stderr, "%s: %s (see --help)\n", kTool, msg.c_str());
-    return cli::kExitUsage;
-  };
+  auto usage = [](const std::string& msg) { return cli::UsageError(kTool, msg); };
+  if (a.progress && a.no_progress) return usage("give --progress or --no-progress, not both");
+  if (int rc = cli::CheckLocation(kTool, app, loc,
+                                  a.target.empty() ? std::vector<std::string>{}
+                                                   : std::vector<std::string>{a.target});
+      rc >= 0)
+    return rc;
+  a.image = loc.image;
+  a.image_offset = loc.image_offset;
+  a.inode = loc.inode;
   a.has_length = app.count("--length") > 0;
-  if (a.image.empty() && app.count("--image-offset")) return usage("--image-offset needs --image");
-  if (a.image.empty() && a.inode) return usage("--inode needs --image");
-  if (a.inode && !a.target.empty()) return usage("give TARGET or --inode, not both");
-  if (!a.inode && a.target.empty()) return usage("no TARGET given");
   if (a.queue_depth < 1 || a.queue_depth > kMaxQueueDepth)
     return usage("--queue-depth must be 1..4096");
   if (a.threads < 1 || a.threads > kMaxThreads) return usage("--threads must be 1..1024");
@@ -822,7 +868,12 @@ int main(int argc, char** argv) {
   opts.no_fallback = a.no_fallback;
   opts.skip_ownership_check = a.no_ownership_check;
   auto file = ext4dio::DirectFile::Open(where, opts);
-  if (!file.ok()) return report.Fail(std::string(file.status().message()));
+  if (!file.ok()) {
+    const int rc = report.Fail(std::string(file.status().message()));
+    if (!a.image.empty() && !app.count("--image-offset") && !app.count("--partition"))
+      std::fputs(cli::PartitionHint(kTool, a.image).c_str(), stderr);
+    return rc;
+  }
   report.SetFile(*file);
   const ext4dio_file_info info = file->Info();
   if (!cli::SameTarget(protect, cli::OpenedInode(file->get())))
