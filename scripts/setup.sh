@@ -15,6 +15,7 @@ packages=(
   clang-14 libclang-rt-14-dev
   e2fsprogs e2tools util-linux fdisk fio help2man gnuplot-nox bc python3
   strace  # test/fio_engine_test.sh counts io_uring_enter calls per batch
+  debhelper lintian  # debian/ and test/debian_package_test.sh
 )
 
 missing=()

@@ -81,8 +81,10 @@ if [ "$strip" = True ]; then
   n=0
   while IFS= read -r -d '' f; do
     [ -L "$f" ] && continue
-    head -c4 "$f" | grep -q 'ELF' || continue
-    if readelf -S -W "$f" | grep -q ' \.debug_'; then
+    [ "$(head -c4 "$f" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] || continue
+    # Not `readelf | grep -q`: with pipefail readelf's SIGPIPE would pass it.
+    sections=$(readelf -S -W "$f")
+    if grep -q ' \.debug_' <<<"$sections"; then
       fail "installed ${f#"$dest"} carries debug info ($(stat -c %s "$f") bytes)"
     fi
     n=$((n + 1))
