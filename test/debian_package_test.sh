@@ -103,7 +103,7 @@ has libext4dio-dev usr/include/ext4dio/ext4dio.h usr/include/ext4dio/ext4dio.hpp
   usr/include/ext4dio/version.h "$libdir/libext4dio.so" \
   "$libdir/pkgconfig/ext4dio.pc" "$libdir/pkgconfig/ext4dio-cpp.pc"
 depends libext4dio-dev "(^|, )libext4dio0 \(= ${version//./\\.}\)"
-depends libext4dio-dev '(^|, )libabsl-dev' && depends libext4dio-dev '(^|, )liburing-dev'
+depends libext4dio-dev '(^|, )libabsl-dev(,|$)'
 tools=(ext4dio-map ext4dio-read ext4dio-write)
 for t in "${tools[@]}"; do has ext4dio-tools "usr/bin/$t" "usr/share/man/man1/$t.1.gz"; done
 depends ext4dio-tools '(^|, )libext4dio0 \(>= '
