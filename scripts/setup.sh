@@ -17,6 +17,7 @@ packages=(
   e2fsprogs e2tools util-linux fdisk fio gnuplot-nox bc python3
   groff-base man-db  # test/man_pages_test.sh renders the man pages
   strace  # test/fio_engine_test.sh counts io_uring_enter calls per batch
+  debhelper lintian  # debian/ and test/debian_package_test.sh
 )
 
 missing=()
