@@ -31,7 +31,7 @@ struct ext4dio_file {
   std::shared_ptr<ext4dio::File> file;
   bool writable = false;
   // The snapshot handed out by ext4dio_file_map, valid until the next call.
-  mutable absl::Mutex mu;
+  mutable ext4dio::Mutex mu;
   mutable std::unique_ptr<ext4dio_map> map_view ABSL_GUARDED_BY(mu);
   mutable std::string warning ABSL_GUARDED_BY(mu);
 };
@@ -313,7 +313,7 @@ EXT4DIO_EXPORT int ext4dio_file_get_info(const ext4dio_file* f, ext4dio_file_inf
   full.fast_path = file.fast_path() ? 1 : 0;
   full.mounted = file.mounted() ? 1 : 0;
   {
-    absl::MutexLock lock(&f->mu);
+    ext4dio::MutexLock lock(&f->mu);
     f->warning = file.warning();
     full.warning = f->warning.empty() ? nullptr : f->warning.c_str();
   }
@@ -324,7 +324,7 @@ EXT4DIO_EXPORT const ext4dio_map* ext4dio_file_map(const ext4dio_file* f) {
   if (f == nullptr) return nullptr;
   try {
     std::shared_ptr<const ext4dio::MapState> now = f->file->snapshot();
-    absl::MutexLock lock(&f->mu);
+    ext4dio::MutexLock lock(&f->mu);
     // Only the latest view is kept (valid until the next call or close): a
     // caller polling the map must not grow the file's memory without bound.
     if (f->map_view == nullptr || f->map_view->keep != now) {

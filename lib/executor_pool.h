@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 #include "executor.h"
 
 namespace ext4dio {
@@ -57,7 +57,7 @@ class ExecutorPool {
   // Adopts `e` into a new slot, taken by the caller; {kNone, nullptr} (and
   // `e` left to the caller) when every slot is used.
   Lease Add(std::unique_ptr<DeviceExecutor>& e) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (count_ == kSlots) return Lease{};
     const uint32_t i = count_++;
     slots_[i] = std::move(e);
@@ -66,11 +66,11 @@ class ExecutorPool {
   // Calls f(const DeviceExecutor&) for every executor in the pool.
   template <typename F>
   void ForEach(F f) const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (uint32_t i = 0; i < count_; ++i) f(*slots_[i]);
   }
   void Clear() {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (uint32_t i = 0; i < count_; ++i) slots_[i].reset();
     count_ = 0;
     head_.store(0, std::memory_order_release);
@@ -81,7 +81,7 @@ class ExecutorPool {
   // (tag << 32) | (slot + 1); 0 in the low half: empty.
   std::atomic<uint64_t> head_{0};
   std::array<std::atomic<uint64_t>, kSlots> next_{};
-  mutable absl::Mutex mu_;  // count_ and slots_ growth
+  mutable Mutex mu_;  // count_ and slots_ growth
   uint32_t count_ ABSL_GUARDED_BY(mu_) = 0;
   // Written under mu_ (Add, Clear); Take reads a slot without it, after the
   // acquire of the head that a Give of that slot released.

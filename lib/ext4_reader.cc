@@ -177,7 +177,7 @@ Ext4Reader::Ext4Reader(std::string source, const ReaderOptions& options)
     : source_(std::move(source)), options_(options) {}
 
 Ext4Reader::~Ext4Reader() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (fs_ != nullptr) ext2fs_close_free(&fs_);
 }
 
@@ -243,7 +243,7 @@ absl::StatusOr<std::unique_ptr<Ext4Reader>> Ext4Reader::OpenOnce(
                                                "descriptors"));
     }
   }
-  absl::MutexLock lock(&r->mu_);
+  MutexLock lock(&r->mu_);
   r->fs_ = fs;
   r->block_size_ = fs->blocksize;
   r->blocks_count_ = ext2fs_blocks_count(fs->super);
@@ -283,7 +283,7 @@ absl::StatusOr<std::unique_ptr<Ext4Reader>> Ext4Reader::OpenOnce(
 }
 
 absl::StatusOr<uint64_t> Ext4Reader::LookupPath(absl::string_view path) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::string p(path);
   while (!p.empty() && p.front() == '/') p.erase(p.begin());
   if (p.empty()) return EXT2_ROOT_INO;
@@ -390,7 +390,7 @@ T Ext4Reader::Retrying(F&& once, bool refresh_first) {
 }
 
 absl::StatusOr<FileLayout> Ext4Reader::ReadFile(uint64_t inode) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return Retrying<absl::StatusOr<FileLayout>>([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ReadFileOnce(inode); },
                                               /*refresh_first=*/true);
 }
@@ -600,7 +600,7 @@ absl::StatusOr<FileLayout> Ext4Reader::ReadFileOnce(uint64_t inode) {
 }
 
 absl::Status Ext4Reader::WriteRefusal() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ext2_super_block* sb = fs_->super;
   auto refuse = [&](absl::string_view why) {
     return LibError(EXT4DIO_E_WRITE_REFUSED, absl::StrCat(source_, ": ", why));
@@ -667,13 +667,13 @@ absl::Status Ext4Reader::WriteRefusal() {
 }
 
 absl::Status Ext4Reader::CheckOwnership(const FileLayout& layout) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return CheckBlockOwnership(fs_, source_, layout);
 }
 
 absl::Status Ext4Reader::ValidateExtents(const std::vector<Extent>& extents,
                                          const std::vector<uint64_t>& map_blocks) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   // Status has no .status(): wrap it for Retrying.
   // Descriptors read earlier can only make validation fail, never pass
   // wrongly (bitmaps themselves are read afresh): refresh only on failure.
@@ -687,7 +687,7 @@ absl::Status Ext4Reader::ValidateExtents(const std::vector<Extent>& extents,
 }
 
 absl::StatusOr<std::vector<MetadataRange>> Ext4Reader::Metadata() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (absl::Status s = BuildMetadata(); !s.ok()) return s;
   return metadata_;
 }

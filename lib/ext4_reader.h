@@ -20,7 +20,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 #include "extent_map.h"
 
 struct struct_ext2_filsys;
@@ -152,7 +152,7 @@ class Ext4Reader {
   uint64_t fsid_ = 0;
   std::vector<std::string> warnings_;
 
-  absl::Mutex mu_;
+  Mutex mu_;
   struct_ext2_filsys* fs_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool metadata_built_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<MetadataRange> metadata_ ABSL_GUARDED_BY(mu_);

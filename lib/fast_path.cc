@@ -78,7 +78,7 @@ absl::Status MountedFile::StartFastPathLocked() {
     return dropped;
   }
   {
-    absl::MutexLock map_lock(&map_mu_);
+    MutexLock map_lock(&map_mu_);
     if (absl::Status s = ReloadLocked(); !s.ok()) {
       lease_->Release();
       return s;
@@ -96,7 +96,7 @@ absl::Status MountedFile::StartFastPathLocked() {
   privileges_done_ = false;  // mode bits may have changed while we were away
   touch_needed_ = true;      // others may have set the times meanwhile
   fast_.store(true, std::memory_order_release);
-  absl::MutexLock lock(&warning_mu_);
+  MutexLock lock(&warning_mu_);
   warning_ = cur().loaded.warning;
   return absl::OkStatus();
 }
@@ -109,7 +109,7 @@ void MountedFile::StopFastPathLocked(const std::string& why, bool lease_break) {
   }
   (void)SetFileDirect(false);  // the kernel path alone: as any other opener
   lease_->Release();
-  absl::MutexLock lock(&warning_mu_);
+  MutexLock lock(&warning_mu_);
   warning_ = why;
 }
 
@@ -137,7 +137,7 @@ absl::Status MountedFile::PrepareFastWrite() {
   // so do we, once after open or sync, so a writer killed mid-write still
   // leaves a changed mtime; the monitor refreshes them while writing.
   if (touch_needed_.load(std::memory_order_acquire)) {
-    absl::MutexLock lock(&touch_mu_);
+    MutexLock lock(&touch_mu_);
     if (touch_needed_.load()) {
       TouchNow();
       touch_needed_.store(false, std::memory_order_release);
@@ -219,7 +219,7 @@ void MountedFile::PollWhileFast() {
 
 absl::Status MountedFile::DropPrivilegesOnce() {
   if (privileges_done_.load(std::memory_order_acquire)) return absl::OkStatus();
-  absl::MutexLock lock(&privileges_mu_);
+  MutexLock lock(&privileges_mu_);
   if (privileges_done_.load()) return absl::OkStatus();
   // The kernel's file_remove_privs(): set-user-ID always, set-group-ID when
   // group-executable, unless the writer has CAP_FSETID; file capabilities
@@ -277,7 +277,7 @@ void MountedFile::Monitor() {
       IoGate::Exclusive exclusive(gate_);
       absl::Status s = StartFastPathLocked();
       if (!s.ok() && CodeOf(s) != -EAGAIN) {
-        absl::MutexLock wl(&warning_mu_);
+        MutexLock wl(&warning_mu_);
         warning_ = absl::StrCat("fast path off: ", s.message());
       }
       next_retry = Clock::now() + retry;

@@ -61,14 +61,14 @@ std::shared_ptr<const MapState> File::SetMap(LoadedMap loaded, WrittenSet writte
   state->written = std::move(written);
   state->loaded = std::move(loaded);
   state->kernel_only = kernel_only_next_;
-  absl::MutexLock lock(&state_mu_);
+  MutexLock lock(&state_mu_);
   std::shared_ptr<const MapState> old = std::exchange(state_, std::move(state));
   current_.store(state_.get(), std::memory_order_release);
   return old;
 }
 
 std::shared_ptr<const MapState> File::current() const {
-  absl::MutexLock lock(&state_mu_);
+  MutexLock lock(&state_mu_);
   return state_;
 }
 
@@ -76,7 +76,7 @@ std::shared_ptr<const MapState> File::snapshot() const {
   // A view shows every kernel-path write that has completed: re-map them
   // now rather than at the monitor's next round.
   BeforeView();
-  absl::MutexLock lock(&state_mu_);
+  MutexLock lock(&state_mu_);
   return state_;
 }
 
@@ -114,7 +114,7 @@ absl::Status File::SetUpBackend(const std::string& device_path) {
 FileStats File::stats() const {
   FileStats s;
   // Under exec_mu_: a retiring executor moves its counts into stats_.
-  absl::MutexLock retiring(&exec_mu_);
+  MutexLock retiring(&exec_mu_);
   s.fast_bytes = stats_[kFastBytes];
   s.fast_requests = stats_[kFastReq];
   s.rmw_bytes = stats_[kRmwBytes];
@@ -187,7 +187,7 @@ absl::Status File::Borrowed::error() const {
 void File::RetireExecutor(std::unique_ptr<DeviceExecutor> ex) {
   bool member;  // an AsyncQueue's (a gate member in mounted mode)
   {
-    absl::MutexLock lock(&exec_mu_);
+    MutexLock lock(&exec_mu_);
     member = std::find(async_executors_.begin(), async_executors_.end(), ex.get()) !=
              async_executors_.end();
   }
@@ -196,7 +196,7 @@ void File::RetireExecutor(std::unique_ptr<DeviceExecutor> ex) {
   if (member) AsyncExecutorRetired(ex.get());
   const DeviceExecutor::Stats s = ex->stats();
   {
-    absl::MutexLock lock(&exec_mu_);
+    MutexLock lock(&exec_mu_);
     auto it = std::find(async_executors_.begin(), async_executors_.end(), ex.get());
     if (it != async_executors_.end()) async_executors_.erase(it);
     stats_[kFastBytes] += s.write_bytes;
@@ -230,7 +230,7 @@ absl::Status File::FailureStatus(const DeviceExecutor::Failure& f) const {
 
 
 std::string File::warning() const {
-  absl::MutexLock lock(&warning_mu_);
+  MutexLock lock(&warning_mu_);
   return warning_;
 }
 
@@ -396,7 +396,7 @@ absl::StatusOr<std::unique_ptr<AsyncQueue>> File::NewAsyncQueue(uint32_t depth) 
   auto ex = NewExecutor(depth, /*for_async=*/true);
   if (!ex.ok()) return ex.status();
   {
-    absl::MutexLock lock(&exec_mu_);
+    MutexLock lock(&exec_mu_);
     async_executors_.push_back(ex->get());
   }
   AsyncExecutorAdded(ex->get());

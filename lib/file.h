@@ -39,7 +39,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 #include "device.h"
 #include "executor.h"
 #include "executor_pool.h"
@@ -230,7 +230,7 @@ class File : public std::enable_shared_from_this<File> {
   Os* os_ = nullptr;
   std::string name_;
   const bool mounted_;
-  mutable absl::Mutex state_mu_;
+  mutable Mutex state_mu_;
   std::shared_ptr<const MapState> state_ ABSL_GUARDED_BY(state_mu_);  // the owner of *current_
   std::atomic<const MapState*> current_{nullptr};
   Alignment align_;
@@ -239,14 +239,14 @@ class File : public std::enable_shared_from_this<File> {
   int fd_direct_ = -1;    // O_DIRECT on the image/device
   int fd_buffered_ = -1;  // the same without O_DIRECT (unaligned pieces)
   WriteRanges ranges_;
-  mutable absl::Mutex warning_mu_;
+  mutable Mutex warning_mu_;
   std::string warning_ ABSL_GUARDED_BY(warning_mu_);  // what warning() says
   // Mounted: file ranges the page cache kept after a drop, for the next
   // SetMap (MapState::kernel_only). Inside the gate's Exclusive only.
   RangeList kernel_only_next_;
 
   ExecutorPool pool_;  // synchronous callers' executors
-  mutable absl::Mutex exec_mu_;
+  mutable Mutex exec_mu_;
   std::vector<const DeviceExecutor*> async_executors_ ABSL_GUARDED_BY(exec_mu_);  // AsyncQueues' (stats)
 
   mutable std::array<std::atomic<uint64_t>, kStatCount> stats_{};

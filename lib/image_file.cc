@@ -71,7 +71,7 @@ absl::StatusOr<std::shared_ptr<File>> ImageFile::Open(const OpenOptions& options
   if (!loaded.ok()) return loaded.status();
   if (options.write && !loaded->write_status.ok()) return loaded->write_status;
   {
-    absl::MutexLock lock(&f->warning_mu_);
+    MutexLock lock(&f->warning_mu_);
     f->warning_ = loaded->warning;
     if (!claim_warning.empty()) {
       f->warning_ =

@@ -24,7 +24,7 @@ uint32_t IoGate::EnterSlow() {
 }
 
 void IoGate::Synchronize() {
-  absl::MutexLock lock(&sync_mu_);
+  MutexLock lock(&sync_mu_);
   // Flip the epoch: later callers count in the other one.
   const uint32_t before =
       state_.fetch_xor((1u << kEpochShift) | kSyncing, std::memory_order_acq_rel);
@@ -51,7 +51,7 @@ IoGate::Exclusive::Exclusive(IoGate& gate) ABSL_NO_THREAD_SAFETY_ANALYSIS : gate
   // in Enter); their device requests finish on their own, so poll.
   std::vector<const Member*> members;
   {
-    absl::MutexLock lock(&gate_.members_mu_);
+    MutexLock lock(&gate_.members_mu_);
     members = gate_.members_;
   }
   auto spin = std::chrono::microseconds(20);
@@ -70,15 +70,15 @@ IoGate::Exclusive::~Exclusive() ABSL_NO_THREAD_SAFETY_ANALYSIS {
 }
 
 void IoGate::AddMember(const Member* m) {
-  absl::MutexLock lock(&members_mu_);
+  MutexLock lock(&members_mu_);
   members_.push_back(m);
 }
 
 void IoGate::RemoveMember(const Member* m) {
   // A closer may hold a copy of the list while polling: wait for it, so the
   // member outlives every poll.
-  absl::MutexLock excl(&exclusive_mu_);
-  absl::MutexLock lock(&members_mu_);
+  MutexLock excl(&exclusive_mu_);
+  MutexLock lock(&members_mu_);
   members_.erase(std::remove(members_.begin(), members_.end(), m), members_.end());
 }
 

@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 
 namespace ext4dio {
 
@@ -114,9 +114,9 @@ class ABSL_LOCKABLE IoGate {
 
   std::atomic<uint32_t> state_{0};
   std::atomic<uint64_t> closings_{0};
-  absl::Mutex exclusive_mu_;  // held by the Exclusive
-  absl::Mutex sync_mu_;       // one Synchronize at a time
-  absl::Mutex members_mu_ ABSL_ACQUIRED_AFTER(exclusive_mu_);
+  Mutex exclusive_mu_;  // held by the Exclusive
+  Mutex sync_mu_;       // one Synchronize at a time
+  Mutex members_mu_ ABSL_ACQUIRED_AFTER(exclusive_mu_);
   std::vector<const Member*> members_ ABSL_GUARDED_BY(members_mu_);
 };
 

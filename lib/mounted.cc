@@ -49,7 +49,7 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
   struct stat st;
   if (::fstat(path_fd, &st) != 0) return ErrnoError(errno, "stat " + t.path);
 
-  absl::MutexLock registry_lock(&OpenRegistry::mu());
+  MutexLock registry_lock(&OpenRegistry::mu());
   {
     if (std::shared_ptr<File> open = OpenRegistry::Find(st.st_dev, st.st_ino)) {
       const OpenOptions& o = open->options();
@@ -183,10 +183,10 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
                      : LoadFiemapOnly(*f->os_, f->fd_file_, f->info_, "");
       if (!loaded.ok()) return loaded.status();
       {
-        absl::MutexLock map_lock(&f->map_mu_);
+        MutexLock map_lock(&f->map_mu_);
         f->SetMap(std::move(*loaded));
       }
-      absl::MutexLock lock(&f->warning_mu_);
+      MutexLock lock(&f->warning_mu_);
       f->warning_ = why_not;
     }
   }
@@ -325,7 +325,7 @@ void MountedFile::RemapPending(bool monitor) {
       if (!fast_.load()) return;
       absl::Status dropped = DropCacheLocked();
       if (dropped.ok()) {
-        absl::MutexLock lock(&map_mu_);
+        MutexLock lock(&map_mu_);
         dropped = ReloadLocked();
         if (dropped.ok()) ++stats_[kRemaps];
       }
@@ -343,7 +343,7 @@ void MountedFile::RemapPending(bool monitor) {
   // Callers inside the gate may still read the old map.
   if (!monitor) {
     {
-      absl::MutexLock lock(&retired_mu_);
+      MutexLock lock(&retired_mu_);
       retired_.push_back(std::move(out.retired));
     }
     monitor_cv_.SignalAll();  // to free it soon: views must not pile up maps
@@ -406,7 +406,7 @@ MountedFile::RemapOutcome MountedFile::RemapPendingLocked() {
 void MountedFile::FreeRetiredMaps() {
   std::vector<std::shared_ptr<const MapState>> old;
   {
-    absl::MutexLock lock(&retired_mu_);
+    MutexLock lock(&retired_mu_);
     old.swap(retired_);
   }
   if (old.empty()) return;
@@ -429,7 +429,7 @@ size_t MountedFile::WriteOnFile(const char* src, size_t n, uint64_t offset, int*
 absl::StatusOr<size_t> MountedFile::KernelWrite(const char* buf, size_t n, uint64_t offset) {
   IoGate::Exclusive exclusive(gate_);
   DropRetiredMapsLocked();
-  absl::MutexLock map_lock(&map_mu_);
+  MutexLock map_lock(&map_mu_);
   if (append_only_.load()) {
     struct stat st;
     if (int rc = os_->Fstat(fd_file_, &st); rc < 0) return ErrnoError(-rc, "stat " + name_);
@@ -713,7 +713,7 @@ absl::Status MountedFile::Truncate(uint64_t size) {
   if (!options_.write) return ErrnoError(EBADF, name_ + ": opened read-only");
   if (size > static_cast<uint64_t>(INT64_MAX)) return ErrnoError(EFBIG, "size too large");
   IoGate::Exclusive exclusive(gate_);
-  absl::MutexLock map_lock(&map_mu_);
+  MutexLock map_lock(&map_mu_);
   if (int rc = os_->Ftruncate(fd_file_, size); rc < 0)
     return ErrnoError(-rc, absl::StrFormat("%s: truncate to %d", name_, size));
   return AfterMetadataChangeLocked("truncate");
@@ -757,7 +757,7 @@ absl::Status MountedFile::Fallocate(int mode, uint64_t offset, uint64_t length) 
                                               mode, offset, length));
   }
   IoGate::Exclusive exclusive(gate_);
-  absl::MutexLock map_lock(&map_mu_);
+  MutexLock map_lock(&map_mu_);
   if (int rc = os_->Fallocate(fd_file_, mode, offset, length); rc < 0) {
     return ErrnoError(-rc, absl::StrFormat("%s: fallocate mode 0x%x at %d, %d bytes", name_,
                                              mode, offset, length));
@@ -768,7 +768,7 @@ absl::Status MountedFile::Fallocate(int mode, uint64_t offset, uint64_t length) 
 MountedFile::~MountedFile() {
   if (monitor_.joinable()) {
     {
-      absl::MutexLock lock(&monitor_mu_);
+      MutexLock lock(&monitor_mu_);
       monitor_stop_ = true;
     }
     monitor_cv_.SignalAll();

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 #include "device.h"
 #include "file.h"
 #include "lease.h"
@@ -126,10 +126,10 @@ class MountedFile final : public File {
   void FreeRetiredMaps() ABSL_LOCKS_EXCLUDED(retired_mu_);
   // Inside an Exclusive nobody is in the gate: they can go at once.
   void DropRetiredMapsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_) {
-    absl::MutexLock lock(&retired_mu_);
+    MutexLock lock(&retired_mu_);
     retired_.clear();
   }
-  absl::Mutex retired_mu_;
+  Mutex retired_mu_;
   // For the monitor to free.
   std::vector<std::shared_ptr<const MapState>> retired_ ABSL_GUARDED_BY(retired_mu_);
   absl::Status ReloadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_, map_mu_);
@@ -165,7 +165,7 @@ class MountedFile final : public File {
   // Exclusive sections that change the file or re-read the map), so a re-map
   // computed before a truncate is never published after its reload. Order:
   // the gate's Exclusive, then map_mu_.
-  absl::Mutex map_mu_ ABSL_ACQUIRED_AFTER(gate_);
+  Mutex map_mu_ ABSL_ACQUIRED_AFTER(gate_);
   int fd_file_ = -1;              // the file itself: our only descriptor of it
   MountedFileInfo info_;              // where it lives (its fd is closed)
   std::unique_ptr<Ext4Reader> reader_;  // live reader of the device
@@ -199,10 +199,10 @@ class MountedFile final : public File {
   std::atomic<bool> touch_needed_{true};     // no touch since open/sync yet
   std::atomic<bool> wrote_since_poll_{false};
   std::atomic<int64_t> last_touch_ns_{0};    // steady clock
-  absl::Mutex touch_mu_;       // one TouchNow at a time (atomics say when)
-  absl::Mutex privileges_mu_;  // one DropPrivilegesOnce at a time
-  absl::Mutex monitor_mu_;
-  absl::CondVar monitor_cv_;
+  Mutex touch_mu_;       // one TouchNow at a time (atomics say when)
+  Mutex privileges_mu_;  // one DropPrivilegesOnce at a time
+  Mutex monitor_mu_;
+  CondVar monitor_cv_;
   bool monitor_stop_ ABSL_GUARDED_BY(monitor_mu_) = false;
   std::thread monitor_;
 

@@ -14,7 +14,7 @@ std::map<std::pair<dev_t, ino_t>, std::weak_ptr<File>>& Entries() {
 }  // namespace
 
 // Constant-initialised: an open from a static constructor finds it ready.
-ABSL_CONST_INIT absl::Mutex OpenRegistry::mu_(absl::kConstInit);
+ABSL_CONST_INIT Mutex OpenRegistry::mu_;
 
 std::shared_ptr<File> OpenRegistry::Find(dev_t dev, ino_t ino) {
   auto it = Entries().find({dev, ino});

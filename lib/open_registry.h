@@ -12,7 +12,7 @@
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 
 namespace ext4dio {
 
@@ -22,14 +22,14 @@ class OpenRegistry {
  public:
   // Held for the whole of a mounted open: two opens of one file never both
   // make a File.
-  static absl::Mutex& mu() ABSL_LOCK_RETURNED(mu_) { return mu_; }
+  static Mutex& mu() ABSL_LOCK_RETURNED(mu_) { return mu_; }
   // The live File open for (dev, ino), or nullptr (a dead entry is dropped).
   static std::shared_ptr<File> Find(dev_t dev, ino_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Add(dev_t dev, ino_t ino, const std::shared_ptr<File>& file)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
  private:
-  static absl::Mutex mu_;
+  static Mutex mu_;
 };
 
 }  // namespace ext4dio

@@ -10,7 +10,7 @@ void PendingRemap::Recount() {
 }
 
 void PendingRemap::Begin(uint64_t lo, uint64_t hi) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   in_flight_.emplace_back(lo, hi);
   Recount();
 }
@@ -41,7 +41,7 @@ void PendingRemap::End(uint64_t lo, uint64_t hi, bool clean) {
 }
 
 void PendingRemap::EndAll(const WriteEnd* ends, size_t n) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (size_t k = 0; k < n; ++k) {
     const auto [lo, hi, clean] = ends[k];
     if (!in_flight_.empty()) {
@@ -60,7 +60,7 @@ void PendingRemap::EndAll(const WriteEnd* ends, size_t n) {
 
 bool PendingRemap::Overlaps(uint64_t lo, uint64_t hi) const {
   if (empty()) return false;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const auto& r : in_flight_)
     if (r.first < hi && lo < r.second) return true;
   // The last range starting before hi is the only one that can reach lo.
@@ -71,12 +71,12 @@ bool PendingRemap::Overlaps(uint64_t lo, uint64_t hi) const {
 }
 
 PendingRemap::Batch PendingRemap::Ended() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return Batch{Ranges(cover_), Ranges(suspect_), seq_};
 }
 
 void PendingRemap::Remapped(const Batch& batch) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ended_.erase(std::remove_if(ended_.begin(), ended_.end(),
                               [&](const EndedWrite& w) { return w.seq <= batch.upto; }),
                ended_.end());
@@ -90,7 +90,7 @@ void PendingRemap::Remapped(const Batch& batch) {
 }
 
 void PendingRemap::Clear() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ended_.clear();
   cover_.clear();
   suspect_.clear();

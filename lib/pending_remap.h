@@ -22,7 +22,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 #include "ranges.h"
 
 namespace ext4dio {
@@ -77,7 +77,7 @@ class PendingRemap {
   static void Insert(absl::btree_map<uint64_t, uint64_t>& cover, uint64_t lo, uint64_t hi);
   static RangeList Ranges(const absl::btree_map<uint64_t, uint64_t>& cover);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<std::pair<uint64_t, uint64_t>> in_flight_ ABSL_GUARDED_BY(mu_);  // a multiset
   std::vector<EndedWrite> ended_ ABSL_GUARDED_BY(mu_);                         // in End order
   // ended_ (and those not clean), merged: start -> end.

@@ -95,7 +95,7 @@ using write_ranges_internal::Record;
 constexpr int kIndexBits = 16;
 constexpr uint32_t kMaxRecords = 1u << kIndexBits;
 std::atomic<Record*> g_records[kMaxRecords];
-ABSL_CONST_INIT absl::Mutex g_records_mu(absl::kConstInit);
+ABSL_CONST_INIT Mutex g_records_mu;
 uint32_t g_next_record ABSL_GUARDED_BY(g_records_mu) = 1;
 // Indexes of records free for reuse, under g_records_mu (a function-local
 // static: a thread may start before this file's globals are initialized).
@@ -119,7 +119,7 @@ struct ThreadExit {
     for (const Slot& s : r->slots) {
       if (s.InFlight() != 0) return;  // still needed by whoever ends those
     }
-    absl::MutexLock lock(&g_records_mu);
+    MutexLock lock(&g_records_mu);
     FreeRecords().push_back(t_state.index);
   }
 };
@@ -131,7 +131,7 @@ void InitThread() {
   uint32_t index = 0;
   Record* record = nullptr;
   {
-    absl::MutexLock lock(&g_records_mu);
+    MutexLock lock(&g_records_mu);
     if (!FreeRecords().empty()) {
       index = FreeRecords().back();
       FreeRecords().pop_back();
@@ -273,7 +273,7 @@ WriteRanges::Begun WriteRanges::BeginOne(const Range& r, int s, uint64_t region,
   // than kStripes regions.
   if (rec != nullptr && region != kHuge && TryCount(s, region, lo, hi, rec)) return Begun::kFast;
   Stripe& st = stripes_[s];
-  absl::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   for (const Entry& x : st.entries) {
     if (x.rmw && Overlaps(r.first, r.second, x.lo, x.hi)) return Begun::kConflict;
   }
@@ -290,7 +290,7 @@ WriteRanges::Begun WriteRanges::BeginOne(const Range& r, int s, uint64_t region,
   // Our own registration happened before (Begin precedes End), so when it
   // was exact this reads >= 1; when it reads 0 we were counted.
   if (st.slow.load(std::memory_order_relaxed) == 0) return false;
-  absl::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   for (size_t i = 0; i < st.entries.size(); ++i) {
     const Entry& x = st.entries[i];
     if (!x.rmw && x.lo == r.first && x.hi == r.second && x.owner == owner) {
@@ -400,7 +400,7 @@ absl::Status WriteRanges::BeginRmw(uint64_t unit, uint64_t length, uint64_t owne
   // Then the exact entries, as ever.
   for (;;) {
     {
-      absl::MutexLock lock(&st.mu);
+      MutexLock lock(&st.mu);
       bool busy = false;
       for (const Entry& x : st.entries) {
         if (!Overlaps(unit, hi, x.lo, x.hi)) continue;
@@ -422,7 +422,7 @@ absl::Status WriteRanges::BeginRmw(uint64_t unit, uint64_t length, uint64_t owne
 void WriteRanges::EndRmw(uint64_t unit, uint64_t length, uint64_t owner) {
   Stripe& st = stripes_[(unit >> kShift) % kStripes];
   {
-    absl::MutexLock lock(&st.mu);
+    MutexLock lock(&st.mu);
     for (size_t i = 0; i < st.entries.size(); ++i) {
       const Entry& x = st.entries[i];
       if (x.rmw && x.lo == unit && x.hi == unit + length && x.owner == owner) {

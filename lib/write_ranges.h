@@ -39,7 +39,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 #include "absl/types/span.h"
 
 namespace ext4dio {
@@ -93,7 +93,7 @@ class WriteRanges {
     // Direct entries in `entries` (changed under `mu`; read without it by
     // EndDirect to skip the mutex when there are none).
     std::atomic<uint32_t> slow{0};
-    absl::Mutex mu;
+    Mutex mu;
     std::vector<Entry> entries ABSL_GUARDED_BY(mu);  // slow-path directs and RMWs
   };
 

@@ -18,25 +18,25 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 flags=(-std=c++20 -fsyntax-only -Wthread-safety -Werror=thread-safety -D_GNU_SOURCE
-       -I"$src/lib" $(pkg-config --cflags absl_synchronization))
+       -I"$src/lib" $(pkg-config --cflags absl_time))
 
 cat > "$tmp/case.cc" <<'CC'
 #include "io_gate.h"
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 
 namespace {
 struct Guarded {
   ext4dio::IoGate gate_;
   int map_ ABSL_GUARDED_BY(gate_) = 0;
-  absl::Mutex mu_ ABSL_ACQUIRED_AFTER(gate_);
+  ext4dio::Mutex mu_ ABSL_ACQUIRED_AFTER(gate_);
   int pending_ ABSL_GUARDED_BY(mu_) = 0;
   void ChangeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_) { ++map_; }
   void Good() {
     ext4dio::IoGate::Exclusive exclusive(gate_);
     ChangeLocked();
     map_ = 1;
-    absl::MutexLock lock(&mu_);
+    ext4dio::MutexLock lock(&mu_);
     ++pending_;
   }
   void Bad() {
