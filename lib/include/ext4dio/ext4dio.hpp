@@ -20,58 +20,25 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
-#include "absl/strings/numbers.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "ext4dio/ext4dio.h"
+#include "ext4dio/status.hpp"
 
 namespace ext4dio {
 
-// The absl code a caller should act on for a C API code, with `message`.
+// The status for a C API code (negative) with `message` (the code's text
+// when empty): absl code and typed payload from ext4dio/status.hpp, the same
+// table the library uses. OK for code >= 0.
 inline absl::Status StatusFromCode(int code, const std::string& message) {
-  if (code >= 0) return absl::OkStatus();
-  absl::StatusCode c = absl::StatusCode::kUnknown;
-  switch (-code) {
-    case EXT4DIO_E_NOT_EXT4:
-    case EXT4DIO_E_UNSUPPORTED_FILE:
-    case EXT4DIO_E_UNSUPPORTED_FS:
-    case EXT4DIO_E_NOT_IN_USE:
-    case EXT4DIO_E_NEEDS_ALLOCATION:
-    case EXT4DIO_E_WRITE_REFUSED: c = absl::StatusCode::kFailedPrecondition; break;
-    case EXT4DIO_E_IN_USE: c = absl::StatusCode::kUnavailable; break;
-    case EXT4DIO_E_CORRUPT_FS:
-    case EXT4DIO_E_TRUNCATED:
-    case EXT4DIO_E_CORRUPT_MAP: c = absl::StatusCode::kDataLoss; break;
-    case EXT4DIO_E_MAP_MISMATCH: c = absl::StatusCode::kAborted; break;
-    case EXT4DIO_E_INTERNAL: c = absl::StatusCode::kInternal; break;
-    case ENOENT: case ENOTDIR: c = absl::StatusCode::kNotFound; break;
-    case EACCES: case EPERM: c = absl::StatusCode::kPermissionDenied; break;
-    case EINVAL: case EISDIR: case ELOOP: c = absl::StatusCode::kInvalidArgument; break;
-    case EIO: c = absl::StatusCode::kDataLoss; break;
-    case EBADF: c = absl::StatusCode::kFailedPrecondition; break;
-    case ERANGE: c = absl::StatusCode::kOutOfRange; break;
-    case ENOMEM: case ENOSPC: c = absl::StatusCode::kResourceExhausted; break;
-    case EAGAIN: case EBUSY: c = absl::StatusCode::kUnavailable; break;
-    default: break;
-  }
-  absl::Status status(c, message.empty() ? ext4dio_strerror(code) : message);
-  // The exact C code rides along (see CodeOfStatus).
-  status.SetPayload("ext4dio/code", absl::Cord(std::to_string(code)));
-  return status;
+  return StatusWithCode(code, message.empty() ? ext4dio_strerror(code) : message);
 }
 
-// The C API code (negative) of a status from this wrapper; 0 for OK.
-inline int CodeOfStatus(const absl::Status& status) {
-  if (status.ok()) return 0;
-  if (auto payload = status.GetPayload("ext4dio/code")) {
-    int code = 0;
-    if (absl::SimpleAtoi(std::string(*payload), &code)) return code;
-  }
-  return -EXT4DIO_E_INTERNAL;
-}
+// The C API code (negative) of a status from this wrapper or the library; 0
+// for OK.
+inline int CodeOfStatus(const absl::Status& status) { return CodeFromStatus(status); }
 
-// The C API code behind a status made by StatusFromCode is lost; keep it
-// when needed by calling the C API directly.
+// The status of the calling thread's last failed call, which returned `code`.
 inline absl::Status LastStatus(int code) {
   return StatusFromCode(code, ext4dio_last_error());
 }
