@@ -528,3 +528,5 @@ EXT4DIO_EXPORT const char* ext4dio_strerror(int code) {
 EXT4DIO_EXPORT const char* ext4dio_last_error(void) { return last_error.c_str(); }
 
 EXT4DIO_EXPORT const char* ext4dio_version(void) { return EXT4DIO_VERSION_STRING; }
+
+EXT4DIO_EXPORT int ext4dio_version_number(void) { return EXT4DIO_VERSION_NUMBER; }

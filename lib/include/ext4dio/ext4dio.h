@@ -357,6 +357,11 @@ const char *ext4dio_strerror(int code);
 const char *ext4dio_last_error(void);
 /* The library's version string, e.g. "0.1.0". */
 const char *ext4dio_version(void);
+/* The running library's version as a number: EXT4DIO_VERSION_NUMBER
+ * (version.h) of the library that was loaded, which may be newer than the
+ * headers compiled against. Compare with EXT4DIO_MAKE_VERSION(a, b, c), e.g.
+ * ext4dio_version_number() >= EXT4DIO_MAKE_VERSION(0, 2, 0). */
+int ext4dio_version_number(void);
 
 #ifdef __cplusplus
 } /* extern "C" */
