@@ -12,6 +12,7 @@
 
 #include <linux/falloc.h>
 
+#include "absl/strings/str_format.h"
 #include "errors.h"
 #include "ext4dio/ext4dio.h"
 #include "async_queue.h"
@@ -282,8 +283,14 @@ EXT4DIO_EXPORT int ext4dio_fallocate(ext4dio_file* f, uint32_t mode, uint64_t of
                                      uint64_t length) {
   if (f == nullptr) return Fail(-EINVAL, "NULL argument");
   if (!f->writable) return Fail(-EBADF, "the file was opened read-only");
-  if (mode & ~(EXT4DIO_FALLOC_KEEP_SIZE | EXT4DIO_FALLOC_PUNCH_HOLE | EXT4DIO_FALLOC_ZERO_RANGE))
-    return Fail(-EINVAL, "unknown fallocate mode bits");
+  constexpr uint32_t kKnown =
+      EXT4DIO_FALLOC_KEEP_SIZE | EXT4DIO_FALLOC_PUNCH_HOLE | EXT4DIO_FALLOC_ZERO_RANGE;
+  if (mode & ~kKnown) {
+    return Fail(ext4dio::ErrnoError(
+        EINVAL, absl::StrFormat("fallocate mode 0x%x: unknown bits 0x%x (known: "
+                                 "EXT4DIO_FALLOC_KEEP_SIZE 0x1, _PUNCH_HOLE 0x2, _ZERO_RANGE 0x4)",
+                                 mode, mode & ~kKnown)));
+  }
   int m = 0;
   if (mode & EXT4DIO_FALLOC_KEEP_SIZE) m |= FALLOC_FL_KEEP_SIZE;
   if (mode & EXT4DIO_FALLOC_PUNCH_HOLE) m |= FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;

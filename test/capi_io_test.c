@@ -242,6 +242,11 @@ int main(void) {
 
   CHECK(ext4dio_sync(f) == 0);
 
+  /* An unknown fallocate mode: -EINVAL with a message naming the mode. */
+  CHECK(ext4dio_fallocate(f, 0x80u | EXT4DIO_FALLOC_KEEP_SIZE, 0, BLOCK) == -EINVAL);
+  CHECK(strstr(ext4dio_last_error(), "0x80") != NULL);
+  CHECK(strstr(ext4dio_last_error(), "0x81") != NULL);
+
   struct ext4dio_stats st;
   ext4dio_stats_init(&st);
   CHECK(ext4dio_file_get_stats(f, &st) == 0);
