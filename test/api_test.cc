@@ -1,8 +1,12 @@
-// One code <-> status contract: the library's statuses (lib/errors.h) and
-// the C++ wrapper's (ext4dio.hpp) agree on the absl code of every C API
-// code, and every code survives C -> Status -> C on both sides and across
-// them (a library status read by the wrapper and the other way round).
+// The C++ API contract: one code <-> status mapping (the library's statuses,
+// lib/errors.h, and the wrapper's, ext4dio.hpp, agree on the absl code of
+// every C API code, and every code survives C -> Status -> C on both sides
+// and across them), and the wrapper at parity with the C options.
+#include <poll.h>
+#include <sys/stat.h>
+
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -13,6 +17,7 @@
 #include "errors.h"
 #include "ext4dio/ext4dio.h"
 #include "ext4dio/ext4dio.hpp"
+#include "testutil.h"
 
 namespace ext4dio {
 namespace {
@@ -84,11 +89,13 @@ TEST(StatusContract, AStatusWithoutACodeMapsBackToItsOwnAbslCode) {
     EXPECT_LT(code, 0);
     EXPECT_EQ(code, CodeOfStatus(s));
     // kUnknown, kFailedPrecondition, kAborted and kUnauthenticated have no
-    // errno of their own:
-    // EXT4DIO_E_INTERNAL.
-    if (s.code() != absl::StatusCode::kUnknown && s.code() != absl::StatusCode::kFailedPrecondition &&
-        s.code() != absl::StatusCode::kAborted && s.code() != absl::StatusCode::kUnauthenticated)
+    // errno of their own: EXT4DIO_E_INTERNAL.
+    if (s.code() != absl::StatusCode::kUnknown &&
+        s.code() != absl::StatusCode::kFailedPrecondition &&
+        s.code() != absl::StatusCode::kAborted &&
+        s.code() != absl::StatusCode::kUnauthenticated) {
       EXPECT_EQ(StatusCodeFor(code), s.code());
+    }
   }
   EXPECT_EQ(CodeOf(absl::OkStatus()), 0);
   EXPECT_EQ(CodeOfStatus(absl::OkStatus()), 0);
@@ -119,6 +126,97 @@ TEST(StatusContract, CApiCodeThroughTheWrapper) {
   ASSERT_FALSE(loaded.ok());
   EXPECT_EQ(CodeOfStatus(loaded.status()), -ENOENT);
   EXPECT_EQ(loaded.status().code(), LibraryStatus(-ENOENT).code());
+}
+
+// ---- The wrapper at parity with the C options -------------------------
+
+// Every EXT4DIO_OPEN_* flag has its DirectFileOptions field, and each field
+// sets exactly its flag.
+TEST(WrapperParity, EveryOpenFlagHasAField) {
+  const struct {
+    uint32_t flag;
+    bool DirectFileOptions::*field;
+  } kFlags[] = {
+      {EXT4DIO_OPEN_WRITE, &DirectFileOptions::write},
+      {EXT4DIO_OPEN_DSYNC, &DirectFileOptions::dsync},
+      {EXT4DIO_OPEN_SQPOLL, &DirectFileOptions::sqpoll},
+      {EXT4DIO_OPEN_NO_FALLBACK, &DirectFileOptions::no_fallback},
+      {EXT4DIO_OPEN_REAP_PROMPTLY, &DirectFileOptions::reap_promptly},
+      {EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK, &DirectFileOptions::skip_ownership_check},
+  };
+  uint32_t all = 0;
+  for (const auto& [flag, field] : kFlags) {
+    DirectFileOptions o;
+    o.*field = true;
+    EXPECT_EQ(o.ToC().flags, flag);
+    all |= flag;
+  }
+  // The flags ext4dio.h defines, 0x1 to 0x20, every one covered above.
+  EXPECT_EQ(all, 0x3fu);
+  EXPECT_EQ(DirectFileOptions{}.ToC().flags, 0u);
+}
+
+TEST(WrapperParity, OtherOpenOptionsPassThrough) {
+  DirectFileOptions o;
+  o.queue_depth = 7;
+  o.backend = EXT4DIO_BACKEND_SYNC;
+  o.max_io = 1 << 20;
+  const ext4dio_open_opts c = o.ToC();
+  EXPECT_EQ(c.struct_size, sizeof c);
+  EXPECT_EQ(c.queue_depth, 7u);
+  EXPECT_EQ(c.backend, static_cast<uint32_t>(EXT4DIO_BACKEND_SYNC));
+  EXPECT_EQ(c.max_io, uint64_t{1} << 20);
+}
+
+// End to end in an image: REAP_PROMPTLY is accepted through the wrapper,
+// and the file's map is reachable from it.
+TEST(WrapperParity, OpensWithEveryImageFlag) {
+  testing::TempDir dir;
+  ASSERT_EQ(mkdir((dir / "src").c_str(), 0755), 0);
+  testing::WriteFile(dir / "src/f", std::string(64 * 1024, 'x'));
+  testing::MakeFs("ext4", {"-b", "4096"}, dir / "src", dir / "fs.img", "16M");
+  DirectFileOptions o;
+  o.write = true;
+  o.dsync = true;
+  o.reap_promptly = true;
+  o.skip_ownership_check = true;
+  auto f = DirectFile::Open(Location::InImage(dir / "fs.img", "/f"), o);
+  ASSERT_TRUE(f.ok()) << f.status();
+  auto m = f->MapSnapshot();
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->size(), 64u * 1024);
+  f->Close();
+  EXPECT_EQ(m->size(), 64u * 1024);  // the snapshot outlives the file
+}
+
+// RequestQueue::EventFd: readable once a submitted write completed, and the
+// completion is then reaped without waiting.
+TEST(WrapperParity, QueueEventFdWakesAPollLoop) {
+  testing::TempDir dir;
+  ASSERT_EQ(mkdir((dir / "src").c_str(), 0755), 0);
+  testing::WriteFile(dir / "src/f", std::string(64 * 1024, 'x'));
+  testing::MakeFs("ext4", {"-b", "4096"}, dir / "src", dir / "fs.img", "16M");
+  DirectFileOptions o;
+  o.write = true;
+  auto f = DirectFile::Open(Location::InImage(dir / "fs.img", "/f"), o);
+  ASSERT_TRUE(f.ok()) << f.status();
+  auto q = RequestQueue::Open(*f, 4);
+  ASSERT_TRUE(q.ok()) << q.status();
+  auto efd = q->EventFd();
+  ASSERT_TRUE(efd.ok()) << efd.status();
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, 4096), 0);
+  std::memset(buf, 'y', 4096);
+  ASSERT_TRUE(q->Submit({EXT4DIO_OP_WRITE, buf, 4096, 8192, 42}).ok());
+  pollfd p = {*efd, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 30000), 1);  // a generous bound, not a timing check
+  ext4dio_completion c[2];
+  auto n = q->Reap(c, 2, 0);
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_EQ(*n, 1u);
+  EXPECT_EQ(c[0].cookie, 42u);
+  EXPECT_EQ(c[0].result, 4096);
+  free(buf);
 }
 
 }  // namespace
