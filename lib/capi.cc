@@ -510,6 +510,15 @@ EXT4DIO_EXPORT int ext4dio_queue_reap(ext4dio_queue* q, ext4dio_completion* out,
   });
 }
 
+EXT4DIO_EXPORT int ext4dio_queue_event_fd(ext4dio_queue* q) {
+  if (q == nullptr) return Fail(-EINVAL, "queue is NULL");
+  return Guard([&]() -> int {
+    auto fd = q->queue->EventFd();
+    if (!fd.ok()) return Fail(fd.status());
+    return *fd;
+  });
+}
+
 EXT4DIO_EXPORT const char* ext4dio_strerror(int code) {
   const int c = code < 0 ? -code : code;
   switch (c) {

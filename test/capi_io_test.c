@@ -8,6 +8,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +71,96 @@ static void *aligned(size_t align, size_t n) {
   void *p = NULL;
   if (posix_memalign(&p, align, n) != 0) return NULL;
   return p;
+}
+
+/* Waits (up to 30 s: a generous bound, not a timing assertion) until fd is
+ * readable; 1 when it is. */
+static int readable_within(int fd, int ms) {
+  struct pollfd p = {fd, POLLIN, 0};
+  int r;
+  do {
+    r = poll(&p, 1, ms);
+  } while (r < 0 && errno == EINTR);
+  return r == 1 && (p.revents & POLLIN);
+}
+
+/* ext4dio_queue_event_fd on `backend`: readable after a submitted write
+ * completes (direct, and through the blocking unaligned path), not before
+ * and not after everything was reaped; what it announced is reaped with
+ * min 0. Writes into /c, recorded in model_c. */
+static void event_fd_checks(const struct ext4dio_target *t, uint32_t backend,
+                            unsigned char *model_c, unsigned seed) {
+  struct ext4dio_open_opts o;
+  ext4dio_open_opts_init(&o);
+  o.flags = EXT4DIO_OPEN_WRITE;
+  o.backend = backend;
+  struct ext4dio_file *f = NULL;
+  CHECK(ext4dio_open(t, &o, &f) == 0 && f != NULL);
+  if (f == NULL) return;
+  struct ext4dio_queue *q = NULL;
+  CHECK(ext4dio_queue_open(f, 4, &q) == 0 && q != NULL);
+  if (q == NULL) {
+    ext4dio_close(f);
+    return;
+  }
+  CHECK(ext4dio_queue_event_fd(NULL) == -EINVAL);
+  const int efd = ext4dio_queue_event_fd(q);
+  CHECK(efd >= 0);
+  CHECK(ext4dio_queue_event_fd(q) == efd); /* one per queue */
+  if (efd < 0) goto out;
+  CHECK(!readable_within(efd, 0)); /* nothing submitted */
+  unsigned char *buf = aligned(BLOCK, 2 * BLOCK);
+  struct ext4dio_completion c[4];
+  uint64_t ev;
+  /* 0: an aligned direct write; 1: an unaligned one (the blocking path,
+   * completed without the ring). */
+  for (int k = 0; k < 2; k++) {
+    const uint64_t off = k == 0 ? 256u * 1024 : 300u * 1024 + 7;
+    const uint64_t len = k == 0 ? 2 * BLOCK : 1000;
+    fill(buf, (size_t)len, seed + (unsigned)k);
+    struct ext4dio_request r = {EXT4DIO_OP_WRITE, buf, len, off, 500 + (uint64_t)k};
+    CHECK(ext4dio_queue_submit(q, &r) == 0);
+    CHECK(readable_within(efd, 30000));
+    CHECK(read(efd, &ev, sizeof ev) == (ssize_t)sizeof ev && ev >= 1);
+    int got = 0, n;
+    while ((n = ext4dio_queue_reap(q, c + got, 4 - (size_t)got, 0)) > 0) got += n;
+    CHECK(n == 0);
+    CHECK(got == 1 && c[0].cookie == 500 + (uint64_t)k && c[0].result == (int64_t)len);
+    memcpy(model_c + off, buf, (size_t)len);
+    CHECK(!readable_within(efd, 0)); /* all reaped, counter read */
+  }
+  free(buf);
+out:
+  ext4dio_queue_close(q);
+  CHECK(ext4dio_sync(f) == 0);
+  ext4dio_close(f);
+}
+
+/* A queue whose completion is ready before ext4dio_queue_event_fd is first
+ * called: the new descriptor is readable at once. */
+static void event_fd_late_checks(const struct ext4dio_target *t, unsigned char *model_c) {
+  struct ext4dio_open_opts o;
+  ext4dio_open_opts_init(&o);
+  o.flags = EXT4DIO_OPEN_WRITE;
+  o.backend = EXT4DIO_BACKEND_SYNC;
+  struct ext4dio_file *f = NULL;
+  CHECK(ext4dio_open(t, &o, &f) == 0 && f != NULL);
+  if (f == NULL) return;
+  struct ext4dio_queue *q = NULL;
+  CHECK(ext4dio_queue_open(f, 4, &q) == 0 && q != NULL);
+  unsigned char *buf = aligned(BLOCK, BLOCK);
+  fill(buf, BLOCK, 77);
+  struct ext4dio_request r = {EXT4DIO_OP_WRITE, buf, BLOCK, 320u * 1024, 9};
+  CHECK(q != NULL && ext4dio_queue_submit(q, &r) == 0);
+  memcpy(model_c + r.offset, buf, BLOCK);
+  const int efd = q ? ext4dio_queue_event_fd(q) : -1;
+  CHECK(efd >= 0 && readable_within(efd, 30000));
+  struct ext4dio_completion c;
+  CHECK(q != NULL && ext4dio_queue_reap(q, &c, 1, 0) == 1 && c.cookie == 9);
+  ext4dio_queue_close(q);
+  free(buf);
+  CHECK(ext4dio_sync(f) == 0);
+  ext4dio_close(f);
 }
 
 int main(void) {
@@ -361,6 +452,11 @@ int main(void) {
   CHECK(ext4dio_sync(f) == 0);
   ext4dio_close(f);
   ext4dio_close(NULL);
+
+  /* ---- a pollable descriptor for queue completions --------------------- */
+  event_fd_checks(&t, EXT4DIO_BACKEND_URING, model_c, 40);
+  event_fd_checks(&t, EXT4DIO_BACKEND_SYNC, model_c, 50);
+  event_fd_late_checks(&t, model_c);
 
   /* ---- read back independently ---------------------------------------- */
   CHECK(debugfs_matches(image, "/f", model_f, F_SIZE));

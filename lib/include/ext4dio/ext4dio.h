@@ -350,6 +350,16 @@ int ext4dio_queue_submit_batch(struct ext4dio_queue *queue,
  * max completions; returns how many, or a negative code. */
 int ext4dio_queue_reap(struct ext4dio_queue *queue, struct ext4dio_completion *out,
                        size_t max, size_t min);
+/* A pollable descriptor for event loops (poll, epoll, io_uring poll): an
+ * eventfd that becomes readable (POLLIN) whenever a completion is ready for
+ * ext4dio_queue_reap, on every backend (io_uring_register_eventfd on the
+ * queue's ring; the sync backend and blocking paths signal it themselves).
+ * Made at the first call (later calls return the same one), owned by the
+ * queue and closed by ext4dio_queue_close: do not close it. Its count is not
+ * a number of completions: after a wakeup, read(2) 8 bytes from it to
+ * re-arm it (it is non-blocking) and reap with min 0 until reap returns
+ * fewer than max. Returns the descriptor or a negative code. */
+int ext4dio_queue_event_fd(struct ext4dio_queue *queue);
 
 /* Text for a code returned by this library (negative) or an errno. */
 const char *ext4dio_strerror(int code);
