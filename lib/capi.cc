@@ -322,10 +322,29 @@ EXT4DIO_EXPORT int ext4dio_file_get_info(const ext4dio_file* f, ext4dio_file_inf
   full.mounted = file.mounted() ? 1 : 0;
   {
     std::lock_guard<std::mutex> lock(f->mu);
-    f->warning = file.warning();
+    f->warning = file.warning(&full.fast_path_reason);
     full.warning = f->warning.empty() ? nullptr : f->warning.c_str();
   }
   return CopyOut(full, info);
+}
+
+EXT4DIO_EXPORT const char* ext4dio_fast_path_reason_name(uint32_t reason) {
+  switch (reason) {
+    case EXT4DIO_FAST_PATH_NONE: return "none";
+    case EXT4DIO_FAST_PATH_NO_DEVICE: return "no-device";
+    case EXT4DIO_FAST_PATH_DEVICE_UNAVAILABLE: return "device-unavailable";
+    case EXT4DIO_FAST_PATH_NO_PRIVILEGE: return "no-privilege";
+    case EXT4DIO_FAST_PATH_DEVICE_REFUSED: return "device-refused";
+    case EXT4DIO_FAST_PATH_LEASE_UNAVAILABLE: return "lease-unavailable";
+    case EXT4DIO_FAST_PATH_LEASE_BROKEN: return "lease-broken";
+    case EXT4DIO_FAST_PATH_APPEND_ONLY: return "append-only";
+    case EXT4DIO_FAST_PATH_FS_STOPPED: return "fs-stopped";
+    case EXT4DIO_FAST_PATH_MAP_MISMATCH: return "map-mismatch";
+    case EXT4DIO_FAST_PATH_REMAP_FAILED: return "remap-failed";
+    case EXT4DIO_FAST_PATH_CACHE_FAILED: return "cache-failed";
+    case EXT4DIO_FAST_PATH_RESTART_REFUSED: return "restart-refused";
+  }
+  return "unknown";
 }
 
 EXT4DIO_EXPORT const ext4dio_map* ext4dio_file_map(const ext4dio_file* f) {

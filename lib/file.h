@@ -42,6 +42,7 @@
 #include "device.h"
 #include "executor.h"
 #include "executor_pool.h"
+#include "ext4dio/ext4dio.h"
 #include "extent_map.h"
 #include "io_gate.h"
 #include "map_loader.h"
@@ -124,7 +125,9 @@ class File : public std::enable_shared_from_this<File> {
   // Whether I/O currently goes straight to the device (image mode: always).
   virtual bool fast_path() const = 0;
   // Why the fast path is off (or the map less trusted); "" if nothing.
-  std::string warning() const;
+  // *reason (when given): the same as an EXT4DIO_FAST_PATH_* code, read
+  // with the text.
+  std::string warning(uint32_t* reason = nullptr) const;
 
   // The plan Pwrite would follow; with show_refused, ranges needing
   // allocation are kRefused pieces instead of an error.
@@ -240,6 +243,7 @@ class File : public std::enable_shared_from_this<File> {
   WriteRanges ranges_;
   mutable std::mutex warning_mu_;
   std::string warning_;  // what warning() says
+  uint32_t fast_path_reason_ = EXT4DIO_FAST_PATH_NONE;  // with warning_
   // Mounted: file ranges the page cache kept after a drop, for the next
   // SetMap (MapState::kernel_only). Inside the gate's Exclusive only.
   RangeList kernel_only_next_;

@@ -217,6 +217,7 @@ int main(void) {
   CHECK(info.backend == EXT4DIO_BACKEND_URING || info.backend == EXT4DIO_BACKEND_SYNC);
   CHECK(info.max_io >= info.offset_align);
   CHECK(info.fast_path == 1);
+  CHECK(info.fast_path_reason == EXT4DIO_FAST_PATH_NONE); /* image mode: always on */
   CHECK(info.warning == NULL);
   /* struct_size protocol: an older, shorter struct gets only its prefix. */
   struct ext4dio_file_info small;

@@ -237,6 +237,37 @@ int ext4dio_truncate(struct ext4dio_file *file, uint64_t size);
 int ext4dio_fallocate(struct ext4dio_file *file, uint32_t mode, uint64_t offset,
                       uint64_t length);
 
+/* Why a file's fast path is off (ext4dio_file_info.fast_path_reason): the
+ * code beside the warning's text. ext4dio_fast_path_reason_name() names it. */
+enum ext4dio_fast_path_reason {
+  EXT4DIO_FAST_PATH_NONE = 0,        /* on (image mode: always) */
+  EXT4DIO_FAST_PATH_NO_DEVICE = 1,   /* no device node for the filesystem
+                                        (e.g. a container without its /dev) */
+  EXT4DIO_FAST_PATH_DEVICE_UNAVAILABLE = 2, /* the device cannot be opened */
+  EXT4DIO_FAST_PATH_NO_PRIVILEGE = 3, /* no permission to the device or its
+                                         metadata, or no write lease (not the
+                                         file's owner, no CAP_LEASE) */
+  EXT4DIO_FAST_PATH_DEVICE_REFUSED = 4, /* the kernel refuses writes to a
+                                           mounted block device (EBUSY) */
+  EXT4DIO_FAST_PATH_LEASE_UNAVAILABLE = 5, /* open elsewhere when opened
+                                              here: retried until it is not */
+  EXT4DIO_FAST_PATH_LEASE_BROKEN = 6, /* another process opened or truncated
+                                         it: retried until it is free again */
+  EXT4DIO_FAST_PATH_APPEND_ONLY = 7,  /* chattr +a: writes at EOF only */
+  EXT4DIO_FAST_PATH_FS_STOPPED = 8,   /* read-only remount, shutdown or
+                                         filesystem errors */
+  EXT4DIO_FAST_PATH_MAP_MISMATCH = 9, /* a re-read map disagreed with FIEMAP */
+  EXT4DIO_FAST_PATH_REMAP_FAILED = 10, /* re-reading the map failed */
+  EXT4DIO_FAST_PATH_CACHE_FAILED = 11, /* writing back and dropping the
+                                          page cache failed */
+  EXT4DIO_FAST_PATH_RESTART_REFUSED = 12 /* retaking it after a lease break
+                                            failed: the file or filesystem
+                                            changed meanwhile (the warning
+                                            says how) */
+};
+/* "none", "no-device", ... ; "unknown" for a code this library lacks. */
+const char *ext4dio_fast_path_reason_name(uint32_t reason);
+
 struct ext4dio_file_info {
   size_t struct_size;
   uint64_t size;              /* i_size */
@@ -249,6 +280,9 @@ struct ext4dio_file_info {
   const char *warning;        /* NULL or text (why the fast path is off);
                                  valid until the next call on this file */
   int mounted;                /* 1: a file on a mounted filesystem */
+  uint32_t fast_path_reason;  /* enum ext4dio_fast_path_reason: why
+                                 fast_path is 0, read with `warning` (NONE
+                                 while it is 1). Since 0.1.0 */
 };
 void ext4dio_file_info_init(struct ext4dio_file_info *info);
 int ext4dio_file_get_info(const struct ext4dio_file *file, struct ext4dio_file_info *info);
