@@ -112,21 +112,23 @@ static void event_fd_checks(const struct ext4dio_target *t, uint32_t backend,
   unsigned char *buf = aligned(BLOCK, 2 * BLOCK);
   struct ext4dio_completion c[4];
   uint64_t ev;
-  /* 0: an aligned direct write; 1: an unaligned one (the blocking path,
-   * completed without the ring). */
-  for (int k = 0; k < 2; k++) {
-    const uint64_t off = k == 0 ? 256u * 1024 : 300u * 1024 + 7;
-    const uint64_t len = k == 0 ? 2 * BLOCK : 1000;
-    fill(buf, (size_t)len, seed + (unsigned)k);
-    struct ext4dio_request r = {EXT4DIO_OP_WRITE, buf, len, off, 500 + (uint64_t)k};
+  /* 0: an aligned direct write; 1: an unaligned one (the blocking path);
+   * 2: a read past EOF (no I/O at all: completed without the ring). */
+  for (int k = 0; k < 3; k++) {
+    const uint64_t off = k == 0 ? 256u * 1024 : k == 1 ? 300u * 1024 + 7 : 2u * C_SIZE;
+    const uint64_t len = k == 0 ? 2 * BLOCK : k == 1 ? 1000 : BLOCK;
+    if (k < 2) fill(buf, (size_t)len, seed + (unsigned)k);
+    struct ext4dio_request r = {k < 2 ? EXT4DIO_OP_WRITE : EXT4DIO_OP_READ, buf, len, off,
+                                500 + (uint64_t)k};
     CHECK(ext4dio_queue_submit(q, &r) == 0);
     CHECK(readable_within(efd, 30000));
     CHECK(read(efd, &ev, sizeof ev) == (ssize_t)sizeof ev && ev >= 1);
     int got = 0, n;
     while ((n = ext4dio_queue_reap(q, c + got, 4 - (size_t)got, 0)) > 0) got += n;
     CHECK(n == 0);
-    CHECK(got == 1 && c[0].cookie == 500 + (uint64_t)k && c[0].result == (int64_t)len);
-    memcpy(model_c + off, buf, (size_t)len);
+    CHECK(got == 1 && c[0].cookie == 500 + (uint64_t)k &&
+          c[0].result == (k < 2 ? (int64_t)len : 0));
+    if (k < 2) memcpy(model_c + off, buf, (size_t)len);
     CHECK(!readable_within(efd, 0)); /* all reaped, counter read */
   }
   free(buf);
