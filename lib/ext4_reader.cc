@@ -49,10 +49,14 @@ std::string FeatureNames(int compat, uint32_t bits) {
 // libext2fs cannot open, named ("" when the superblock cannot be read):
 // libext2fs's refusal itself does not say which.
 std::string UnsupportedIncompat(const std::string& source, uint64_t offset) {
-  const int fd = ::open(source.c_str(), O_RDONLY | O_CLOEXEC);
+  // Non-blocking, and only files and block devices: a FIFO would wait here.
+  const int fd = ::open(source.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return "";
+  struct stat st;
   ext2_super_block sb;
-  const ssize_t n = ::pread(fd, &sb, sizeof sb, static_cast<off_t>(offset + SUPERBLOCK_OFFSET));
+  ssize_t n = -1;
+  if (::fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)))
+    n = ::pread(fd, &sb, sizeof sb, static_cast<off_t>(offset + SUPERBLOCK_OFFSET));
   ::close(fd);
   if (n != static_cast<ssize_t>(sizeof sb) || ext2fs_le16_to_cpu(sb.s_magic) != EXT2_SUPER_MAGIC)
     return "";

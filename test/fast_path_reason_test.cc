@@ -137,6 +137,27 @@ TEST_F(FastPathReasonTest, LeaseBroken) {
   close(other);
 }
 
+// While the lease is away the file becomes immutable: retaking it is
+// refused (RESTART_REFUSED), not retried as a busy file.
+TEST_F(FastPathReasonTest, RestartRefused) {
+  const std::string path = mount_ / "immutable";
+  WriteSynced(path, 64 * 1024);
+  Opened o;
+  OpenMounted(path, true, &o);
+  ASSERT_EQ(o.rc, 0) << ext4dio_last_error();
+  ASSERT_EQ(Info(o.f).fast_path, 1);
+  const int other = open(path.c_str(), O_RDONLY);  // breaks the lease
+  ASSERT_GE(other, 0);
+  ASSERT_EQ(ReasonOnceNot(o.f, EXT4DIO_FAST_PATH_NONE), uint32_t{EXT4DIO_FAST_PATH_LEASE_BROKEN});
+  ASSERT_EQ(Sh("chattr +i " + Quote(path)).exit_code, 0);
+  testing::Defer undo([&] { Sh("chattr -i " + Quote(path)); });
+  close(other);
+  EXPECT_EQ(ReasonOnceNot(o.f, EXT4DIO_FAST_PATH_LEASE_BROKEN),
+            uint32_t{EXT4DIO_FAST_PATH_RESTART_REFUSED})
+      << Info(o.f).warning;
+  EXPECT_EQ(Info(o.f).fast_path, 0);
+}
+
 TEST_F(FastPathReasonTest, AppendOnly) {
   const std::string path = mount_ / "append";
   WriteSynced(path, 64 * 1024);
