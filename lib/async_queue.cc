@@ -1,5 +1,11 @@
 #include "async_queue.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "errors.h"
 #include "file.h"
 
 namespace ext4dio {
@@ -9,7 +15,24 @@ AsyncQueue::AsyncQueue(std::shared_ptr<File> file, std::unique_ptr<DeviceExecuto
 
 AsyncQueue::~AsyncQueue() {
   (void)executor_->Drain();
+  if (event_fd_ >= 0) {
+    // Unregistered before it closes: the number may be reused at once.
+    (void)executor_->SetEventFd(-1);
+    ::close(event_fd_);
+  }
   file_->RetireExecutor(std::move(executor_));
+}
+
+absl::StatusOr<int> AsyncQueue::EventFd() {
+  if (event_fd_ >= 0) return event_fd_;
+  const int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return ErrnoError(errno, "eventfd");
+  if (absl::Status s = executor_->SetEventFd(fd); !s.ok()) {
+    ::close(fd);
+    return s;
+  }
+  event_fd_ = fd;
+  return fd;
 }
 
 absl::Status AsyncQueue::Submit(const AsyncRequest& r) {

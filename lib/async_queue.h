@@ -57,6 +57,12 @@ class AsyncQueue {
   [[nodiscard]] absl::Status RegisterBuffers(void* base, size_t bytes) {
     return executor_->RegisterBuffers(base, bytes);
   }
+  // An eventfd (created at the first call, owned by the queue, closed with
+  // it) that becomes readable whenever a completion is ready for Reap, on
+  // every backend: for poll/epoll loops. Its count is not a number of
+  // completions: after a wakeup, read it (or not) and Reap with
+  // min_complete 0 until it returns fewer than asked.
+  [[nodiscard]] absl::StatusOr<int> EventFd();
   // Requests submitted and not yet reaped.
   size_t outstanding() const { return executor_->outstanding(); }
   uint32_t depth() const { return executor_->depth(); }
@@ -64,6 +70,7 @@ class AsyncQueue {
  private:
   std::shared_ptr<File> file_;  // kept open until the queue goes
   std::unique_ptr<DeviceExecutor> executor_;
+  int event_fd_ = -1;
 };
 
 }  // namespace ext4dio

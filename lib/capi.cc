@@ -11,6 +11,7 @@
 
 #include <linux/falloc.h>
 
+#include "absl/strings/str_format.h"
 #include "errors.h"
 #include "ext4dio/ext4dio.h"
 #include "async_queue.h"
@@ -281,8 +282,14 @@ EXT4DIO_EXPORT int ext4dio_fallocate(ext4dio_file* f, uint32_t mode, uint64_t of
                                      uint64_t length) {
   if (f == nullptr) return Fail(-EINVAL, "NULL argument");
   if (!f->writable) return Fail(-EBADF, "the file was opened read-only");
-  if (mode & ~(EXT4DIO_FALLOC_KEEP_SIZE | EXT4DIO_FALLOC_PUNCH_HOLE | EXT4DIO_FALLOC_ZERO_RANGE))
-    return Fail(-EINVAL, "unknown fallocate mode bits");
+  constexpr uint32_t kKnown =
+      EXT4DIO_FALLOC_KEEP_SIZE | EXT4DIO_FALLOC_PUNCH_HOLE | EXT4DIO_FALLOC_ZERO_RANGE;
+  if (mode & ~kKnown) {
+    return Fail(ext4dio::ErrnoError(
+        EINVAL, absl::StrFormat("fallocate mode 0x%x: unknown bits 0x%x (known: "
+                                 "EXT4DIO_FALLOC_KEEP_SIZE 0x1, _PUNCH_HOLE 0x2, _ZERO_RANGE 0x4)",
+                                 mode, mode & ~kKnown)));
+  }
   int m = 0;
   if (mode & EXT4DIO_FALLOC_KEEP_SIZE) m |= FALLOC_FL_KEEP_SIZE;
   if (mode & EXT4DIO_FALLOC_PUNCH_HOLE) m |= FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
@@ -314,10 +321,29 @@ EXT4DIO_EXPORT int ext4dio_file_get_info(const ext4dio_file* f, ext4dio_file_inf
   full.mounted = file.mounted() ? 1 : 0;
   {
     ext4dio::MutexLock lock(&f->mu);
-    f->warning = file.warning();
+    f->warning = file.warning(&full.fast_path_reason);
     full.warning = f->warning.empty() ? nullptr : f->warning.c_str();
   }
   return CopyOut(full, info);
+}
+
+EXT4DIO_EXPORT const char* ext4dio_fast_path_reason_name(uint32_t reason) {
+  switch (reason) {
+    case EXT4DIO_FAST_PATH_NONE: return "none";
+    case EXT4DIO_FAST_PATH_NO_DEVICE: return "no-device";
+    case EXT4DIO_FAST_PATH_DEVICE_UNAVAILABLE: return "device-unavailable";
+    case EXT4DIO_FAST_PATH_NO_PRIVILEGE: return "no-privilege";
+    case EXT4DIO_FAST_PATH_DEVICE_REFUSED: return "device-refused";
+    case EXT4DIO_FAST_PATH_LEASE_UNAVAILABLE: return "lease-unavailable";
+    case EXT4DIO_FAST_PATH_LEASE_BROKEN: return "lease-broken";
+    case EXT4DIO_FAST_PATH_APPEND_ONLY: return "append-only";
+    case EXT4DIO_FAST_PATH_FS_STOPPED: return "fs-stopped";
+    case EXT4DIO_FAST_PATH_MAP_MISMATCH: return "map-mismatch";
+    case EXT4DIO_FAST_PATH_REMAP_FAILED: return "remap-failed";
+    case EXT4DIO_FAST_PATH_CACHE_FAILED: return "cache-failed";
+    case EXT4DIO_FAST_PATH_RESTART_REFUSED: return "restart-refused";
+  }
+  return "unknown";
 }
 
 EXT4DIO_EXPORT const ext4dio_map* ext4dio_file_map(const ext4dio_file* f) {
@@ -502,6 +528,15 @@ EXT4DIO_EXPORT int ext4dio_queue_reap(ext4dio_queue* q, ext4dio_completion* out,
   });
 }
 
+EXT4DIO_EXPORT int ext4dio_queue_event_fd(ext4dio_queue* q) {
+  if (q == nullptr) return Fail(-EINVAL, "queue is NULL");
+  return Guard([&]() -> int {
+    auto fd = q->queue->EventFd();
+    if (!fd.ok()) return Fail(fd.status());
+    return *fd;
+  });
+}
+
 EXT4DIO_EXPORT const char* ext4dio_strerror(int code) {
   const int c = code < 0 ? -code : code;
   switch (c) {
@@ -527,3 +562,5 @@ EXT4DIO_EXPORT const char* ext4dio_strerror(int code) {
 EXT4DIO_EXPORT const char* ext4dio_last_error(void) { return last_error.c_str(); }
 
 EXT4DIO_EXPORT const char* ext4dio_version(void) { return EXT4DIO_VERSION_STRING; }
+
+EXT4DIO_EXPORT int ext4dio_version_number(void) { return EXT4DIO_VERSION_NUMBER; }

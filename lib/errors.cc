@@ -11,68 +11,28 @@ extern "C" {
 #include <ext2fs/ext2_err.h>
 }
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "ext4dio/status.hpp"
 
 namespace ext4dio {
 namespace {
 
-constexpr absl::string_view kCodePayload = "ext4dio/code";
-
-absl::StatusCode CanonicalFor(ext4dio_error code) {
-  switch (code) {
-    case EXT4DIO_E_NOT_EXT4:
-    case EXT4DIO_E_UNSUPPORTED_FILE:
-    case EXT4DIO_E_UNSUPPORTED_FS:
-    case EXT4DIO_E_NOT_IN_USE:
-    case EXT4DIO_E_NEEDS_ALLOCATION:
-    case EXT4DIO_E_WRITE_REFUSED:
-      return absl::StatusCode::kFailedPrecondition;
-    case EXT4DIO_E_IN_USE:
-      return absl::StatusCode::kUnavailable;
-    case EXT4DIO_E_CORRUPT_FS:
-    case EXT4DIO_E_TRUNCATED:
-    case EXT4DIO_E_CORRUPT_MAP:
-      return absl::StatusCode::kDataLoss;
-    case EXT4DIO_E_MAP_MISMATCH:
-      return absl::StatusCode::kAborted;
-    case EXT4DIO_E_INTERNAL:
-      return absl::StatusCode::kInternal;
-  }
-  return absl::StatusCode::kUnknown;
-}
-
-absl::StatusCode CanonicalForErrno(int err) {
-  switch (err) {
-    case ENOENT: case ENOTDIR: return absl::StatusCode::kNotFound;
-    case EACCES: case EPERM: return absl::StatusCode::kPermissionDenied;
-    case EINVAL: case EISDIR: case ENAMETOOLONG: case ELOOP:
-      return absl::StatusCode::kInvalidArgument;
-    case EAGAIN: case EBUSY: return absl::StatusCode::kUnavailable;
-    case ENOSPC: case EDQUOT: return absl::StatusCode::kResourceExhausted;
-    case ERANGE: case EFBIG: return absl::StatusCode::kOutOfRange;
-    case EOPNOTSUPP: return absl::StatusCode::kUnimplemented;
-    case EEXIST: return absl::StatusCode::kAlreadyExists;
-    default: return absl::StatusCode::kUnknown;
-  }
-}
-
-absl::Status WithCode(absl::StatusCode canonical, absl::string_view message,
-                      int code) {
-  absl::Status s(canonical, message);
-  s.SetPayload(kCodePayload, absl::Cord(std::to_string(code)));
-  return s;
+// The status for C API code `code`: its absl code and typed payload come
+// from ext4dio/status.hpp, the table the C++ wrapper uses too.
+// A code that is not negative (ErrnoError(0, ...) after a call that did not
+// set errno) must still be an error: it becomes EXT4DIO_E_INTERNAL.
+absl::Status WithCode(absl::string_view message, int code) {
+  return StatusWithCode(code < 0 ? code : -EXT4DIO_E_INTERNAL, message);
 }
 
 }  // namespace
 
 absl::Status LibError(ext4dio_error code, absl::string_view message) {
-  return WithCode(CanonicalFor(code), message, -static_cast<int>(code));
+  return WithCode(message, -static_cast<int>(code));
 }
 
 absl::Status ErrnoError(int err, absl::string_view context) {
-  return WithCode(CanonicalForErrno(err),
-                  absl::StrCat(context, ": ", std::strerror(err)), -err);
+  return WithCode(absl::StrCat(context, ": ", std::strerror(err)), -err);
 }
 
 absl::string_view Ext2fsMessage(long errcode) {
@@ -96,24 +56,7 @@ absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
   return out;
 }
 
-int CodeOf(const absl::Status& status) {
-  if (status.ok()) return 0;
-  if (auto payload = status.GetPayload(kCodePayload)) {
-    int code = 0;
-    if (absl::SimpleAtoi(std::string(*payload), &code) && code < 0) return code;
-  }
-  switch (status.code()) {
-    case absl::StatusCode::kNotFound: return -ENOENT;
-    case absl::StatusCode::kPermissionDenied: return -EACCES;
-    case absl::StatusCode::kInvalidArgument: return -EINVAL;
-    case absl::StatusCode::kOutOfRange: return -ERANGE;
-    case absl::StatusCode::kResourceExhausted: return -ENOMEM;
-    case absl::StatusCode::kUnavailable: return -EAGAIN;
-    case absl::StatusCode::kUnimplemented: return -EOPNOTSUPP;
-    case absl::StatusCode::kDataLoss: return -EXT4DIO_E_CORRUPT_MAP;
-    default: return -EXT4DIO_E_INTERNAL;
-  }
-}
+int CodeOf(const absl::Status& status) { return CodeFromStatus(status); }
 
 bool IsAccessError(const absl::Status& status) {
   const int code = CodeOf(status);

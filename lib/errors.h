@@ -1,6 +1,7 @@
 // Errors inside libext4dio: absl::Status values that also carry the C API's
 // code (an errno or an EXT4DIO_E_* value), so the C layer can return exactly
-// what went wrong and the message says where.
+// what went wrong and the message says where. The absl code and the code's
+// payload come from ext4dio/status.hpp, shared with the C++ wrapper.
 //
 // Thread-safety: free functions, no shared state.
 #ifndef EXT4DIO_LIB_ERRORS_H_

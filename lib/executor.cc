@@ -1,5 +1,7 @@
 #include "executor.h"
 
+#include <sys/eventfd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -267,7 +269,22 @@ void DeviceExecutor::Abort(uint32_t r) {
   FlushKernelEnded();
 }
 
-void DeviceExecutor::Complete(const AsyncCompletion& c) { ready_.push_back(c); }
+void DeviceExecutor::Complete(const AsyncCompletion& c) {
+  ready_.push_back(c);
+  SignalReady();
+}
+
+void DeviceExecutor::SignalReady() {
+  if (event_fd_ < 0 || from_results_) return;
+  (void)::eventfd_write(event_fd_, 1);  // fails only when already readable
+}
+
+absl::Status DeviceExecutor::SetEventFd(int fd) {
+  if (absl::Status s = queue_->SetEventFd(fd); !s.ok()) return s;
+  event_fd_ = fd;
+  if (fd >= 0 && HasReady()) (void)::eventfd_write(fd, 1);  // ready before it existed
+  return absl::OkStatus();
+}
 
 void DeviceExecutor::FailOp(uint32_t i, int64_t code, bool not_submitted) {
   Op& op = ops_[i];
@@ -334,6 +351,7 @@ void DeviceExecutor::Finish(uint32_t r) {
     return;  // Wait frees it
   }
   ready_.push_back(c);
+  SignalReady();
   q.ops.clear();
   free_reqs_.push_back(r);
 }
@@ -406,6 +424,7 @@ absl::Status DeviceExecutor::ReapSome(size_t min_complete) {
     broken_ = true;
     return got.status();
   }
+  from_results_ = true;  // the backend signalled each of these
   for (size_t k = 0; k < *got; ++k) {
     const uint64_t tag = results_[k].tag;
     const uint32_t i = static_cast<uint32_t>(tag);
@@ -428,6 +447,7 @@ absl::Status DeviceExecutor::ReapSome(size_t min_complete) {
     op.wrote_all = !op.zombie && res > 0 && static_cast<uint64_t>(res) == op.length;
     FinishOp(i);
   }
+  from_results_ = false;
   // Freed slots take queued ops at once: a request must never sit with
   // ops queued and nothing in flight while it holds write ranges.
   absl::Status s = Pump(0);

@@ -139,6 +139,13 @@ class DeviceExecutor final : public IoGate::Member {
     Add(kernel_ops_, 1);
   }
   [[nodiscard]] absl::Status RegisterBuffers(void* base, size_t bytes);
+  // Signals eventfd `fd` (-1: stop) whenever a completion becomes ready for
+  // Reap: the ring's results through the backend (IoQueue::SetEventFd),
+  // completions made without one (blocking paths, requests without I/O,
+  // failed submissions) here. The caller keeps `fd` open until it sets -1.
+  [[nodiscard]] absl::Status SetEventFd(int fd);
+  // Whether completions are ready to reap without waiting.
+  bool HasReady() const { return ready_head_ < ready_.size() || queue_->ReadyApprox() > 0; }
 
   size_t outstanding() const { return live_ + ready_.size() - ready_head_; }
   uint32_t depth() const { return queue_->depth(); }
@@ -192,6 +199,9 @@ class DeviceExecutor final : public IoGate::Member {
   size_t live_ = 0;  // requests committed and not finished
   std::vector<std::pair<uint64_t, AlignedBuf>> bounces_;  // free bounce buffers by size
   bool broken_ = false;
+  int event_fd_ = -1;        // SetEventFd's
+  bool from_results_ = false;  // inside ReapSome: the backend signalled these
+  void SignalReady();
   Failure last_failure_;
   std::vector<PendingRemap::WriteEnd> kernel_ended_;  // told at the next FlushKernelEnded
   void FlushKernelEnded() {

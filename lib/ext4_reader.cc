@@ -17,15 +17,56 @@
 #include <utility>
 
 #include <ext2fs/ext2fs.h>
+// e2p's header has no extern "C" of its own.
+extern "C" {
+#include <e2p/e2p.h>
+}
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "errors.h"
 #include "ownership.h"
 
 namespace ext4dio {
 namespace {
+
+// The features in `bits` of kind `compat` (E2P_FEATURE_*), as e2fsprogs
+// spells them ("FEATURE_I31" for a bit it does not know either).
+std::string FeatureNames(int compat, uint32_t bits) {
+  std::vector<std::string> names;
+  for (int i = 0; i < 32; ++i) {
+    if (!(bits & (1u << i))) continue;
+    char name[64];
+    e2p_feature_to_string(compat, 1u << i, name, sizeof name);  // not the static buffer
+    names.emplace_back(name);
+  }
+  return absl::StrJoin(names, ", ");
+}
+
+// The incompat features of the superblock at `offset` in `source` that
+// libext2fs cannot open, named ("" when the superblock cannot be read):
+// libext2fs's refusal itself does not say which.
+std::string UnsupportedIncompat(const std::string& source, uint64_t offset) {
+  // Non-blocking, and only files and block devices: a FIFO would wait here.
+  const int fd = ::open(source.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return "";
+  struct stat st;
+  ext2_super_block sb;
+  ssize_t n = -1;
+  if (::fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)))
+    n = ::pread(fd, &sb, sizeof sb, static_cast<off_t>(offset + SUPERBLOCK_OFFSET));
+  ::close(fd);
+  if (n != static_cast<ssize_t>(sizeof sb) || ext2fs_le16_to_cpu(sb.s_magic) != EXT2_SUPER_MAGIC)
+    return "";
+  const uint32_t bits = ext2fs_le32_to_cpu(sb.s_feature_incompat) &
+                        ~static_cast<uint32_t>(EXT2_LIB_FEATURE_INCOMPAT_SUPP |
+                                               EXT2_LIB_SOFTSUPP_INCOMPAT);
+  if (bits == 0) return "";
+  return absl::StrFormat("%s (incompat bits 0x%x)", FeatureNames(E2P_FEATURE_INCOMPAT, bits),
+                         bits);
+}
 
 // Marks a status as a checksum failure: on a live filesystem these can be a
 // block caught mid-update, so they are retried before being reported.
@@ -231,9 +272,13 @@ absl::StatusOr<std::unique_ptr<Ext4Reader>> Ext4Reader::OpenOnce(
                                             "(no superblock magic)"));
       case EXT2_ET_UNSUPP_FEATURE:
       case EXT2_ET_RO_UNSUPP_FEATURE:
-      case EXT2_ET_REV_TOO_HIGH:
+      case EXT2_ET_REV_TOO_HIGH: {
+        const std::string which =
+            err == EXT2_ET_UNSUPP_FEATURE ? UnsupportedIncompat(source, options.offset) : "";
         return LibError(EXT4DIO_E_UNSUPPORTED_FS,
-                        absl::StrCat(where, ": ", Ext2fsMessage(err)));
+                        absl::StrCat(where, ": ", Ext2fsMessage(err),
+                                     which.empty() ? "" : ": ", which));
+      }
       case EXT2_ET_SHORT_READ:
         return LibError(EXT4DIO_E_TRUNCATED,
                         absl::StrCat(where, ": truncated: ", Ext2fsMessage(err)));
@@ -629,16 +674,18 @@ absl::Status Ext4Reader::WriteRefusal() {
       EXT4_FEATURE_RO_COMPAT_METADATA_CSUM | EXT4_FEATURE_RO_COMPAT_PROJECT |
       EXT4_FEATURE_RO_COMPAT_VERITY | EXT4_FEATURE_RO_COMPAT_ORPHAN_PRESENT;
   if (sb->s_feature_incompat & ~kKnownIncompat) {
-    return refuse(absl::StrFormat("unknown incompat features 0x%x",
-                                  sb->s_feature_incompat & ~kKnownIncompat));
+    const uint32_t bits = sb->s_feature_incompat & ~kKnownIncompat;
+    return refuse(absl::StrFormat("unknown incompat features 0x%x (%s)", bits,
+                                  FeatureNames(E2P_FEATURE_INCOMPAT, bits)));
   }
   if (sb->s_feature_ro_compat & EXT4_FEATURE_RO_COMPAT_SHARED_BLOCKS)
     return refuse("the shared_blocks feature is set: a block may belong to several files");
   if (sb->s_feature_ro_compat & EXT4_FEATURE_RO_COMPAT_READONLY)
     return refuse("the read-only feature is set");
   if (sb->s_feature_ro_compat & ~kKnownRoCompat) {
-    return refuse(absl::StrFormat("unknown ro_compat features 0x%x",
-                                  sb->s_feature_ro_compat & ~kKnownRoCompat));
+    const uint32_t bits = sb->s_feature_ro_compat & ~kKnownRoCompat;
+    return refuse(absl::StrFormat("unknown ro_compat features 0x%x (%s)", bits,
+                                  FeatureNames(E2P_FEATURE_RO_INCOMPAT, bits)));
   }
   if (ext2fs_has_feature_mmp(sb)) {
     if (sb->s_mmp_block < sb->s_first_data_block || sb->s_mmp_block >= blocks_count_)

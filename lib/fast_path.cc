@@ -98,10 +98,12 @@ absl::Status MountedFile::StartFastPathLocked() {
   fast_.store(true, std::memory_order_release);
   MutexLock lock(&warning_mu_);
   warning_ = cur().loaded.warning;
+  fast_path_reason_ = EXT4DIO_FAST_PATH_NONE;
   return absl::OkStatus();
 }
 
-void MountedFile::StopFastPathLocked(const std::string& why, bool lease_break) {
+void MountedFile::StopFastPathLocked(const std::string& why, bool lease_break,
+                                     uint32_t reason) {
   if (fast_.load()) {
     TouchTimes();
     fast_.store(false, std::memory_order_release);
@@ -111,6 +113,7 @@ void MountedFile::StopFastPathLocked(const std::string& why, bool lease_break) {
   lease_->Release();
   MutexLock lock(&warning_mu_);
   warning_ = why;
+  fast_path_reason_ = reason;
 }
 
 void MountedFile::TouchNow() {
@@ -196,7 +199,7 @@ void MountedFile::PollWhileFast() {
   if (std::string why = WhyStopped(); !why.empty()) {
     IoGate::Exclusive exclusive(gate_);
     StopFastPathLocked(absl::StrCat(why, ": fast path off; writes fail as the kernel's do"),
-                       false);
+                       false, EXT4DIO_FAST_PATH_FS_STOPPED);
     return;
   }
   const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -270,7 +273,7 @@ void MountedFile::Monitor() {
         StopFastPathLocked(
             "another process opened or truncated the file: the lease was given up and I/O "
             "continues through the kernel until it can be retaken",
-            true);
+            true, EXT4DIO_FAST_PATH_LEASE_BROKEN);
         next_retry = Clock::now() + retry;
       }
     } else if (Clock::now() >= next_retry) {
@@ -279,6 +282,7 @@ void MountedFile::Monitor() {
       if (!s.ok() && CodeOf(s) != -EAGAIN) {
         MutexLock wl(&warning_mu_);
         warning_ = absl::StrCat("fast path off: ", s.message());
+        fast_path_reason_ = EXT4DIO_FAST_PATH_RESTART_REFUSED;
       }
       next_retry = Clock::now() + retry;
     }

@@ -229,8 +229,9 @@ absl::Status File::FailureStatus(const DeviceExecutor::Failure& f) const {
 
 
 
-std::string File::warning() const {
+std::string File::warning(uint32_t* reason) const {
   MutexLock lock(&warning_mu_);
+  if (reason != nullptr) *reason = fast_path_reason_;
   return warning_;
 }
 

@@ -43,6 +43,7 @@
 #include "device.h"
 #include "executor.h"
 #include "executor_pool.h"
+#include "ext4dio/ext4dio.h"
 #include "extent_map.h"
 #include "io_gate.h"
 #include "map_loader.h"
@@ -125,7 +126,9 @@ class File : public std::enable_shared_from_this<File> {
   // Whether I/O currently goes straight to the device (image mode: always).
   virtual bool fast_path() const = 0;
   // Why the fast path is off (or the map less trusted); "" if nothing.
-  std::string warning() const;
+  // *reason (when given): the same as an EXT4DIO_FAST_PATH_* code, read
+  // with the text.
+  std::string warning(uint32_t* reason = nullptr) const;
 
   // The plan Pwrite would follow; with show_refused, ranges needing
   // allocation are kRefused pieces instead of an error.
@@ -241,6 +244,7 @@ class File : public std::enable_shared_from_this<File> {
   WriteRanges ranges_;
   mutable Mutex warning_mu_;
   std::string warning_ ABSL_GUARDED_BY(warning_mu_);  // what warning() says
+  uint32_t fast_path_reason_ ABSL_GUARDED_BY(warning_mu_) = EXT4DIO_FAST_PATH_NONE;
   // Mounted: file ranges the page cache kept after a drop, for the next
   // SetMap (MapState::kernel_only). Inside the gate's Exclusive only.
   RangeList kernel_only_next_;

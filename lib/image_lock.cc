@@ -172,9 +172,17 @@ ImageClaim::~ImageClaim() {
 
 absl::Status ImageClaim::LockFile(const std::string& what) {
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK)
-      return LibError(EXT4DIO_E_IN_USE, absl::StrCat(what, " is locked by another writer (flock)"));
-    return ErrnoError(errno, "flock " + what);
+    if (errno != EWOULDBLOCK) return ErrnoError(errno, "flock " + what);
+    // Say what holds it: a shared lock (readers, e.g. `flock -s`) lets us
+    // take one too; an exclusive one (a writer) does not.
+    if (::flock(lock_fd_, LOCK_SH | LOCK_NB) == 0) {
+      (void)::flock(lock_fd_, LOCK_UN);
+      return LibError(EXT4DIO_E_IN_USE,
+                      absl::StrCat(what, " is locked by a reader (flock): a shared lock is held "
+                                         "on it, and a writer needs the image to itself"));
+    }
+    return LibError(EXT4DIO_E_IN_USE, absl::StrCat(what, " is locked by another writer (flock): "
+                                                         "an exclusive lock is held on it"));
   }
   // Record locks (OFD, as qemu takes on byte ranges of images it has open,
   // or POSIX) are independent of flock: a write lock over the whole file
@@ -199,7 +207,10 @@ absl::Status ImageClaim::LockFile(const std::string& what) {
                                          : std::string("an OFD lock (e.g. qemu's)"));
   }
   return LibError(EXT4DIO_E_IN_USE,
-                  absl::StrCat(what, " is locked by another writer (record lock", detail, ")"));
+                  absl::StrCat(what,
+                               q.l_type == F_RDLCK ? " is locked by a reader (record lock"
+                                                   : " is locked by another writer (record lock",
+                               detail, ")"));
 }
 
 absl::Status ImageClaim::ClaimLoops(dev_t dev, ino_t ino, dev_t skip, const std::string& image) {

@@ -31,6 +31,15 @@
 #include "remap.h"
 
 namespace ext4dio {
+namespace {
+
+// The EXT4DIO_FAST_PATH_* code of a failed re-map.
+uint32_t RemapFailureReason(const absl::Status& s) {
+  return CodeOf(s) == -EXT4DIO_E_MAP_MISMATCH ? EXT4DIO_FAST_PATH_MAP_MISMATCH
+                                              : EXT4DIO_FAST_PATH_REMAP_FAILED;
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& options) {
   const Target& t = options.target;
@@ -104,6 +113,7 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
   // The fast path needs the device, readable metadata, and (for writers)
   // a device that accepts writes while mounted.
   std::string why_not;
+  uint32_t why_code = EXT4DIO_FAST_PATH_NONE;  // why_not's EXT4DIO_FAST_PATH_*
   const std::string& dev = f->info_.device;
   if (!dev.empty())
     f->fd_direct_ = f->os_->Open(dev.c_str(), (options.write ? O_RDWR : O_RDONLY) | O_DIRECT, 0);
@@ -111,6 +121,7 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
     // E.g. a bind mount inside a container with its own /dev.
     why_not = absl::StrCat("no device node for the filesystem (", f->info_.device_error,
                            "): fast path off, all I/O through the kernel, map from FIEMAP");
+    why_code = EXT4DIO_FAST_PATH_NO_DEVICE;
   } else if (f->fd_direct_ < 0) {
     why_not = absl::StrFormat(
         "cannot open %s for %s (%s%s): fast path off, all I/O through the kernel", dev,
@@ -118,6 +129,10 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
         -f->fd_direct_ == EBUSY ? "; the kernel refuses writes to mounted block devices "
                                   "(bdev_allow_write_mounted=0?)"
                                 : "");
+    const int err = -f->fd_direct_;
+    why_code = err == EBUSY                    ? EXT4DIO_FAST_PATH_DEVICE_REFUSED
+               : err == EACCES || err == EPERM ? EXT4DIO_FAST_PATH_NO_PRIVILEGE
+                                               : EXT4DIO_FAST_PATH_DEVICE_UNAVAILABLE;
   } else {
     ReaderOptions ro;
     ro.live = true;
@@ -126,6 +141,7 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
       if (!IsAccessError(reader.status())) return reader.status();
       why_not = absl::StrFormat("cannot read the metadata on %s (%s): fast path off", dev,
                                 reader.status().message());
+      why_code = EXT4DIO_FAST_PATH_NO_PRIVILEGE;  // only access errors come here
     } else {
       f->reader_ = std::move(*reader);
       if (f->reader_->fsid() != f->info_.fsid) {
@@ -154,6 +170,7 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
   if (f->append_only_ && options.write) {
     f->can_fast_ = false;
     why_not = "append-only (chattr +a): only writes at EOF, through the kernel";
+    why_code = EXT4DIO_FAST_PATH_APPEND_ONLY;
   }
 
   {
@@ -167,12 +184,14 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
         why_not = absl::StrCat("no write lease (", s.message(),
                                ": only the file's owner or CAP_LEASE may take one): fast "
                                "path off, all I/O through the kernel");
+        why_code = EXT4DIO_FAST_PATH_NO_PRIVILEGE;
       } else if (!s.ok() && code != -EAGAIN) {
         return s;
       } else if (!s.ok()) {
         why_not = absl::StrCat("no lease (", s.message(),
                                "): the file is open elsewhere; I/O goes through the kernel "
                                "until it is not");
+        why_code = EXT4DIO_FAST_PATH_LEASE_UNAVAILABLE;
       }
     }
     if (!f->fast_.load()) {
@@ -188,6 +207,7 @@ absl::StatusOr<std::shared_ptr<File>> MountedFile::Open(const OpenOptions& optio
       }
       MutexLock lock(&f->warning_mu_);
       f->warning_ = why_not;
+      f->fast_path_reason_ = why_code;
     }
   }
   if (f->can_fast_) f->monitor_ = std::thread([raw = f.get()] { raw->Monitor(); });
@@ -316,7 +336,7 @@ void MountedFile::RemapPending(bool monitor) {
       IoGate::Exclusive exclusive(gate_);
       StopFastPathLocked(absl::StrCat("re-mapping after kernel-path writes failed (",
                                       out.status.message(), "): fast path off"),
-                         false);
+                         false, RemapFailureReason(out.status));
       return;
     }
     case RemapOutcome::kStrayPages: {
@@ -333,7 +353,7 @@ void MountedFile::RemapPending(bool monitor) {
         StopFastPathLocked(absl::StrCat("dropping the page cache after kernel-path writes "
                                         "failed (",
                                         dropped.message(), "): fast path off"),
-                           false);
+                           false, EXT4DIO_FAST_PATH_CACHE_FAILED);
       }
       return;
     }
@@ -487,7 +507,7 @@ absl::StatusOr<size_t> MountedFile::KernelWrite(const char* buf, size_t n, uint6
   if (!coherent.ok()) {
     StopFastPathLocked(absl::StrCat("dropping the page cache after a kernel-path write failed (",
                                     coherent.message(), "): fast path off"),
-                       false);
+                       false, EXT4DIO_FAST_PATH_CACHE_FAILED);
   }
   if (err != 0 && done == 0) {
     return ErrnoError(err, absl::StrFormat("%s: kernel-path write of %d bytes at file offset "
@@ -735,14 +755,14 @@ absl::Status MountedFile::AfterMetadataChangeLocked(const char* what) {
   if (absl::Status s = DropCacheLocked(); !s.ok()) {
     StopFastPathLocked(absl::StrCat("dropping the page cache after ", what, " failed (",
                                     s.message(), "): fast path off"),
-                       false);
+                       false, EXT4DIO_FAST_PATH_CACHE_FAILED);
     return Prefixed(absl::StrFormat("%s: writing back after %s: ", name_, what), s);
   }
   {
     if (absl::Status s = ReloadLocked(); !s.ok()) {
       StopFastPathLocked(absl::StrCat("re-reading the map after ", what, " failed (",
                                       s.message(), "): fast path off"),
-                         false);
+                         false, RemapFailureReason(s));
     }
   }
   return absl::OkStatus();

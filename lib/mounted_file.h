@@ -154,7 +154,8 @@ class MountedFile final : public File {
   // Monitor, while the fast path is on: timestamps at least once a second
   // while writing, set-ID bits that appeared meanwhile, read-only/shutdown.
   void PollWhileFast();
-  void StopFastPathLocked(const std::string& why, bool lease_break)
+  // `reason`: EXT4DIO_FAST_PATH_*, the code of `why`.
+  void StopFastPathLocked(const std::string& why, bool lease_break, uint32_t reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_);
   void TouchTimes();
   void TouchNow();

@@ -4,6 +4,7 @@
 #include <linux/fiemap.h>
 #include <linux/fs.h>
 #include <liburing.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -133,6 +134,16 @@ class UringQueue final : public IoQueue {
     return absl::OkStatus();
   }
 
+  absl::Status SetEventFd(int fd) override {
+    if (event_fd_ >= 0) (void)io_uring_unregister_eventfd(&ring_);
+    event_fd_ = -1;
+    if (fd < 0) return absl::OkStatus();
+    if (int rc = io_uring_register_eventfd(&ring_, fd); rc < 0)
+      return ErrnoError(-rc, "io_uring_register_eventfd");
+    event_fd_ = fd;
+    return absl::OkStatus();
+  }
+
   absl::Status RegisterBuffers(void* base, size_t bytes) override {
     if (in_flight_ != 0) return ErrnoError(EBUSY, "registering buffers with I/O in flight");
     if (region_ != nullptr) {
@@ -213,6 +224,7 @@ class SyncQueue final : public IoQueue {
       ++count_;
       ready_.fetch_add(1, std::memory_order_release);
     }
+    if (!ops.empty()) SignalEventFd();  // done here, as io_uring's CQEs would be
     return absl::OkStatus();
   }
 
@@ -236,6 +248,12 @@ class SyncQueue final : public IoQueue {
 };
 
 }  // namespace
+
+void IoQueue::SignalEventFd() const {
+  if (event_fd_ < 0) return;
+  // Fails only when the counter would overflow: it is then readable anyway.
+  (void)::eventfd_write(event_fd_, 1);
+}
 
 int Os::Open(const char* path, int flags, mode_t mode) {
   int fd = ::open(path, flags | O_CLOEXEC, mode);

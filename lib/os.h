@@ -94,6 +94,19 @@ class IoQueue {
     (void)bytes;
     return absl::OkStatus();
   }
+  // Makes results ready to reap signal eventfd `fd` (-1: stop): io_uring
+  // posts to it per completion (io_uring_register_eventfd); a backend that
+  // completes inside Submit adds to it there. The caller keeps `fd` open
+  // until it sets -1.
+  virtual absl::Status SetEventFd(int fd) {
+    event_fd_ = fd;
+    return absl::OkStatus();
+  }
+
+ protected:
+  // Adds 1 to the eventfd set by SetEventFd, if any.
+  void SignalEventFd() const;
+  int event_fd_ = -1;
 };
 
 class Os {

@@ -8,6 +8,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +73,98 @@ static void *aligned(size_t align, size_t n) {
   return p;
 }
 
+/* Waits (up to 30 s: a generous bound, not a timing assertion) until fd is
+ * readable; 1 when it is. */
+static int readable_within(int fd, int ms) {
+  struct pollfd p = {fd, POLLIN, 0};
+  int r;
+  do {
+    r = poll(&p, 1, ms);
+  } while (r < 0 && errno == EINTR);
+  return r == 1 && (p.revents & POLLIN);
+}
+
+/* ext4dio_queue_event_fd on `backend`: readable after a submitted write
+ * completes (direct, and through the blocking unaligned path), not before
+ * and not after everything was reaped; what it announced is reaped with
+ * min 0. Writes into /c, recorded in model_c. */
+static void event_fd_checks(const struct ext4dio_target *t, uint32_t backend,
+                            unsigned char *model_c, unsigned seed) {
+  struct ext4dio_open_opts o;
+  ext4dio_open_opts_init(&o);
+  o.flags = EXT4DIO_OPEN_WRITE;
+  o.backend = backend;
+  struct ext4dio_file *f = NULL;
+  CHECK(ext4dio_open(t, &o, &f) == 0 && f != NULL);
+  if (f == NULL) return;
+  struct ext4dio_queue *q = NULL;
+  CHECK(ext4dio_queue_open(f, 4, &q) == 0 && q != NULL);
+  if (q == NULL) {
+    ext4dio_close(f);
+    return;
+  }
+  CHECK(ext4dio_queue_event_fd(NULL) == -EINVAL);
+  const int efd = ext4dio_queue_event_fd(q);
+  CHECK(efd >= 0);
+  CHECK(ext4dio_queue_event_fd(q) == efd); /* one per queue */
+  if (efd < 0) goto out;
+  CHECK(!readable_within(efd, 0)); /* nothing submitted */
+  unsigned char *buf = aligned(BLOCK, 2 * BLOCK);
+  struct ext4dio_completion c[4];
+  uint64_t ev;
+  /* 0: an aligned direct write; 1: an unaligned one (the blocking path);
+   * 2: a read past EOF (no I/O at all: completed without the ring). */
+  for (int k = 0; k < 3; k++) {
+    const uint64_t off = k == 0 ? 256u * 1024 : k == 1 ? 300u * 1024 + 7 : 2u * C_SIZE;
+    const uint64_t len = k == 0 ? 2 * BLOCK : k == 1 ? 1000 : BLOCK;
+    if (k < 2) fill(buf, (size_t)len, seed + (unsigned)k);
+    struct ext4dio_request r = {k < 2 ? EXT4DIO_OP_WRITE : EXT4DIO_OP_READ, buf, len, off,
+                                500 + (uint64_t)k};
+    CHECK(ext4dio_queue_submit(q, &r) == 0);
+    CHECK(readable_within(efd, 30000));
+    CHECK(read(efd, &ev, sizeof ev) == (ssize_t)sizeof ev && ev >= 1);
+    int got = 0, n;
+    while ((n = ext4dio_queue_reap(q, c + got, 4 - (size_t)got, 0)) > 0) got += n;
+    CHECK(n == 0);
+    CHECK(got == 1 && c[0].cookie == 500 + (uint64_t)k &&
+          c[0].result == (k < 2 ? (int64_t)len : 0));
+    if (k < 2) memcpy(model_c + off, buf, (size_t)len);
+    CHECK(!readable_within(efd, 0)); /* all reaped, counter read */
+  }
+  free(buf);
+out:
+  ext4dio_queue_close(q);
+  CHECK(ext4dio_sync(f) == 0);
+  ext4dio_close(f);
+}
+
+/* A queue whose completion is ready before ext4dio_queue_event_fd is first
+ * called: the new descriptor is readable at once. */
+static void event_fd_late_checks(const struct ext4dio_target *t, unsigned char *model_c) {
+  struct ext4dio_open_opts o;
+  ext4dio_open_opts_init(&o);
+  o.flags = EXT4DIO_OPEN_WRITE;
+  o.backend = EXT4DIO_BACKEND_SYNC;
+  struct ext4dio_file *f = NULL;
+  CHECK(ext4dio_open(t, &o, &f) == 0 && f != NULL);
+  if (f == NULL) return;
+  struct ext4dio_queue *q = NULL;
+  CHECK(ext4dio_queue_open(f, 4, &q) == 0 && q != NULL);
+  unsigned char *buf = aligned(BLOCK, BLOCK);
+  fill(buf, BLOCK, 77);
+  struct ext4dio_request r = {EXT4DIO_OP_WRITE, buf, BLOCK, 320u * 1024, 9};
+  CHECK(q != NULL && ext4dio_queue_submit(q, &r) == 0);
+  memcpy(model_c + r.offset, buf, BLOCK);
+  const int efd = q ? ext4dio_queue_event_fd(q) : -1;
+  CHECK(efd >= 0 && readable_within(efd, 30000));
+  struct ext4dio_completion c;
+  CHECK(q != NULL && ext4dio_queue_reap(q, &c, 1, 0) == 1 && c.cookie == 9);
+  ext4dio_queue_close(q);
+  free(buf);
+  CHECK(ext4dio_sync(f) == 0);
+  ext4dio_close(f);
+}
+
 int main(void) {
   if (mkdtemp(dir) == NULL) return 1;
   atexit(cleanup);
@@ -126,6 +219,7 @@ int main(void) {
   CHECK(info.backend == EXT4DIO_BACKEND_URING || info.backend == EXT4DIO_BACKEND_SYNC);
   CHECK(info.max_io >= info.offset_align);
   CHECK(info.fast_path == 1);
+  CHECK(info.fast_path_reason == EXT4DIO_FAST_PATH_NONE); /* image mode: always on */
   CHECK(info.warning == NULL);
   /* struct_size protocol: an older, shorter struct gets only its prefix. */
   struct ext4dio_file_info small;
@@ -242,6 +336,11 @@ int main(void) {
 
   CHECK(ext4dio_sync(f) == 0);
 
+  /* An unknown fallocate mode: -EINVAL with a message naming the mode. */
+  CHECK(ext4dio_fallocate(f, 0x80u | EXT4DIO_FALLOC_KEEP_SIZE, 0, BLOCK) == -EINVAL);
+  CHECK(strstr(ext4dio_last_error(), "0x80") != NULL);
+  CHECK(strstr(ext4dio_last_error(), "0x81") != NULL);
+
   struct ext4dio_stats st;
   ext4dio_stats_init(&st);
   CHECK(ext4dio_file_get_stats(f, &st) == 0);
@@ -356,6 +455,11 @@ int main(void) {
   CHECK(ext4dio_sync(f) == 0);
   ext4dio_close(f);
   ext4dio_close(NULL);
+
+  /* ---- a pollable descriptor for queue completions --------------------- */
+  event_fd_checks(&t, EXT4DIO_BACKEND_URING, model_c, 40);
+  event_fd_checks(&t, EXT4DIO_BACKEND_SYNC, model_c, 50);
+  event_fd_late_checks(&t, model_c);
 
   /* ---- read back independently ---------------------------------------- */
   CHECK(debugfs_matches(image, "/f", model_f, F_SIZE));

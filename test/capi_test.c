@@ -38,6 +38,18 @@ int main(void) {
 
   CHECK(EXT4DIO_VERSION_NUMBER >= EXT4DIO_MAKE_VERSION(0, 1, 0));
   CHECK(strcmp(ext4dio_version(), EXT4DIO_VERSION_STRING) == 0);
+  /* The runtime number is the compile-time one, and both agree with the
+   * string and the parts. */
+  CHECK(ext4dio_version_number() == EXT4DIO_VERSION_NUMBER);
+  CHECK(ext4dio_version_number() == EXT4DIO_MAKE_VERSION(EXT4DIO_VERSION_MAJOR,
+                                                         EXT4DIO_VERSION_MINOR,
+                                                         EXT4DIO_VERSION_PATCH));
+  {
+    char parts[64];
+    snprintf(parts, sizeof parts, "%d.%d.%d", EXT4DIO_VERSION_MAJOR, EXT4DIO_VERSION_MINOR,
+             EXT4DIO_VERSION_PATCH);
+    CHECK(strcmp(parts, ext4dio_version()) == 0);
+  }
 
   struct ext4dio_target t;
   ext4dio_target_init(&t);

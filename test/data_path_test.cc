@@ -974,7 +974,7 @@ const UnsafeCase kUnsafeCases[] = {
     {"NotCleanlyUnmounted", {{"debugfs", "-w", "-R", "ssv state 0", "IMG"}},
      -EXT4DIO_E_WRITE_REFUSED, "not cleanly unmounted"},
     {"UnknownRoCompatBit20", {{"debugfs", "-w", "-R", "feature FEATURE_R20", "IMG"}},
-     -EXT4DIO_E_WRITE_REFUSED, "unknown ro_compat features 0x100000"},
+     -EXT4DIO_E_WRITE_REFUSED, "unknown ro_compat features 0x100000 (FEATURE_R20)"},
     {"UnknownRoCompatSnapshot", {{"debugfs", "-w", "-R", "feature FEATURE_R7", "IMG"}},
      -EXT4DIO_E_WRITE_REFUSED, "unknown ro_compat features 0x80"},
     {"RoCompatReplica", {{"debugfs", "-w", "-R", "feature replica", "IMG"}},
@@ -986,7 +986,7 @@ const UnsafeCase kUnsafeCases[] = {
     // libext2fs itself cannot open a filesystem with incompat features it
     // does not know: neither reading nor writing.
     {"UnknownIncompatBit19", {{"debugfs", "-w", "-R", "feature FEATURE_I19", "IMG"}},
-     -EXT4DIO_E_UNSUPPORTED_FS, "unsupported feature", false},
+     -EXT4DIO_E_UNSUPPORTED_FS, "unsupported feature(s): FEATURE_I19", false},
     {"ImmutableFile", {{"debugfs", "-w", "-R", "sif /f flags 0x80010", "IMG"}},
      -EXT4DIO_E_WRITE_REFUSED, "immutable"},
     {"AppendOnlyFile", {{"debugfs", "-w", "-R", "sif /f flags 0x80020", "IMG"}},
@@ -1050,8 +1050,12 @@ TEST_F(UnsafeImage, MmpShowsInUse) {
 TEST_F(UnsafeImage, LockedByAnotherWriter) {
   int fd = open(img_->image().c_str(), O_RDONLY);
   ASSERT_GE(fd, 0);
+  // A shared flock (a reader's) is reported as such, not as a writer.
+  ASSERT_EQ(flock(fd, LOCK_SH | LOCK_NB), 0);
+  ExpectRefusedAtOpen(-EXT4DIO_E_IN_USE, "locked by a reader (flock): a shared lock", true);
   ASSERT_EQ(flock(fd, LOCK_EX | LOCK_NB), 0);
-  ExpectRefusedAtOpen(-EXT4DIO_E_IN_USE, "locked by another writer", true);
+  ExpectRefusedAtOpen(-EXT4DIO_E_IN_USE, "locked by another writer (flock): an exclusive lock",
+                      true);
   flock(fd, LOCK_UN);
   close(fd);
   // And a writer of ours holds it against another process.

@@ -450,7 +450,9 @@ TEST_F(HostileTest, SuperblockUnknownIncompatFeatureIsUnsupportedFs) {
   const std::string img = Copy(Base().csum);
   const std::string sb = PRead(img, 1024, 1024);
   DebugfsWrite(img, "ssv feature_incompat " + std::to_string(GetLe32(sb, 0x60) | 0x80000000u));
-  ExpectFails(ByPath(img, "/f"), kUnsupportedFs, "unsupported feature");
+  // Named: libext2fs alone says only "unsupported feature(s)".
+  ExpectFails(ByPath(img, "/f"), kUnsupportedFs,
+              "unsupported feature(s): FEATURE_I31 (incompat bits 0x80000000)");
 }
 
 // ---------------------------------------------------------------------------

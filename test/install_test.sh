@@ -44,7 +44,7 @@ for f in libext4dio.so libext4dio.so.0 "libext4dio.so.$version"; do
   [ -e "$lib/$f" ] || fail "missing $libdir/$f"
 done
 [ -L "$lib/libext4dio.so" ] && [ -L "$lib/libext4dio.so.0" ] || fail "libext4dio.so{,.0} are not symlinks"
-for f in ext4dio.h ext4dio.hpp version.h; do
+for f in ext4dio.h ext4dio.hpp status.hpp version.h; do
   [ -f "$dest$includedir/ext4dio/$f" ] || fail "missing header $includedir/ext4dio/$f"
 done
 for f in ext4dio.pc ext4dio-cpp.pc; do

@@ -237,6 +237,37 @@ int ext4dio_truncate(struct ext4dio_file *file, uint64_t size);
 int ext4dio_fallocate(struct ext4dio_file *file, uint32_t mode, uint64_t offset,
                       uint64_t length);
 
+/* Why a file's fast path is off (ext4dio_file_info.fast_path_reason): the
+ * code beside the warning's text. ext4dio_fast_path_reason_name() names it. */
+enum ext4dio_fast_path_reason {
+  EXT4DIO_FAST_PATH_NONE = 0,        /* on (image mode: always) */
+  EXT4DIO_FAST_PATH_NO_DEVICE = 1,   /* no device node for the filesystem
+                                        (e.g. a container without its /dev) */
+  EXT4DIO_FAST_PATH_DEVICE_UNAVAILABLE = 2, /* the device cannot be opened */
+  EXT4DIO_FAST_PATH_NO_PRIVILEGE = 3, /* no permission to the device or its
+                                         metadata, or no write lease (not the
+                                         file's owner, no CAP_LEASE) */
+  EXT4DIO_FAST_PATH_DEVICE_REFUSED = 4, /* the kernel refuses writes to a
+                                           mounted block device (EBUSY) */
+  EXT4DIO_FAST_PATH_LEASE_UNAVAILABLE = 5, /* open elsewhere when opened
+                                              here: retried until it is not */
+  EXT4DIO_FAST_PATH_LEASE_BROKEN = 6, /* another process opened or truncated
+                                         it: retried until it is free again */
+  EXT4DIO_FAST_PATH_APPEND_ONLY = 7,  /* chattr +a: writes at EOF only */
+  EXT4DIO_FAST_PATH_FS_STOPPED = 8,   /* read-only remount, shutdown or
+                                         filesystem errors */
+  EXT4DIO_FAST_PATH_MAP_MISMATCH = 9, /* a re-read map disagreed with FIEMAP */
+  EXT4DIO_FAST_PATH_REMAP_FAILED = 10, /* re-reading the map failed */
+  EXT4DIO_FAST_PATH_CACHE_FAILED = 11, /* writing back and dropping the
+                                          page cache failed */
+  EXT4DIO_FAST_PATH_RESTART_REFUSED = 12 /* retaking it after a lease break
+                                            failed: the file or filesystem
+                                            changed meanwhile (the warning
+                                            says how) */
+};
+/* "none", "no-device", ... ; "unknown" for a code this library lacks. */
+const char *ext4dio_fast_path_reason_name(uint32_t reason);
+
 struct ext4dio_file_info {
   size_t struct_size;
   uint64_t size;              /* i_size */
@@ -249,6 +280,9 @@ struct ext4dio_file_info {
   const char *warning;        /* NULL or text (why the fast path is off);
                                  valid until the next call on this file */
   int mounted;                /* 1: a file on a mounted filesystem */
+  uint32_t fast_path_reason;  /* enum ext4dio_fast_path_reason: why
+                                 fast_path is 0, read with `warning` (NONE
+                                 while it is 1). Since 0.1.0 */
 };
 void ext4dio_file_info_init(struct ext4dio_file_info *info);
 int ext4dio_file_get_info(const struct ext4dio_file *file, struct ext4dio_file_info *info);
@@ -350,6 +384,16 @@ int ext4dio_queue_submit_batch(struct ext4dio_queue *queue,
  * max completions; returns how many, or a negative code. */
 int ext4dio_queue_reap(struct ext4dio_queue *queue, struct ext4dio_completion *out,
                        size_t max, size_t min);
+/* A pollable descriptor for event loops (poll, epoll, io_uring poll): an
+ * eventfd that becomes readable (POLLIN) whenever a completion is ready for
+ * ext4dio_queue_reap, on every backend (io_uring_register_eventfd on the
+ * queue's ring; the sync backend and blocking paths signal it themselves).
+ * Made at the first call (later calls return the same one), owned by the
+ * queue and closed by ext4dio_queue_close: do not close it. Its count is not
+ * a number of completions: after a wakeup, read(2) 8 bytes from it to
+ * re-arm it (it is non-blocking) and reap with min 0 until reap returns
+ * fewer than max. Returns the descriptor or a negative code. */
+int ext4dio_queue_event_fd(struct ext4dio_queue *queue);
 
 /* Text for a code returned by this library (negative) or an errno. */
 const char *ext4dio_strerror(int code);
@@ -357,6 +401,11 @@ const char *ext4dio_strerror(int code);
 const char *ext4dio_last_error(void);
 /* The library's version string, e.g. "0.1.0". */
 const char *ext4dio_version(void);
+/* The running library's version as a number: EXT4DIO_VERSION_NUMBER
+ * (version.h) of the library that was loaded, which may be newer than the
+ * headers compiled against. Compare with EXT4DIO_MAKE_VERSION(a, b, c), e.g.
+ * ext4dio_version_number() >= EXT4DIO_MAKE_VERSION(0, 2, 0). */
+int ext4dio_version_number(void);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -20,58 +20,25 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
-#include "absl/strings/numbers.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "ext4dio/ext4dio.h"
+#include "ext4dio/status.hpp"
 
 namespace ext4dio {
 
-// The absl code a caller should act on for a C API code, with `message`.
+// The status for a C API code (negative) with `message` (the code's text
+// when empty): absl code and typed payload from ext4dio/status.hpp, the same
+// table the library uses. OK for code >= 0.
 inline absl::Status StatusFromCode(int code, const std::string& message) {
-  if (code >= 0) return absl::OkStatus();
-  absl::StatusCode c = absl::StatusCode::kUnknown;
-  switch (-code) {
-    case EXT4DIO_E_NOT_EXT4:
-    case EXT4DIO_E_UNSUPPORTED_FILE:
-    case EXT4DIO_E_UNSUPPORTED_FS:
-    case EXT4DIO_E_NOT_IN_USE:
-    case EXT4DIO_E_NEEDS_ALLOCATION:
-    case EXT4DIO_E_WRITE_REFUSED: c = absl::StatusCode::kFailedPrecondition; break;
-    case EXT4DIO_E_IN_USE: c = absl::StatusCode::kUnavailable; break;
-    case EXT4DIO_E_CORRUPT_FS:
-    case EXT4DIO_E_TRUNCATED:
-    case EXT4DIO_E_CORRUPT_MAP: c = absl::StatusCode::kDataLoss; break;
-    case EXT4DIO_E_MAP_MISMATCH: c = absl::StatusCode::kAborted; break;
-    case EXT4DIO_E_INTERNAL: c = absl::StatusCode::kInternal; break;
-    case ENOENT: case ENOTDIR: c = absl::StatusCode::kNotFound; break;
-    case EACCES: case EPERM: c = absl::StatusCode::kPermissionDenied; break;
-    case EINVAL: case EISDIR: case ELOOP: c = absl::StatusCode::kInvalidArgument; break;
-    case EIO: c = absl::StatusCode::kDataLoss; break;
-    case EBADF: c = absl::StatusCode::kFailedPrecondition; break;
-    case ERANGE: c = absl::StatusCode::kOutOfRange; break;
-    case ENOMEM: case ENOSPC: c = absl::StatusCode::kResourceExhausted; break;
-    case EAGAIN: case EBUSY: c = absl::StatusCode::kUnavailable; break;
-    default: break;
-  }
-  absl::Status status(c, message.empty() ? ext4dio_strerror(code) : message);
-  // The exact C code rides along (see CodeOfStatus).
-  status.SetPayload("ext4dio/code", absl::Cord(std::to_string(code)));
-  return status;
+  return StatusWithCode(code, message.empty() ? ext4dio_strerror(code) : message);
 }
 
-// The C API code (negative) of a status from this wrapper; 0 for OK.
-inline int CodeOfStatus(const absl::Status& status) {
-  if (status.ok()) return 0;
-  if (auto payload = status.GetPayload("ext4dio/code")) {
-    int code = 0;
-    if (absl::SimpleAtoi(std::string(*payload), &code)) return code;
-  }
-  return -EXT4DIO_E_INTERNAL;
-}
+// The C API code (negative) of a status from this wrapper or the library; 0
+// for OK.
+inline int CodeOfStatus(const absl::Status& status) { return CodeFromStatus(status); }
 
-// The C API code behind a status made by StatusFromCode is lost; keep it
-// when needed by calling the C API directly.
+// The status of the calling thread's last failed call, which returned `code`.
 inline absl::Status LastStatus(int code) {
   return StatusFromCode(code, ext4dio_last_error());
 }
@@ -151,6 +118,7 @@ class FileMap {
   const ext4dio_map* get() const { return map_.get(); }
 
  private:
+  friend class DirectFile;
   struct Free {
     void operator()(ext4dio_map* m) const { ext4dio_map_free(m); }
   };
@@ -163,15 +131,32 @@ class FileMap {
   ext4dio_map_info info_;
 };
 
+// ext4dio_open_opts with a field per EXT4DIO_OPEN_* flag (ToC() is the C
+// struct).
 struct DirectFileOptions {
-  bool write = false;
-  bool dsync = false;
-  bool sqpoll = false;
+  bool write = false;                 // EXT4DIO_OPEN_WRITE
+  bool dsync = false;                 // EXT4DIO_OPEN_DSYNC
+  bool sqpoll = false;                // EXT4DIO_OPEN_SQPOLL
   uint32_t queue_depth = 32;
   ext4dio_backend backend = EXT4DIO_BACKEND_AUTO;
   uint64_t max_io = 0;
   bool no_fallback = false;  // mounted: refuse writes that need the kernel path
+  bool reap_promptly = false;         // EXT4DIO_OPEN_REAP_PROMPTLY (no effect now)
   bool skip_ownership_check = false;  // image: EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK
+
+  ext4dio_open_opts ToC() const {
+    ext4dio_open_opts opts;
+    ext4dio_open_opts_init(&opts);
+    opts.flags = (write ? EXT4DIO_OPEN_WRITE : 0u) | (dsync ? EXT4DIO_OPEN_DSYNC : 0u) |
+                 (sqpoll ? EXT4DIO_OPEN_SQPOLL : 0u) |
+                 (no_fallback ? EXT4DIO_OPEN_NO_FALLBACK : 0u) |
+                 (reap_promptly ? EXT4DIO_OPEN_REAP_PROMPTLY : 0u) |
+                 (skip_ownership_check ? EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK : 0u);
+    opts.queue_depth = queue_depth;
+    opts.backend = backend;
+    opts.max_io = max_io;
+    return opts;
+  }
 };
 
 // A file open for direct I/O at its mapped device offsets (see ext4dio.h
@@ -182,15 +167,7 @@ class DirectFile {
   [[nodiscard]] static absl::StatusOr<DirectFile> Open(const Location& where,
                                                        const DirectFileOptions& o = {}) {
     const ext4dio_target t = where.ToTarget();
-    ext4dio_open_opts opts;
-    ext4dio_open_opts_init(&opts);
-    opts.flags = (o.write ? EXT4DIO_OPEN_WRITE : 0u) | (o.dsync ? EXT4DIO_OPEN_DSYNC : 0u) |
-                 (o.sqpoll ? EXT4DIO_OPEN_SQPOLL : 0u) |
-                 (o.no_fallback ? EXT4DIO_OPEN_NO_FALLBACK : 0u) |
-                 (o.skip_ownership_check ? EXT4DIO_OPEN_SKIP_OWNERSHIP_CHECK : 0u);
-    opts.queue_depth = o.queue_depth;
-    opts.backend = o.backend;
-    opts.max_io = o.max_io;
+    const ext4dio_open_opts opts = o.ToC();
     ext4dio_file* f = nullptr;
     if (int rc = ext4dio_open(&t, &opts, &f); rc < 0) return LastStatus(rc);
     return DirectFile(f);
@@ -271,6 +248,13 @@ class DirectFile {
   uint64_t WritableUntil(uint64_t offset, uint64_t length) const {
     return ext4dio_writable_until(file_.get(), offset, length);
   }
+  // A snapshot of the file's current map with a lifetime of its own
+  // (ext4dio_file_map_snapshot).
+  [[nodiscard]] absl::StatusOr<FileMap> MapSnapshot() const {
+    ext4dio_map* m = nullptr;
+    if (int rc = ext4dio_file_map_snapshot(file_.get(), &m); rc < 0) return LastStatus(rc);
+    return FileMap(m);
+  }
   ext4dio_file* get() const { return file_.get(); }
 
  private:
@@ -312,6 +296,13 @@ class RequestQueue {
     int rc = ext4dio_queue_reap(queue_.get(), out, max, min);
     if (rc < 0) return LastStatus(rc);
     return static_cast<size_t>(rc);
+  }
+  // A descriptor readable whenever a completion is ready (an eventfd owned
+  // by the queue: ext4dio_queue_event_fd).
+  [[nodiscard]] absl::StatusOr<int> EventFd() {
+    int rc = ext4dio_queue_event_fd(queue_.get());
+    if (rc < 0) return LastStatus(rc);
+    return rc;
   }
 
  private:
