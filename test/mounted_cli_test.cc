@@ -177,24 +177,21 @@ void MakeTwelveLeavesInTwoFragments(const std::string& path) {
   ASSERT_EQ(fsync(fd), 0);
 }
 
-// Each block of two files written in turn, each write fsync'ed: the
-// allocator hands them out one after the other, so neither file has two
-// blocks next to each other.
-void MakeInterleaved(const std::string& a, const std::string& b, uint64_t blocks) {
-  const int fa = open(a.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
-  const int fb = open(b.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
-  testing::Defer close_fds([fa, fb] {
-    if (fa >= 0) close(fa);
-    if (fb >= 0) close(fb);
-  });
-  ASSERT_GE(fa, 0);
-  ASSERT_GE(fb, 0);
-  for (uint64_t i = 0; i < blocks; ++i) {
-    for (int fd : {fa, fb}) {
-      WriteBlocks(fd, i, 1, static_cast<char>('A' + i));
-      ASSERT_EQ(fsync(fd), 0);
-    }
+// 2N blocks fallocated in one run, then every other block collapsed away
+// and the size cut to N blocks: logical block i sits at physical p+2i, so
+// no two blocks are contiguous; then every block written. N one-block
+// written extents, N fragments.
+void MakeFragmented(const std::string& path, uint64_t n) {
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  testing::Defer close_fd([fd] { close(fd); });
+  ASSERT_EQ(fallocate(fd, 0, 0, static_cast<off_t>(2 * n * kBlock)), 0);
+  for (uint64_t i = 1; i < n; ++i) {
+    ASSERT_EQ(fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, static_cast<off_t>(i * kBlock), kBlock), 0);
   }
+  ASSERT_EQ(ftruncate(fd, static_cast<off_t>(n * kBlock)), 0);
+  for (uint64_t i = 0; i < n; ++i) WriteBlocks(fd, i, 1, static_cast<char>('A' + i));
+  ASSERT_EQ(fsync(fd), 0);
 }
 
 // One block in three written, then the size set past the last block: no
@@ -253,7 +250,7 @@ TEST_F(MountedCliTest, TwelveContiguousLeafExtentsAreTwoFragmentsAsFilefragSays)
 TEST_F(MountedCliTest, RowsAndFlagsMatchFilefragOnAssortedFiles) {
   MakeSparse(*mount_ / "sparse");
   MakeFallocated(*mount_ / "falloc");
-  MakeInterleaved(*mount_ / "frag-a", *mount_ / "frag-b", 12);
+  MakeFragmented(*mount_ / "frag", 12);
 
   Table t = ExpectMapMatchesFilefrag(*mount_ / "sparse");
   EXPECT_EQ(t.rows.size(), 10u);
@@ -265,11 +262,10 @@ TEST_F(MountedCliTest, RowsAndFlagsMatchFilefragOnAssortedFiles) {
   EXPECT_GE(RowsFlagged(t, "eof"), 2u) << "every extent reaching i_size is eof";
   EXPECT_EQ(RowsFlagged(t, "last"), 1u);
 
-  for (const char* name : {"frag-a", "frag-b"}) {
-    t = ExpectMapMatchesFilefrag(*mount_ / name);
-    EXPECT_EQ(t.rows.size(), 12u) << name;
-    EXPECT_EQ(t.found, 12) << name << ": the blocks of the two files alternate";
-  }
+  t = ExpectMapMatchesFilefrag(*mount_ / "frag");
+  EXPECT_EQ(t.rows.size(), 12u);
+  EXPECT_EQ(t.found, 12) << "no two blocks are contiguous";
+  EXPECT_EQ(RowsFlagged(t, "unwritten"), 0u);
 }
 
 // Image mode, on a copy of the image taken after syncfs: "N extents found"
@@ -279,9 +275,9 @@ TEST_F(MountedCliTest, ImageModeAgreesWithDebugfsAndFilefrag) {
   MakeTwelveLeavesInTwoFragments(*mount_ / "img-twelve");
   MakeSparse(*mount_ / "img-sparse");
   MakeFallocated(*mount_ / "img-falloc");
-  MakeInterleaved(*mount_ / "img-frag-a", *mount_ / "img-frag-b", 12);
+  MakeFragmented(*mount_ / "img-frag", 12);
   const std::vector<std::string> names = {"img-twelve", "img-sparse", "img-falloc",
-                                          "img-frag-a"};
+                                          "img-frag"};
   std::map<std::string, Table> filefrag;
   for (const std::string& n : names) filefrag[n] = ParseTable(Filefrag(*mount_ / n));
   ASSERT_EQ(testing::Run({"sync", "-f", mount_->mount_point()}).exit_code, 0);
