@@ -231,6 +231,51 @@ TEST_P(PartitionCliTest, RefusesAFilesystemLargerThanItsPartition) {
   EXPECT_EQ(testing::ReadFile(disk), before);
 }
 
+// ext4dio-write --partition N writes the file inside partition N and
+// nowhere else: every byte outside it (the table, partition 1, the gap, the
+// GPT backup at the end) is unchanged, the bytes that changed are the
+// file's block there, and debugfs reads the new data from the partition.
+TEST_P(PartitionCliTest, WriteWithPartitionNWritesOnlyInsideIt) {
+  const std::string disk = Disk(GetParam(), 32768);
+  constexpr uint64_t kStart = 4 << 20, kEnd = kStart + (16 << 20);
+  const std::string before = testing::ReadFile(disk);
+  ASSERT_EQ(before.size(), 24u << 20);
+  std::string data(4096, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('A' + i % 23);
+  const std::string payload = dir_ / "payload";
+  testing::WriteFile(payload, data);
+  // The second island of /frag: file bytes 8192..12287.
+  RunResult w = testing::Run({testing::ToolPath("ext4dio-write"), "--image", disk, "--partition",
+                              "2", "--offset", "8192", "--input", payload, "/frag"});
+  ASSERT_EQ(w.exit_code, 0) << w.err;
+
+  const std::string after = testing::ReadFile(disk);
+  ASSERT_EQ(after.size(), before.size());
+  EXPECT_TRUE(after.compare(0, kStart, before, 0, kStart) == 0) << "changed before partition 2";
+  EXPECT_TRUE(after.compare(kEnd, std::string::npos, before, kEnd, std::string::npos) == 0)
+      << "changed after partition 2";
+  // Exactly the file's block (debugfs's extent for logical block 2) changed.
+  const std::string at = disk + "?offset=" + std::to_string(kStart);
+  uint64_t block = 0;
+  for (const Extent& e : testing::DebugfsExtents(at, "/frag")) {
+    if (e.logical <= 2 && 2 < e.logical + e.length) block = e.physical + (2 - e.logical);
+  }
+  ASSERT_NE(block, 0u);
+  const uint64_t where = kStart + block * 4096;
+  EXPECT_EQ(after.substr(where, 4096), data);
+  EXPECT_TRUE(after.compare(0, where, before, 0, where) == 0);
+  EXPECT_TRUE(after.compare(where + 4096, std::string::npos, before, where + 4096,
+                            std::string::npos) == 0)
+      << "bytes other than the file's block changed";
+
+  const std::string dumped = dir_ / "dumped";
+  RunResult d = testing::Run({"debugfs", "-R", "dump /frag " + dumped, at});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  std::string expect = testing::ReadFile(dir_ / "src/frag");
+  expect.replace(8192, 4096, data);
+  EXPECT_TRUE(testing::ReadFile(dumped) == expect);
+}
+
 INSTANTIATE_TEST_SUITE_P(Labels, PartitionCliTest, ::testing::Values("dos", "gpt"));
 
 TEST(ParseSizeTest, AcceptsSuffixesAndRejectsGarbage) {

@@ -176,9 +176,18 @@ TEST_F(MountedTest, FragmentedFileAgreesWithFiemapAndDebugfs) {
   ASSERT_EQ(oracle.size(), 600u);
   for (size_t i = 0; i < oracle.size(); ++i) EXPECT_EQ(oracle[i], m->map.ExtentAt(i));
 
+  // 600 leaf extents; "N extents found" counts fragments, as filefrag on
+  // the same file does.
+  EXPECT_THAT(r.out, HasSubstr("\"leaf_extents\":600,"));
+  RunResult ff = testing::Run({"filefrag", path});
+  ASSERT_EQ(ff.exit_code, 0) << ff.err;
+  const size_t colon = ff.out.rfind(": ");
+  ASSERT_NE(colon, std::string::npos) << ff.out;
+  const std::string found = ff.out.substr(colon + 2);  // "N extent(s) found\n"
+  EXPECT_THAT(r.out, HasSubstr("\"fragments\":" + found.substr(0, found.find(' ')) + ","));
   r = testing::Run({testing::ToolPath("ext4dio-map"), path});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("frag: 600 extents found"));
+  EXPECT_THAT(r.out, HasSubstr("frag: " + found));
 }
 
 TEST_F(MountedTest, WithoutDeviceAccessMapsFromFiemapAndSaysSo) {
@@ -196,9 +205,9 @@ TEST_F(MountedTest, WithoutDeviceAccessMapsFromFiemapAndSaysSo) {
   auto m = LoadMap(Target{"", 0, path, 0});
   ASSERT_TRUE(m.ok()) << m.status();
   const Extent e = m->map.ExtentAt(3);
-  EXPECT_THAT(r.out, HasSubstr("{\"blocks\":1,\"logical_block\":" + std::to_string(e.logical) +
-                               ",\"physical_block\":" + std::to_string(e.physical) +
-                               ",\"unwritten\":false}"));
+  EXPECT_THAT(r.out, HasSubstr("{\"blocks\":1,\"eof\":false,\"last\":false,\"logical_block\":" +
+                               std::to_string(e.logical) + ",\"physical_block\":" +
+                               std::to_string(e.physical) + ",\"unwritten\":false}"));
 }
 
 TEST_F(MountedTest, RefusesFilesOutsideExt4AndNonRegular) {

@@ -676,6 +676,37 @@ TEST_P(RwCliTest, ProgressGrowsByOneRequestAsEachCompletes) {
   EXPECT_EQ(w.Wait(), 0) << w.err();
 }
 
+// A stream that is slow, then fast: while the tool waits for input it reaps
+// its writes, and a buffer freed then must not be handed out twice (before
+// the fix, the slot popped after reading was the one just freed, not the
+// one read into: two chunks in flight in one buffer, the wrong bytes
+// written, exit 0).
+TEST_P(RwCliTest, SlowThenFastStreamWritesEveryByteRight) {
+  const uint64_t kChunk = 4096;
+  const std::string data = RandomBytes(kFSize - 1000, 61);
+  testing::Child w({testing::ToolPath("ext4dio-write"), "--image", image_, "--io-size", "4K",
+                    "--queue-depth", "8", "--offset", "1000", "/f"});
+  ASSERT_TRUE(w.ok());
+  size_t fed = 0;
+  while (fed < data.size()) {
+    // Slow: one chunk at a time, each read before the next is fed (the
+    // tool then waits for input with that chunk's write in flight).
+    for (int k = 0; k < 8 && fed < data.size(); ++k, fed += kChunk) {
+      ASSERT_TRUE(w.Feed(data.substr(fed, kChunk)));
+      ASSERT_TRUE(testing::Child::WaitFor(
+          [&] { return testing::Child::Queued(w.in_fd()) == 0; }))
+          << w.err();
+    }
+    // Fast: 16 chunks at once.
+    if (fed >= data.size()) break;
+    ASSERT_TRUE(w.Feed(data.substr(fed, 16 * kChunk)));
+    fed = std::min<size_t>(fed + 16 * kChunk, data.size());
+  }
+  w.CloseInput();
+  ASSERT_EQ(w.Wait(), 0) << w.err();
+  EXPECT_TRUE(Dump("/f") == Splice(f_, 1000, data)) << "wrong data written";
+}
+
 TEST_P(RwCliTest, ProgressLineOnATerminal) {
   if (testing::Sh("command -v script").exit_code != 0) GTEST_SKIP() << "no script(1)";
   const std::string p = Payload(RandomBytes(kFSize, 17));
@@ -700,6 +731,40 @@ TEST_P(RwCliTest, ProgressLineOnATerminal) {
   r = testing::Run({"script", "-qec", rd, "/dev/null"});
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("\rext4dio-read: ["));
+}
+
+// Binary data is never written to a terminal unasked (as gzip -c): with
+// standard output on a pty (script(1)), exit 1, one line saying why and
+// what to do, and not a byte of the file; -o FILE and --force work there.
+TEST_P(RwCliTest, ReadRefusesToWriteDataToATerminal) {
+  if (testing::Sh("command -v script").exit_code != 0) GTEST_SKIP() << "no script(1)";
+  const std::string read = testing::ToolPath("ext4dio-read");
+  RunResult r = testing::Run(
+      {"script", "-qec", Cmd({read, "--image", image_, "--no-progress", "/f"}), "/dev/null"});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  std::string shown = r.out;
+  shown.erase(std::remove(shown.begin(), shown.end(), '\r'), shown.end());
+  // Only the message (the file's bytes would be tens of KiB).
+  EXPECT_TRUE(shown ==
+              "ext4dio-read: refusing to write binary data to a terminal; use -o FILE or "
+              "redirect (--force writes it anyway)\n")
+      << shown.size() << " bytes: " << shown.substr(0, 200);
+
+  const std::string out = dir_ / "out";
+  r = testing::Run({"script", "-qec",
+                    Cmd({read, "--image", image_, "--no-progress", "-o", out, "/f"}),
+                    "/dev/null"});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(testing::ReadFile(out) == f_);
+
+  // f_ has no '\n' (every byte is odd): the terminal passes it unchanged.
+  r = testing::Run({"script", "-qec",
+                    Cmd({read, "--image", image_, "--no-progress", "--force", "--length", "4096",
+                         "/f"}),
+                    "/dev/null"});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(r.out.size(), 4096u);
+  EXPECT_TRUE(r.out == f_.substr(0, 4096));
 }
 
 // --output that is the image (by name, hard link or symlink; also standard

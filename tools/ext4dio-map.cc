@@ -89,12 +89,13 @@ void PrintTable(const std::string& name, const ext4dio::FileMap& map) {
     if ((e.logical_block + e.blocks) * bs >= info.size) add("eof");
     const std::string exp = expected[i] ? std::to_string(expected[i]) + ":" : "";
     // filefrag's columns (for files and filesystems of up to 10^8 and
-    // 10^10 blocks; wider numbers push the rest right).
+    // 10^10 blocks; wider numbers push the rest right). Like filefrag, no
+    // space after the last column when there are no flags.
     std::printf("%4zu: %8" PRIu64 "..%8" PRIu64 ": %10" PRIu64 "..%10" PRIu64
-                ": %6" PRIu64 ": %11s %s\n",
+                ": %6" PRIu64 ": %11s%s%s\n",
                 i, e.logical_block, e.logical_block + e.blocks - 1,
                 e.physical_block, e.physical_block + e.blocks - 1, e.blocks,
-                exp.c_str(), flags.c_str());
+                exp.c_str(), flags.empty() ? "" : " ", flags.c_str());
   }
   std::printf("%s: %zu extent%s found\n", name.c_str(), fragments, fragments == 1 ? "" : "s");
 }

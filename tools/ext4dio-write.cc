@@ -562,11 +562,17 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
         more = false;
         break;
       }
+      // Taken before Next: its idle() reaps, and a slot it frees is pushed
+      // onto free_slots meanwhile (popping after Next took that one instead,
+      // left this one free while its buffer was in flight: two chunks in one
+      // buffer, the wrong data written).
       const uint32_t s = free_slots.back();
+      free_slots.pop_back();
       Slot& slot = slots[s];
       if (!slot.buf) {
         slot.buf = AllocBuffer(config.buffer_size, config.memory_align);
         if (!slot.buf) {
+          free_slots.push_back(s);
           fail("cannot allocate a " + std::to_string(config.buffer_size) + "-byte I/O buffer");
           more = false;
           break;
@@ -578,10 +584,10 @@ void WriterThread(ext4dio::DirectFile& file, ChunkSource& source, WriteState& st
         return;
       }
       if (!chunk) {
+        free_slots.push_back(s);
         more = false;
         break;
       }
-      free_slots.pop_back();
       slot.index = chunk->index;
       slot.offset = chunk->offset;
       slot.length = chunk->length;
