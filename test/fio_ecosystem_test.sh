@@ -148,7 +148,7 @@ stats_off() {  # a descriptor held elsewhere: no lease, all kernel path, and the
   exec 9<&-
   expect_ok $((4 * MiB)) 0 || return 1
   cat "$dir/j.err"
-  grep -q "^ext4dio: $mnt/held: fast 0 B, kernel 4.0 MiB, .*fast path off: .*lease.*open elsewhere" "$dir/j.err"
+  grep -q "^ext4dio: $mnt/held: fast 0 B, kernel 4.0 MiB, .*fast path off (lease-unavailable): .*lease.*open elsewhere" "$dir/j.err"
 }
 check "stats line: fast path off (file open elsewhere), why, all 4 MiB through the kernel" stats_off
 

@@ -401,7 +401,9 @@ void PrintStats(const std::string& name, ext4dio_file* file) {
   } else if (info.fast_path) {
     state = "fast path on";
   } else {
-    state = std::string("fast path off: ") + (info.warning ? info.warning : "no reason given");
+    // The code for scripts, the library's text for people.
+    state = std::string("fast path off (") + ext4dio_fast_path_reason_name(info.fast_path_reason) +
+            "): " + (info.warning ? info.warning : "no reason given");
   }
   if (info.warning && info.fast_path) state += std::string(" (") + info.warning + ")";
   std::string extra;
