@@ -98,9 +98,14 @@ lacks libext4dio0 '^\./usr/(include|bin)|\.so$|pkgconfig'
 [ "$(dpkg-deb -f "$(deb libext4dio0)" Multi-Arch)" = same ] || fail "libext4dio0 is not Multi-Arch: same"
 dpkg-deb -e "$(deb libext4dio0)" "$tmp/control"
 [ -f "$tmp/control/symbols" ] || fail "libext4dio0 has no symbols control file"
-grep -q '^ ext4dio_version@EXT4DIO_0 ' "$tmp/control/symbols" || fail "symbols file lacks ext4dio_version@EXT4DIO_0"
+# Every symbol of the pinned ABI (lib/ext4dio.symbols), with its version node.
+while read -r sym; do
+  grep -q "^ ${sym//./\\.} " "$tmp/control/symbols" || fail "symbols file lacks $sym (lib/ext4dio.symbols)"
+done < "$src/lib/ext4dio.symbols"
+[ "$(grep -c '^ ext4dio_' "$tmp/control/symbols")" -eq "$(wc -l < "$src/lib/ext4dio.symbols")" ] ||
+  fail "the symbols file and lib/ext4dio.symbols list different symbols"
 has libext4dio-dev usr/include/ext4dio/ext4dio.h usr/include/ext4dio/ext4dio.hpp \
-  usr/include/ext4dio/version.h "$libdir/libext4dio.so" \
+  usr/include/ext4dio/version.h usr/include/ext4dio/status.hpp "$libdir/libext4dio.so" \
   "$libdir/pkgconfig/ext4dio.pc" "$libdir/pkgconfig/ext4dio-cpp.pc"
 depends libext4dio-dev "(^|, )libext4dio0 \(= ${version//./\\.}\)"
 depends libext4dio-dev '(^|, )libabsl-dev(,|$)'
