@@ -145,36 +145,5 @@ case " $(pkg-config --cflags ext4dio) " in
   *" -I$root/usr/include"*) ;;
   *) fail "pkg-config --cflags ext4dio does not point into the extracted root: $(pkg-config --cflags ext4dio)" ;;
 esac
-cat >"$tmp/consumer.c" <<'C'
-#include <ext4dio/ext4dio.h>
-#include <stdio.h>
-#include <string.h>
-int main(void) {
-  struct ext4dio_target t;
-  ext4dio_target_init(&t);
-  t.image = "/nonexistent.img";
-  t.path = "/f";
-  struct ext4dio_map *m = 0;
-  int rc = ext4dio_map_load(&t, &m);
-  printf("version %s, load: %s\n", ext4dio_version(), ext4dio_strerror(rc));
-  return (rc < 0 && m == 0 && strcmp(ext4dio_version(), EXPECTED_VERSION) == 0) ? 0 : 1;
-}
-C
-cc -std=c11 -Wall -Werror -DEXPECTED_VERSION="\"$upstream\"" "$tmp/consumer.c" -o "$tmp/consumer" \
-  $(pkg-config --cflags --libs ext4dio)
-ldd=$(LD_LIBRARY_PATH=$lib ldd "$tmp/consumer")
-grep -q "libext4dio.so.0 => $lib/" <<<"$ldd" ||
-  fail "the C consumer does not load the packaged libext4dio.so.0"
-LD_LIBRARY_PATH=$lib "$tmp/consumer" || fail "C consumer failed"
-cat >"$tmp/consumer.cc" <<'CC'
-#include <ext4dio/ext4dio.hpp>
-#include <iostream>
-int main() {
-  auto m = ext4dio::FileMap::Load(ext4dio::Location::InImage("/nonexistent.img", "/f"));
-  std::cout << m.status() << "\n";
-  return !m.ok() && absl::IsNotFound(m.status()) ? 0 : 1;
-}
-CC
-c++ -std=c++20 -Wall -Werror "$tmp/consumer.cc" -o "$tmp/consumer_cc" $(pkg-config --cflags --libs ext4dio-cpp)
-LD_LIBRARY_PATH=$lib "$tmp/consumer_cc" || fail "C++ consumer failed"
+"$src/test/consumer/build_consumers.sh" "$lib" "$upstream" "$tmp" || fail "consumers of the packages"
 echo "ok: C and C++ consumers built against the packaged pkg-config files; $((SECONDS - start))s in all"

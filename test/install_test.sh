@@ -143,37 +143,5 @@ case " $(pkg-config --cflags ext4dio) " in
   *) fail "pkg-config --cflags ext4dio does not point into DESTDIR: $(pkg-config --cflags ext4dio)" ;;
 esac
 
-cat > "$dest/consumer.c" <<'C'
-#include <ext4dio/ext4dio.h>
-#include <stdio.h>
-#include <string.h>
-int main(void) {
-  struct ext4dio_target t;
-  ext4dio_target_init(&t);
-  t.image = "/nonexistent.img";
-  t.path = "/f";
-  struct ext4dio_map *m = 0;
-  int rc = ext4dio_map_load(&t, &m);
-  printf("version %s, load: %s\n", ext4dio_version(), ext4dio_strerror(rc));
-  return (rc < 0 && m == 0 && strcmp(ext4dio_version(), EXT4DIO_VERSION_STRING) == 0 &&
-          strcmp(ext4dio_version(), EXPECTED_VERSION) == 0) ? 0 : 1;
-}
-C
-cc -std=c11 -Wall -Werror -DEXPECTED_VERSION="\"$version\"" "$dest/consumer.c" -o "$dest/consumer" \
-  $(pkg-config --cflags --libs ext4dio)
-LD_LIBRARY_PATH=$lib ldd "$dest/consumer" | grep -q "libext4dio.so.0 => $lib/" ||
-  fail "the C consumer does not load the installed libext4dio.so.0"
-LD_LIBRARY_PATH=$lib "$dest/consumer" || fail "C consumer failed (ext4dio_version() != $version?)"
-
-cat > "$dest/consumer.cc" <<'CC'
-#include <ext4dio/ext4dio.hpp>
-#include <iostream>
-int main() {
-  auto m = ext4dio::FileMap::Load(ext4dio::Location::InImage("/nonexistent.img", "/f"));
-  std::cout << m.status() << "\n";
-  return !m.ok() && absl::IsNotFound(m.status()) ? 0 : 1;
-}
-CC
-c++ -std=c++20 -Wall -Werror "$dest/consumer.cc" -o "$dest/consumer_cc" $(pkg-config --cflags --libs ext4dio-cpp)
-LD_LIBRARY_PATH=$lib "$dest/consumer_cc"
+"$(dirname "$0")/consumer/build_consumers.sh" "$lib" "$version" "$dest" || fail "consumers of the install"
 echo "ok: installed library usable from C and C++ via pkg-config"
