@@ -227,7 +227,14 @@ TEST_P(PartitionCliTest, RefusesAFilesystemLargerThanItsPartition) {
   RunResult w = testing::Run({testing::ToolPath("ext4dio-write"), "--image", disk, "--partition",
                               "2", "--input", payload, "/frag"});
   EXPECT_EQ(w.exit_code, 1);
-  EXPECT_THAT(w.err, HasSubstr("larger than the partition (8388608 bytes)"));
+  EXPECT_THAT(w.err, HasSubstr("larger than what partition 2 holds from there (8388608 bytes)"));
+  EXPECT_EQ(testing::ReadFile(disk), before);
+  // The same partition by its offset (what the partition hint offers) is
+  // refused the same way: the check is not only --partition's.
+  w = testing::Run({testing::ToolPath("ext4dio-write"), "--image", disk, "--image-offset",
+                    "4194304", "--input", payload, "/frag"});
+  EXPECT_EQ(w.exit_code, 1);
+  EXPECT_THAT(w.err, HasSubstr("larger than what partition 2 holds from there (8388608 bytes)"));
   EXPECT_EQ(testing::ReadFile(disk), before);
 }
 

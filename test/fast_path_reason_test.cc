@@ -94,7 +94,8 @@ TEST_F(FastPathReasonTest, OnIsNoneAndAnOlderStructStopsBeforeTheField) {
   const ext4dio_file_info info = Info(o.f);
   EXPECT_EQ(info.fast_path, 1) << (info.warning ? info.warning : "");
   EXPECT_EQ(info.fast_path_reason, uint32_t{EXT4DIO_FAST_PATH_NONE});
-  // A caller built before the field: struct_size stops before it.
+  // The struct_size contract: nothing is written past what the caller
+  // says it has (here: up to the field).
   ext4dio_file_info old;
   std::memset(&old, 0xAB, sizeof old);
   old.struct_size = offsetof(ext4dio_file_info, fast_path_reason);

@@ -123,9 +123,12 @@ new_files() {
   for f in "$mnt"/d/*; do [ "$(stat -c %s "$f")" = $((4 * MiB)) ] || { ls -l "$mnt/d"; return 1; }; done
 }
 check "directory= nrfiles=3, randread: 3 files created and laid out, 12 MiB read" new_files
+# Failing for the right reason: the engine's open of the missing file (not
+# a bad option or an engine that did not load).
 check "allow_file_create=0: a missing file is an error, not created" sh -c "
   ! fio --ioengine=external:'$engine' --thread=1 --name=m --filename='$mnt/nocreate' --rw=write \
-    --size=1M --allow_file_create=0 >/dev/null 2>&1 && [ ! -e '$mnt/nocreate' ]"
+    --size=1M --allow_file_create=0 >/dev/null 2>'$dir/nc.err' && [ ! -e '$mnt/nocreate' ] &&
+  grep -q 'ext4dio: open $mnt/nocreate.*No such file' '$dir/nc.err' || { cat '$dir/nc.err'; exit 1; }"
 
 # ---- Statistics at the end, on stderr; JSON on stdout stays JSON.
 stats_line() {
@@ -174,6 +177,19 @@ PY
 }
 check "a refusal repeated 5 times, iodepth 1: the library's message once, EOPNOTSUPP, no zoned hint" refusal 1
 check "a refusal repeated 5 times, iodepth 4: the library's message once, EOPNOTSUPP, no zoned hint" refusal 4
+# Refusals at 16 different offsets of one file (a random job over holes):
+# still one message, not one per offset.
+refusals_many() {
+  rm -f "$mnt/holes"; truncate -s 1M "$mnt/holes"
+  run ext4dio --name=r --filename="$mnt/holes" --rw=randwrite --bs=4k --size=64k --iodepth=4 \
+    --ext4dio_no_fallback=1 --continue_on_error=all --ignore_error=,95
+  cat "$dir/j.err"
+  [ "$(cat "$dir/j.rc")" = 0 ] || return 1
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; sys.exit(0 if j["total_err"] == 16 else 1)' \
+    "$dir/j.json" || { echo "not 16 refusals"; return 1; }
+  [ "$(grep -c 'are a hole' "$dir/j.err")" = 1 ] || { echo "not printed once"; return 1; }
+}
+check "refusals at 16 offsets of one file: the library's message once" refusals_many
 
 # ---- fdatasync latency: measured around the sync, of the order of the kernel's.
 sync_latency() {

@@ -307,12 +307,37 @@ int CheckLocation(const std::string& tool, const CLI::App& app, LocationArgs& ar
       }
     }
   }
-  if (!partition) return -1;
+  if (!partition && !offset) return -1;
   const std::optional<PartitionTable> table = ProbePartitions(args.image);
   auto fail = [&](const std::string& why) {
     std::fprintf(stderr, "%s: %s: %s\n", tool.c_str(), args.image.c_str(), why.c_str());
     return kExitFailure;
   };
+  // The library keeps every access inside the filesystem (and the image);
+  // the filesystem must then lie inside its partition, or writes could land
+  // in the next one or in the table's backup: for --partition, and for an
+  // --image-offset that falls inside a partition.
+  auto fits = [&](const Partition& p, uint64_t start) -> int {
+    const int fd = ::open(args.image.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail(std::strerror(errno));
+    const std::optional<uint64_t> fs = FilesystemBytes(fd, start);
+    ::close(fd);
+    const uint64_t room = p.offset + p.size - start;
+    if (fs && *fs > room) {
+      return fail("the filesystem at byte offset " + std::to_string(start) + " is " + Bytes(*fs) +
+                  ", larger than what partition " + std::to_string(p.number) + " holds from there (" +
+                  Bytes(room) + "); nothing done");
+    }
+    return -1;
+  };
+  if (offset) {
+    if (!table) return -1;
+    for (const Partition& p : table->partitions) {
+      if (args.image_offset >= p.offset && args.image_offset < p.offset + p.size)
+        return fits(p, args.image_offset);
+    }
+    return -1;
+  }
   if (!table) return fail("no partition table found (--partition " + std::to_string(args.partition) + ")");
   const Partition* found = nullptr;
   std::string numbers;
@@ -322,17 +347,7 @@ int CheckLocation(const std::string& tool, const CLI::App& app, LocationArgs& ar
   }
   if (found == nullptr)
     return fail("no partition " + std::to_string(args.partition) + " (it has " + numbers + ")");
-  // The library keeps every access inside the filesystem; the filesystem
-  // must then lie inside the partition, or writes could land in the next.
-  const int fd = ::open(args.image.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(std::strerror(errno));
-  const std::optional<uint64_t> fs = FilesystemBytes(fd, found->offset);
-  ::close(fd);
-  if (fs && *fs > found->size) {
-    return fail("the filesystem in partition " + std::to_string(found->number) + " is " +
-                Bytes(*fs) + ", larger than the partition (" + Bytes(found->size) +
-                "); nothing done");
-  }
+  if (int rc = fits(*found, found->offset); rc >= 0) return rc;
   args.image_offset = found->offset;
   return -1;
 }

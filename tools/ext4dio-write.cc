@@ -132,12 +132,16 @@ bool Readable(int fd) {
 }
 
 // Reads up to n bytes (fewer only at end of input). -errno on error;
-// -EINTR when a stop signal (SIGINT, SIGTERM) came first. `idle` runs
-// before every wait for more input.
-int64_t ReadFull(int fd, char* buf, uint64_t n, const IdleFn& idle) {
+// -EINTR when a stop signal (SIGINT, SIGTERM) came first, or `stopped` was
+// set (by `idle`'s reaping, when the queue failed): a producer that keeps
+// its pipe open and silent must not hold a failed run. `idle` runs before
+// every wait for more input.
+int64_t ReadFull(int fd, char* buf, uint64_t n, const IdleFn& idle,
+                 const std::atomic<bool>& stopped) {
   uint64_t done = 0;
   while (done < n) {
     if (!Readable(fd)) idle();
+    if (stopped.load()) return -EINTR;
     // A pipe may stay silent for ever: wait for it or for a stop signal.
     if (!cli::WaitReady(fd, POLLIN)) return -EINTR;
     const ssize_t r = ::read(fd, buf + done, n - done);
@@ -315,9 +319,10 @@ class ChunkSource {
       done_ = true;
       return std::nullopt;
     }
-    const int64_t r = ReadFull(fd_, buf, want, idle);
+    const int64_t r = ReadFull(fd_, buf, want, idle, stopped_);
     if (r == -EINTR) {
-      // Stopped by a signal: what was read of this chunk is not written.
+      // Stopped by a signal or a failure elsewhere: what was read of this
+      // chunk is not written.
       done_ = true;
       return std::nullopt;
     }

@@ -199,7 +199,7 @@ struct JobData {
                                           // handle (and its statistics) lasts the
                                           // job, across fio's close and reopen
                                           // between phases (write, verify)
-  std::set<std::string> logged;           // library messages already printed (error
+  std::set<std::string> logged;           // (file, code) of messages printed (error
                                           // path only: the set grows only on failures)
 };
 
@@ -240,12 +240,15 @@ std::string LibMessage(int64_t code) {
   return last[0] ? last : ext4dio_strerror(static_cast<int>(code));
 }
 
-// log_err of `text` unless this job printed the same text before: a
-// refusal that repeats (every request of a run while something is wrong)
-// is printed once, different ones (other offsets, other causes) each once.
-void LogOnce(thread_data* td, const std::string& text) {
+// log_err of `text` unless this job printed a message of the same kind
+// before: one per file and code (the text names offsets, so a refusal that
+// repeats at every offset of a random job would otherwise print, and be
+// remembered, once per offset). fio's own total_err counts them all.
+void LogOnce(thread_data* td, const fio_file* f, int64_t code, const std::string& text) {
   auto* jd = static_cast<JobData*>(td->io_ops_data);
-  if (jd != nullptr && !jd->logged.insert(text).second) return;
+  if (jd != nullptr &&
+      !jd->logged.insert(std::string(f ? f->file_name : "") + '\0' + std::to_string(code)).second)
+    return;
   log_err("ext4dio: %s\n", text.c_str());
 }
 
@@ -655,7 +658,7 @@ void Complete(thread_data* td, const ext4dio_completion& c, std::vector<io_u*>& 
              static_cast<unsigned long long>(c.error_offset),
              static_cast<unsigned long long>(c.error_offset + c.error_length -
                                              (c.error_length ? 1 : 0)));
-    LogOnce(td, std::string(u->file->file_name) + ": " + where +
+    LogOnce(td, u->file, c.result, std::string(u->file->file_name) + ": " + where +
                     ext4dio_strerror(static_cast<int>(c.result)));
   } else {
     u->error = 0;
@@ -719,7 +722,7 @@ void CommitFile(thread_data* td, JobData* jd, FileData* fd) {
     // pending[done] refused (rc < 0; 0 cannot come for a non-empty batch,
     // but must not loop either).
     auto* u = reinterpret_cast<io_u*>(static_cast<uintptr_t>(fd->pending[done].cookie));
-    LogOnce(td, LibMessage(rc < 0 ? rc : -EIO));
+    LogOnce(td, u->file, rc < 0 ? rc : -EIO, LibMessage(rc < 0 ? rc : -EIO));
     u->error = rc < 0 ? ToErrno(rc) : EIO;
     StampIssue(td, u);
     jd->stash.push_back(u);
@@ -745,7 +748,8 @@ fio_q_status Queue(thread_data* td, io_u* u) {
     }
     const int rc = ext4dio_sync(fd->file);
     u->error = ToErrno(rc);
-    if (rc < 0) LogOnce(td, std::string("sync ") + u->file->file_name + ": " + LibMessage(rc));
+    if (rc < 0)
+      LogOnce(td, u->file, rc, std::string("sync ") + u->file->file_name + ": " + LibMessage(rc));
     return FIO_Q_COMPLETED;
   }
   if (u->ddir != DDIR_READ && u->ddir != DDIR_WRITE) {
@@ -764,7 +768,7 @@ fio_q_status Queue(thread_data* td, io_u* u) {
             : ext4dio_pread(fd->file, u->xfer_buf, u->xfer_buflen, u->offset);
     if (rc < 0) {
       u->error = ToErrno(rc);
-      LogOnce(td, LibMessage(rc));
+      LogOnce(td, u->file, rc, LibMessage(rc));
     } else {
       u->error = 0;
       u->resid = u->xfer_buflen - static_cast<unsigned long long>(rc);

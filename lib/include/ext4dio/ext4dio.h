@@ -282,7 +282,11 @@ struct ext4dio_file_info {
   int mounted;                /* 1: a file on a mounted filesystem */
   uint32_t fast_path_reason;  /* enum ext4dio_fast_path_reason: why
                                  fast_path is 0, read with `warning` (NONE
-                                 while it is 1). Since 0.1.0 */
+                                 while it is 1). Part of the 0.1 base
+                                 struct: it fills what was tail padding, so
+                                 sizeof did not change. A later field must
+                                 grow the struct past 64 bytes, or
+                                 struct_size cannot tell callers apart. */
 };
 void ext4dio_file_info_init(struct ext4dio_file_info *info);
 int ext4dio_file_get_info(const struct ext4dio_file *file, struct ext4dio_file_info *info);
