@@ -200,11 +200,16 @@ sync_latency() {
   ours=$(job syncp50) || return 1
   run io_uring --name=s --filename="$mnt/sync" --rw=randwrite --bs=4k --size=4M --iodepth=1 --fdatasync=4
   theirs=$(job syncp50) || return 1
-  echo "fdatasync latency median: ext4dio (iodepth $qd) $ours ns, io_uring (iodepth 1) $theirs ns"
-  [ "$ours" -gt 1000 ] && [ $((ours * 10)) -gt "$theirs" ] && [ "$ours" -lt $((theirs * 10)) ]
+  echo "fdatasync latency median: ext4dio (iodepth $qd) $ours ns, io_uring (iodepth 1) $theirs ns" \
+    "(ratio printed, not asserted both ways: on a loaded host the kernel's own fdatasync" \
+    "has been seen at 3.5 ms against a usual 10-60 us)"
+  # The defect was a sync timed before it ran (0.1-0.2 us): a device flush
+  # measured around the call takes at least a microsecond; and it must not
+  # be inflated past the kernel's own by an order of magnitude.
+  [ "$ours" -gt 1000 ] && [ "$ours" -lt $((theirs * 10)) ]
 }
-check "fdatasync latency at iodepth 1: > 1 us and within 10x of io_uring's" sync_latency 1
-check "fdatasync latency at iodepth 8: > 1 us and within 10x of io_uring's" sync_latency 8
+check "fdatasync latency at iodepth 1: > 1 us and under 10x io_uring's" sync_latency 1
+check "fdatasync latency at iodepth 8: > 1 us and under 10x io_uring's" sync_latency 8
 
 umount "$mnt"
 check "e2fsck -fn clean after the mounted runs" e2fsck -fn "$loop"

@@ -234,7 +234,13 @@ TEST_P(ImageMapTest, CliJsonMatchesLibrary) {
   EXPECT_THAT(r.out, HasSubstr("\"block_size\":" + std::to_string(GetParam().block_size)));
   EXPECT_THAT(r.out, HasSubstr("\"size\":" + std::to_string(loaded->map.file_size())));
   const Extent first = loaded->map.ExtentAt(0);
+  // eof and last: filefrag's flags (ext4dio-map(1)).
+  const bool eof = (first.logical + first.length) * loaded->map.block_size() >=
+                   loaded->map.file_size();
+  const bool last = loaded->map.extent_count() == 1;
   EXPECT_THAT(r.out, HasSubstr("{\"blocks\":" + std::to_string(first.length) +
+                               ",\"eof\":" + (eof ? "true" : "false") +
+                               ",\"last\":" + (last ? "true" : "false") +
                                ",\"logical_block\":" + std::to_string(first.logical) +
                                ",\"physical_block\":" + std::to_string(first.physical) +
                                ",\"unwritten\":false}"));

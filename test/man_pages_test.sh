@@ -182,7 +182,15 @@ sys.exit(1)') || cc=cc
     read -r cc0 cc_rest <<<"$cc"
     cc="$(command -v "$cc0") $cc_rest"
     cflags="-Wall -Wextra -Werror"
-    [ "$sanitize" = none ] || cflags+=" -fsanitize=$sanitize"
+    if [ "$sanitize" != none ]; then
+      cflags+=" -fsanitize=$sanitize"
+      # The library is C++: its UBSan checks (vptr) need the C++ sanitizer
+      # runtime, which only the C++ driver links. Compile the C as C.
+      case "$cc0" in
+        *clang*) cc="$(command -v "${cc0/clang/clang++}") -x c $cc_rest" ;;
+        *gcc*) cc="$(command -v "${cc0/gcc/g++}") -x c $cc_rest" ;;
+      esac
+    fi
     # `cc` in the commands is this build's compiler; pkg-config finds the
     # build's ext4dio-uninstalled.pc.
     mkdir "$work/bin"
