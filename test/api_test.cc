@@ -182,13 +182,18 @@ TEST(WrapperParity, OtherOpenOptionsPassThrough) {
   EXPECT_EQ(c.max_io, uint64_t{1} << 20);
 }
 
+// dir/fs.img: a 16 MiB ext4 (4 KiB blocks) holding /f, 64 KiB of 'x'.
+void MakeImageWithFile(const testing::TempDir& dir) {
+  ASSERT_EQ(mkdir((dir / "src").c_str(), 0755), 0);
+  testing::WriteFile(dir / "src/f", std::string(64 * 1024, 'x'));
+  testing::MakeFs("ext4", {"-b", "4096"}, dir / "src", dir / "fs.img", "16M");
+}
+
 // End to end in an image: REAP_PROMPTLY is accepted through the wrapper,
 // and the file's map is reachable from it.
 TEST(WrapperParity, OpensWithEveryImageFlag) {
   testing::TempDir dir;
-  ASSERT_EQ(mkdir((dir / "src").c_str(), 0755), 0);
-  testing::WriteFile(dir / "src/f", std::string(64 * 1024, 'x'));
-  testing::MakeFs("ext4", {"-b", "4096"}, dir / "src", dir / "fs.img", "16M");
+  ASSERT_NO_FATAL_FAILURE(MakeImageWithFile(dir));
   DirectFileOptions o;
   o.write = true;
   o.dsync = true;
@@ -207,9 +212,7 @@ TEST(WrapperParity, OpensWithEveryImageFlag) {
 // completion is then reaped without waiting.
 TEST(WrapperParity, QueueEventFdWakesAPollLoop) {
   testing::TempDir dir;
-  ASSERT_EQ(mkdir((dir / "src").c_str(), 0755), 0);
-  testing::WriteFile(dir / "src/f", std::string(64 * 1024, 'x'));
-  testing::MakeFs("ext4", {"-b", "4096"}, dir / "src", dir / "fs.img", "16M");
+  ASSERT_NO_FATAL_FAILURE(MakeImageWithFile(dir));
   DirectFileOptions o;
   o.write = true;
   auto f = DirectFile::Open(Location::InImage(dir / "fs.img", "/f"), o);
