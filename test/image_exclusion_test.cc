@@ -52,27 +52,6 @@ bool InMountinfo(const std::string& what) {
   return false;
 }
 
-// A loop device over `image` (not mounted), detached when this goes. Only
-// the device it attached is ever touched.
-class Loop {
- public:
-  explicit Loop(const std::string& image) {
-    RunResult r = testing::Run({"losetup", "--find", "--show", image});
-    if (r.exit_code == 0) device_ = r.out.substr(0, r.out.find('\n'));
-    error_ = r.err;
-  }
-  ~Loop() {
-    if (!device_.empty()) testing::Run({"losetup", "-d", device_});
-  }
-  Loop(const Loop&) = delete;
-  Loop& operator=(const Loop&) = delete;
-  const std::string& device() const { return device_; }
-  const std::string& error() const { return error_; }
-
- private:
-  std::string device_, error_;
-};
-
 // A mount in this namespace, unmounted (lazily if it must) when this goes.
 class Mount {
  public:
@@ -203,13 +182,13 @@ TEST_F(ImageExclusionTest, LoopDeviceWriterIsRefusedWhileAFileWriterHoldsTheImag
   // writer must see its locks on the backing file.
   auto holder = File::Open(WriterOf(image_));
   ASSERT_TRUE(holder.ok()) << holder.status();
-  Loop loop(image_);
+  testing::LoopDevice loop(image_);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   ExpectCliRefused(loop.device(), "locked by another writer (flock)");
 }
 
 TEST_F(ImageExclusionTest, FileWriterClaimsLoopDevicesOverTheImageUntilClose) {
-  Loop loop(image_);
+  testing::LoopDevice loop(image_);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   auto holder = File::Open(WriterOf(image_));
   ASSERT_TRUE(holder.ok()) << holder.status();
@@ -223,7 +202,7 @@ TEST_F(ImageExclusionTest, FileWriterClaimsLoopDevicesOverTheImageUntilClose) {
 }
 
 TEST_F(ImageExclusionTest, FileWriterIsRefusedWhileALoopDeviceWriterHoldsTheImage) {
-  Loop loop(image_);
+  testing::LoopDevice loop(image_);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   auto holder = File::Open(WriterOf(loop.device()));
   ASSERT_TRUE(holder.ok()) << holder.status();
@@ -236,7 +215,7 @@ TEST_F(ImageExclusionTest, FileWriterIsRefusedWhileALoopDeviceWriterHoldsTheImag
 TEST_F(ImageExclusionTest, LoopDeviceWriterWarnsWhenItsBackingFileCannotBeLocked) {
   const std::string alias = dir_ / "alias.img";
   ASSERT_EQ(link(image_.c_str(), alias.c_str()), 0);
-  Loop loop(image_);
+  testing::LoopDevice loop(image_);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   ASSERT_EQ(unlink(image_.c_str()), 0);  // the kernel's backing path is gone
   auto holder = File::Open(WriterOf(loop.device()));
@@ -300,7 +279,7 @@ TEST_F(ImageExclusionTest, OfdAndPosixRecordLocksOnTheImageAreHonoured) {
 // --- Item 7: mounts this process cannot see ------------------------------
 
 TEST_F(ImageExclusionTest, RefusesAnImageMountedInAnotherMountNamespace) {
-  Loop loop(image_);
+  testing::LoopDevice loop(image_);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   MountInOtherNamespace other(loop.device(), mnt_);
   ASSERT_TRUE(other.ok()) << "mounting in a new mount namespace failed";
@@ -309,7 +288,7 @@ TEST_F(ImageExclusionTest, RefusesAnImageMountedInAnotherMountNamespace) {
 }
 
 TEST_F(ImageExclusionTest, RefusesAnImageLazilyUnmountedWithAFileStillOpen) {
-  Loop loop(image_);
+  testing::LoopDevice loop(image_);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   Mount m(loop.device(), mnt_, "ro");
   ASSERT_TRUE(m.ok()) << m.error();
@@ -327,7 +306,7 @@ TEST_F(ImageExclusionTest, RefusesAnImageMountedThroughALoopDeviceOfAnUnlinkedNa
   // under a hard link.
   const std::string alias = dir_ / "alias.img";
   ASSERT_EQ(link(image_.c_str(), alias.c_str()), 0);
-  Loop loop(image_);
+  testing::LoopDevice loop(image_);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   Mount m(loop.device(), mnt_, "ro");
   ASSERT_TRUE(m.ok()) << m.error();
@@ -365,7 +344,7 @@ TEST_F(ImageExclusionTest, SpecialFilesAsTheImageAreRefusedWithoutBlocking) {
 // --- Item 12: the device claim ends with the writer ----------------------
 
 TEST_F(ImageExclusionTest, BackToBackLoopDeviceWritersAllSucceed) {
-  Loop loop(image_);
+  testing::LoopDevice loop(image_);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   int failed = 0;
   std::string first_error;

@@ -304,34 +304,6 @@ TEST_F(MountedCliTest, ImageModeAgreesWithDebugfsAndFilefrag) {
   EXPECT_EQ(filefrag["img-twelve"].rows.size(), 12u);
 }
 
-// A loop device of an image file, attached for one test and detached by
-// the name losetup gave it (recorded for the run's cleanup before and
-// after attaching).
-class LoopDevice {
- public:
-  explicit LoopDevice(const std::string& image) {
-    const std::string identity = testing::FileIdentity(image);
-    testing::RecordForCleanup({"image", identity, image});
-    RunResult r = testing::Run({"losetup", "--find", "--show", image});
-    if (r.exit_code != 0) {
-      error_ = "losetup: " + r.err;
-      return;
-    }
-    device_ = r.out.substr(0, r.out.find('\n'));
-    testing::RecordForCleanup({"loop", device_, identity});
-  }
-  ~LoopDevice() {
-    if (!device_.empty()) testing::Run({"losetup", "-d", device_});
-  }
-  LoopDevice(const LoopDevice&) = delete;
-  LoopDevice& operator=(const LoopDevice&) = delete;
-  const std::string& device() const { return device_; }
-  const std::string& error() const { return error_; }
-
- private:
-  std::string device_, error_;
-};
-
 std::string Md5(const std::string& path) {
   RunResult r = testing::Run({"md5sum", path});
   return r.out.substr(0, r.out.find(' '));
@@ -350,7 +322,7 @@ TEST_F(MountedCliTest, BlockDeviceAsTargetGetsTheImageHint) {
   testing::MakeFs("ext4", {"-b", "4096"}, tmp / "src", image, "8M");
   const std::string payload = tmp / "payload";
   testing::WriteFile(payload, std::string(kBlock, 'x'));
-  LoopDevice loop(image);
+  testing::LoopDevice loop(image);
   ASSERT_FALSE(loop.device().empty()) << loop.error();
   const std::string before = Md5(image);
   const std::string dev = loop.device();

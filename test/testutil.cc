@@ -306,6 +306,25 @@ LoopMount::~LoopMount() {
   if (!device_.empty()) Run({"losetup", "-d", device_});
 }
 
+LoopDevice::LoopDevice(const std::string& image, bool read_only) {
+  const std::string identity = FileIdentity(image);
+  RecordForCleanup({"image", identity, image});
+  std::vector<std::string> argv = {"losetup", "--find", "--show"};
+  if (read_only) argv.push_back("--read-only");
+  argv.push_back(image);
+  RunResult r = Run(argv);
+  if (r.exit_code != 0) {
+    error_ = "losetup: " + r.err;
+    return;
+  }
+  device_ = r.out.substr(0, r.out.find('\n'));
+  RecordForCleanup({"loop", device_, identity});
+}
+
+LoopDevice::~LoopDevice() {
+  if (!device_.empty()) Run({"losetup", "-d", device_});
+}
+
 OpenOptions MountedWriterOptions(const std::string& path, Os* os) {
   OpenOptions o;
   o.target.path = path;

@@ -130,6 +130,24 @@ class LoopMount {
   bool ok_ = false;
 };
 
+// A loop device over an existing image (not mounted), detached when this
+// goes. The image's identity is recorded before losetup and the device after
+// it, so the run's cleanup finds it if this process dies. Only the device it
+// attached is ever touched.
+class LoopDevice {
+ public:
+  // REQUIRES: CanUseLoopDevices(). device() is empty when it failed (error()).
+  explicit LoopDevice(const std::string& image, bool read_only = false);
+  ~LoopDevice();
+  LoopDevice(const LoopDevice&) = delete;
+  LoopDevice& operator=(const LoopDevice&) = delete;
+  const std::string& device() const { return device_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string device_, error_;
+};
+
 // Options that open the mounted file at `path` for writing, through `os`
 // (nullptr: the real OS).
 OpenOptions MountedWriterOptions(const std::string& path, Os* os = nullptr);

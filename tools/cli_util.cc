@@ -267,7 +267,10 @@ std::optional<PartitionTable> ProbePartitions(const std::string& image) {
   return table;
 }
 
-std::string PartitionHint(const std::string& tool, const std::string& image) {
+std::string PartitionHint(const std::string& tool, const CLI::App& app, const LocationArgs& args) {
+  if (args.image.empty() || app.count("--image-offset") > 0 || app.count("--partition") > 0)
+    return "";
+  const std::string& image = args.image;
   const std::optional<PartitionTable> table = ProbePartitions(image);
   if (!table) return "";
   std::string out = tool + ": " + image + " holds a partition table (" +

@@ -95,11 +95,12 @@ struct PartitionTable {
 // The partition table at the start of `image`, or nullopt when there is
 // none (or it cannot be read).
 std::optional<PartitionTable> ProbePartitions(const std::string& image);
-// When `image` holds a partition table: lines (each ending in a newline)
-// saying so and naming every partition, its type, filesystem and byte
-// offset, and how to choose one; "" otherwise. For the tools' failure to
-// find a filesystem at offset 0.
-std::string PartitionHint(const std::string& tool, const std::string& image);
+// When the tool read an --image at offset 0 (neither --image-offset nor
+// --partition given) and the image holds a partition table: lines (each
+// ending in a newline) saying so and naming every partition, its type,
+// filesystem and byte offset, and how to choose one; "" otherwise. For the
+// tools' failure to find a filesystem there.
+std::string PartitionHint(const std::string& tool, const CLI::App& app, const LocationArgs& args);
 
 // What a path or descriptor refers to, for "same file" checks that must
 // not be fooled by hard links, symlinks or a second device node: a file by

@@ -181,9 +181,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s: %s: %s\n", kTool, name.c_str(),
                    std::string(map.status().message()).c_str());
       // A whole disk given as --image: say where its filesystems are.
-      if (!hinted && !loc.image.empty() && !app.count("--image-offset") && !app.count("--partition")) {
+      if (!hinted) {
         hinted = true;
-        std::fputs(cli::PartitionHint(kTool, loc.image).c_str(), stderr);
+        std::fputs(cli::PartitionHint(kTool, app, loc).c_str(), stderr);
       }
       status = cli::kExitFailure;
       continue;

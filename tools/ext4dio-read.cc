@@ -223,8 +223,7 @@ int main(int argc, char** argv) {
   auto file = ext4dio::DirectFile::Open(where, opts);
   if (!file.ok()) {
     const int rc = fail(name, std::string(file.status().message()));
-    if (!image.empty() && !app.count("--image-offset") && !app.count("--partition"))
-      std::fputs(cli::PartitionHint(kTool, image).c_str(), stderr);
+    std::fputs(cli::PartitionHint(kTool, app, loc).c_str(), stderr);
     return rc;
   }
   opened = &*file;

@@ -881,8 +881,7 @@ int main(int argc, char** argv) {
   auto file = ext4dio::DirectFile::Open(where, opts);
   if (!file.ok()) {
     const int rc = report.Fail(std::string(file.status().message()));
-    if (!a.image.empty() && !app.count("--image-offset") && !app.count("--partition"))
-      std::fputs(cli::PartitionHint(kTool, a.image).c_str(), stderr);
+    std::fputs(cli::PartitionHint(kTool, app, loc).c_str(), stderr);
     return rc;
   }
   report.SetFile(*file);
